@@ -1,0 +1,1 @@
+"""The composition root: resource API, datastore wiring, tabbyctl, daemons, the lab runner."""

@@ -1,0 +1,350 @@
+"""The etcd client every Tabby component uses.
+
+Why a wrapper: aetcd speaks to one plaintext endpoint and raises on the first UNAVAILABLE.
+A network product needs TLS, several endpoints, a bounded wait that ends in one clear
+"unreachable at ..." error, and keys relative to a prefix. Every mutation that matters goes
+through :meth:`Datastore.txn` with compares on mod_revision (0 = the key must not exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions as aexc
+import grpc
+import structlog
+from aetcd import rpc
+
+from datastore.config import Endpoint, EtcdConfig
+from datastore.errors import DatastoreError, DatastoreUnavailable
+
+log = structlog.get_logger("tabby.datastore")
+T = TypeVar("T")
+Value = bytes | str | dict[str, Any] | list[Any]
+
+
+def encode(value: Value) -> bytes:
+    """Values are JSON with sorted keys, so equal objects are equal bytes."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class KV:
+    """A key (relative to the prefix) with its value and revisions."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: Value
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``mod_revision(key) == revision``; revision 0 means "key absent"."""
+
+    key: str
+    mod_revision: int
+
+
+def mod_is(key: str, mod_revision: int) -> Compare:
+    return Compare(key, mod_revision)
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+
+
+_UNAVAILABLE = (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError)
+
+
+class _Client(aetcd.Client):
+    """aetcd client that can dial TLS and unix-socket targets.
+
+    aetcd builds ``host:port`` plaintext channels only; this overrides connect() to choose
+    the channel, keeping the rest (auth token, stubs, watcher) as aetcd sets it up.
+    """
+
+    def __init__(self, endpoint: Endpoint, config: EtcdConfig) -> None:
+        super().__init__(
+            host=endpoint.target,
+            port=0,
+            username=config.username,
+            password=config.password,
+            timeout=config.rpc_timeout,
+            options={"grpc.enable_http_proxy": 0, "grpc.max_receive_message_length": 64 * 1024 * 1024},
+        )
+        self._endpoint = endpoint
+        self._config = config
+
+    def _channel(self) -> grpc.aio.Channel:
+        opts = list(self._options.items())
+        if not self._endpoint.tls and not self._config.ca_cert_file:
+            return rpc.insecure_channel(self._endpoint.target, options=opts)
+        root = Path(self._config.ca_cert_file).read_bytes() if self._config.ca_cert_file else None
+        key = Path(self._config.key_file).read_bytes() if self._config.key_file else None
+        cert = Path(self._config.cert_file).read_bytes() if self._config.cert_file else None
+        creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+        return rpc.secure_channel(self._endpoint.target, creds, options=opts)
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            self.channel = self._channel()
+            if self._username and self._password:
+                self.auth_stub = rpc.AuthStub(self.channel)
+                try:
+                    resp = await self.auth_stub.Authenticate(
+                        rpc.AuthenticateRequest(name=self._username, password=self._password),
+                        timeout=self._timeout,
+                    )
+                except rpc.AioRpcError as exc:
+                    aexc._handle_exception(exc)
+                self.metadata = (("token", resp.token),)
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+class Datastore:
+    """Async etcd access under one key prefix, with fail-over and bounded waits.
+
+    Use as ``async with Datastore(config) as ds:``. All keys passed in and returned are
+    relative to ``config.prefix``.
+    """
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self.prefix = config.prefix
+        self._endpoints = config.parsed_endpoints
+        self._current = 0
+        self._client: _Client | None = None
+        self._lock = asyncio.Lock()
+
+    # -- connection -------------------------------------------------------------------
+    async def __aenter__(self) -> Datastore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Check that some endpoint answers, within the bounded wait."""
+        await self._call(lambda c: c.status())
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # closing a broken channel must not mask the real error
+                log.debug("datastore.close_failed", exc_info=True)
+
+    async def _get_client(self) -> _Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = _Client(self._endpoints[self._current], self.config)
+                await self._client.connect()
+            return self._client
+
+    async def _rotate(self, failed: _Client) -> None:
+        async with self._lock:
+            if self._client is failed:
+                self._client = None
+                self._current = (self._current + 1) % len(self._endpoints)
+        try:
+            await failed.close()
+        except Exception:
+            log.debug("datastore.close_failed", exc_info=True)
+
+    async def _call(self, op: Callable[[_Client], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run ``op`` against the current endpoint, failing over until the bounded wait ends."""
+        deadline = time.monotonic() + (self.config.connect_timeout if timeout is None else timeout)
+        delay = 0.05
+        last: Exception | None = None
+        while True:
+            client = await self._get_client()
+            try:
+                return await op(client)
+            except _UNAVAILABLE as exc:
+                last = exc
+                await self._rotate(client)
+            except aexc.UnauthenticatedError as exc:
+                raise DatastoreError(f"etcd refused the credentials: {exc}") from exc
+            except aexc.ClientError as exc:
+                if "connect" in str(exc).lower():
+                    last = exc
+                    await self._rotate(client)
+                else:
+                    raise DatastoreError(f"etcd error: {exc}") from exc
+            if time.monotonic() + delay > deadline:
+                raise DatastoreUnavailable([e.url for e in self._endpoints], _short(last))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    # -- key helpers ------------------------------------------------------------------
+    def _abs(self, key: str) -> bytes:
+        return (self.prefix + key.lstrip("/")).encode()
+
+    def _rel(self, key: bytes) -> str:
+        text = key.decode()
+        return text[len(self.prefix) :] if text.startswith(self.prefix) else text
+
+    def _kv(self, kv: Any) -> KV:
+        return KV(
+            key=self._rel(kv.key),
+            value=kv.value,
+            mod_revision=kv.mod_revision,
+            create_revision=kv.create_revision,
+            version=kv.version,
+            lease=kv.lease,
+        )
+
+    # -- reads ------------------------------------------------------------------------
+    async def get(self, key: str) -> KV | None:
+        result = await self._call(lambda c: c.get(self._abs(key)))
+        return self._kv(result) if result is not None else None
+
+    async def list(self, prefix: str) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` (sorted by key) and the revision they were read at."""
+        result = await self._call(lambda c: c.get_prefix(self._abs(prefix), sort_order="ascend"))
+        return [self._kv(kv) for kv in result], result.header.revision
+
+    async def revision(self) -> int:
+        result = await self._call(lambda c: c.get(self._abs("__revision_probe__")))
+        if result is not None:
+            return result.header.revision
+        # Absent key: ask for a range to learn the header revision.
+        rng = await self._call(lambda c: c.get_range(self._abs("__revision_probe__"), self._abs("__revision_probe_")))
+        return rng.header.revision
+
+    # -- writes -----------------------------------------------------------------------
+    async def put(self, key: str, value: Value, lease: int | None = None) -> int:
+        """Unconditional write; for data with a single writer only (tests, config)."""
+        result = await self._call(lambda c: c.put(self._abs(key), encode(value), lease=lease))
+        return result.header.revision
+
+    async def delete(self, key: str) -> bool:
+        result = await self._call(lambda c: c.delete(self._abs(key)))
+        return bool(result.deleted)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        result = await self._call(lambda c: c.delete_prefix(self._abs(prefix)))
+        return int(result.deleted)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Put | Delete],
+        failure: Sequence[Put | Delete] = (),
+    ) -> TxnResult:
+        """One etcd transaction: all ``success`` ops if every compare holds, else ``failure``."""
+
+        async def run(c: _Client) -> TxnResult:
+            cmp = [c.transactions.mod(self._abs(x.key)) == x.mod_revision for x in compares]
+            ok, responses = await c.transaction(
+                compare=cmp, success=self._ops(c, success), failure=self._ops(c, failure)
+            )
+            revision = 0
+            for resp in responses:
+                header = getattr(getattr(resp, resp.WhichOneof("response")), "header", None)
+                if header is not None:
+                    revision = max(revision, header.revision)
+            return TxnResult(succeeded=bool(ok), revision=revision)
+
+        return await self._call(run)
+
+    def _ops(self, c: _Client, ops: Sequence[Put | Delete]) -> list[Any]:
+        out = []
+        for op in ops:
+            if isinstance(op, Put):
+                out.append(c.transactions.put(self._abs(op.key), encode(op.value), lease=op.lease))
+            else:
+                out.append(c.transactions.delete(self._abs(op.key)))
+        return out
+
+    # -- leases -----------------------------------------------------------------------
+    async def lease_grant(self, ttl: int) -> int:
+        lease = await self._call(lambda c: c.lease(ttl))
+        return int(lease.id)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns the remaining TTL (0 or less: the lease is gone)."""
+
+        async def run(c: _Client) -> int:
+            reply = await c.refresh_lease(lease_id)
+            return int(reply.TTL) if reply is not None else 0
+
+        return await self._call(run)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._call(lambda c: c.revoke_lease(lease_id))
+
+    # -- maintenance ------------------------------------------------------------------
+    async def compact(self, revision: int) -> None:
+        await self._call(lambda c: c.compact(revision, physical=True))
+
+    # -- watch ------------------------------------------------------------------------
+    async def _raw_watch(self, prefix: str, start_revision: int) -> tuple[Any, AsyncIterator[Any]]:
+        client = await self._get_client()
+        abs_prefix = self._abs(prefix)
+        try:
+            watch = await client.watch(
+                abs_prefix,
+                range_end=aetcd.utils.prefix_range_end(abs_prefix),
+                start_revision=start_revision,
+            )
+        except _UNAVAILABLE:
+            await self._rotate(client)
+            raise
+        return watch, aiter(watch)
+
+
+def _short(exc: Exception | None) -> str:
+    if exc is None:
+        return ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
