@@ -20,7 +20,7 @@ class DatastoreUnavailable(DatastoreError):
         super().__init__(f"etcd unreachable at {', '.join(endpoints)}{detail}")
 
 
-class Conflict(Exception):  # noqa: N818 - a control-flow signal, not an error for users
+class Conflict(Exception):
     """A transaction's compare failed: someone else wrote first. Retry with fresh data."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from datastore import EtcdConfig
 from tests.helpers.etcd import EtcdServer
 
 
@@ -40,3 +41,9 @@ def etcd_env(etcd_server: EtcdServer, etcd_prefix: str) -> dict[str, str]:
     env["ETCD_ENDPOINTS"] = etcd_server.endpoint
     env["TABBY_ETCD_PREFIX"] = etcd_prefix
     return env
+
+
+@pytest.fixture
+def etcd_config(etcd_server: EtcdServer, etcd_prefix: str) -> EtcdConfig:
+    """Client settings for this test's private prefix on the session etcd."""
+    return EtcdConfig(endpoints=(etcd_server.endpoint,), prefix=etcd_prefix)
