@@ -128,10 +128,7 @@ def parse_endpoint(url: str) -> Endpoint:
         if not path:
             raise ConfigError(f"ETCD_ENDPOINTS: {url!r} has no socket path")
         return Endpoint(url=url, target=f"unix:///{path}", tls=url.startswith("unixs:"))
-    if "://" not in url:
-        url_for_parse = f"http://{url}"
-    else:
-        url_for_parse = url
+    url_for_parse = f"http://{url}" if "://" not in url else url
     parts = urlsplit(url_for_parse)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"ETCD_ENDPOINTS: {url!r}: scheme must be http, https or unix")
