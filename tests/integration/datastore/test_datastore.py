@@ -26,7 +26,9 @@ def test_create_compare_and_multi_key_txn(etcd_config: EtcdConfig) -> None:
             kv = await ds.get("a")
             assert kv is not None and kv.json() == {"n": 1}
             # A multi-key change lands whole or not at all.
-            stale = await ds.txn([mod_is("a", kv.mod_revision), mod_is("b", 123456)], [Put("a", {"n": 3}), Put("b", "x")])
+            stale = await ds.txn(
+                [mod_is("a", kv.mod_revision), mod_is("b", 123456)], [Put("a", {"n": 3}), Put("b", "x")]
+            )
             assert not stale.succeeded
             assert (await ds.get("b")) is None
             assert (await ds.get("a")).json() == {"n": 1}  # type: ignore[union-attr]
