@@ -1,0 +1,325 @@
+"""BGPConfiguration and BGPPeer: how nodes peer with each other and with routers outside.
+
+BGPConfiguration `default` carries the cluster-wide settings (mesh on/off, default AS, listen port,
+service CIDRs to advertise); `node.<nodename>` instances override per-node settings and may not set
+the cluster-wide-only fields, as in Calico's client. BGPPeer selects local nodes (node, nodeSelector
+or all) and remote peers (peerIP + asNumber, or peerSelector whose nodes supply their own AS).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from datamodel.resources.common import (
+    DEFAULT_AS_NUMBER,
+    ASNumber,
+    CalicoModel,
+    Duration,
+    IPAddr,
+    Network,
+    Resource,
+    Selector,
+    go_bool,
+    name_problem,
+    parse_ip,
+)
+from datamodel.resources.errors import Problems
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+_STANDARD_COMMUNITY = re.compile(r"^(\d+):(\d+)$")
+_LARGE_COMMUNITY = re.compile(r"^(\d+):(\d+):(\d+)$")
+
+
+def community_value_problem(value: str) -> str | None:
+    """Why `value` is not a BGP community literal: standard aa:nn (16-bit parts) or large aa:nn:mm (32-bit)."""
+    match = _STANDARD_COMMUNITY.match(value)
+    bits = 16
+    if not match:
+        match = _LARGE_COMMUNITY.match(value)
+        bits = 32
+    if not match:
+        return f"invalid community {value!r}: expected aa:nn (standard) or aa:nn:mm (large)"
+    if any(int(part) >= 1 << bits for part in match.groups()):
+        return f"invalid community {value!r}: each part must be a {bits}-bit number (0-{(1 << bits) - 1})"
+    return None
+
+
+def _check_name(value: str) -> str:
+    why = name_problem(value)
+    if why:
+        raise ValueError(why)
+    return value
+
+
+ResourceName = Annotated[str, AfterValidator(_check_name)]
+
+_IPV4_PORT = re.compile(r"^(\d+).(\d+).(\d+).(\d+):(\d+)$")  # Calico's regex (unescaped dots included)
+_IPV6_PORT = re.compile(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$")
+
+
+def split_peer_ip(value: str) -> tuple[str, int | None]:
+    """Split a peerIP into (address, port or None): `<ip>`, `<IPv4>:<port>` or `[<IPv6>]:<port>`."""
+    host, port = value, None
+    if _IPV4_PORT.match(value):
+        host, _, port_text = value.rpartition(":")
+        port = int(port_text)
+    elif m := _IPV6_PORT.match(value):
+        host, port = m.group(1), int(m.group(2))
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"invalid port in {value!r}: must be 1-65535")
+    try:
+        parse_ip(host)
+    except ValueError:
+        raise ValueError(f"must be <ip>, <IPv4>:<port> or [<IPv6>]:<port>, got {value!r}") from None
+    return host, port
+
+
+def _check_peer_ip(value: str) -> str:
+    split_peer_ip(value)
+    return value
+
+
+PeerIP = Annotated[str, AfterValidator(_check_peer_ip)]
+
+
+class SecretKeyRef(CalicoModel):
+    """A key in a Kubernetes-style secret holding the BGP password."""
+
+    name: str
+    key: str
+    optional: bool | None = None
+
+
+class BGPPassword(CalicoModel):
+    """BGP MD5 password source; Calico only supports secretKeyRef."""
+
+    secretKeyRef: SecretKeyRef | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# BGPConfiguration
+# --------------------------------------------------------------------------------------------
+
+
+class ServiceIPBlock(CalicoModel):
+    """One CIDR of service addresses to advertise (serviceClusterIPs / ExternalIPs / LoadBalancerIPs)."""
+
+    cidr: Network
+
+
+class Community(CalicoModel):
+    """A named community value, referenced by name from prefixAdvertisements."""
+
+    name: ResourceName
+    value: str
+
+    @model_validator(mode="after")
+    def _value(self) -> Community:
+        problems = Problems()
+        why = community_value_problem(self.value)
+        if why:
+            problems.add("value", why)
+        problems.raise_if_any()
+        return self
+
+
+class PrefixAdvertisement(CalicoModel):
+    """Communities to attach when advertising `cidr` (names from spec.communities or literals)."""
+
+    cidr: Network
+    communities: list[str]
+
+
+_GLOBAL_ONLY = (
+    "nodeToNodeMeshEnabled",
+    "asNumber",
+    "serviceClusterIPs",
+    "serviceExternalIPs",
+    "serviceLoadBalancerIPs",
+    "nodeMeshPassword",
+    "nodeMeshMaxRestartTime",
+)
+
+
+class BGPConfigurationSpec(CalicoModel):
+    """spec of a BGPConfiguration. Unset fields are None; `default` gets Calico's defaults filled in."""
+
+    logSeverityScreen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] | None = None
+    nodeToNodeMeshEnabled: bool | None = None
+    asNumber: ASNumber | None = None
+    serviceLoadBalancerIPs: list[ServiceIPBlock] | None = None
+    serviceExternalIPs: list[ServiceIPBlock] | None = None
+    serviceClusterIPs: list[ServiceIPBlock] | None = None
+    communities: list[Community] | None = None
+    prefixAdvertisements: list[PrefixAdvertisement] | None = None
+    listenPort: int | None = Field(default=None, ge=1, le=65535)
+    nodeMeshPassword: BGPPassword | None = None
+    nodeMeshMaxRestartTime: Duration | None = None
+    bindMode: Literal["None", "NodeIP"] | None = None
+    ignoredInterfaces: list[str] | None = None
+    localWorkloadPeeringIPV4: IPAddr | None = None
+    localWorkloadPeeringIPV6: IPAddr | None = None
+    serviceLoadBalancerAggregation: Literal["Enabled", "Disabled"] | None = None
+
+    @model_validator(mode="after")
+    def _communities(self) -> BGPConfigurationSpec:
+        problems = Problems()
+        names = {c.name for c in self.communities or []}
+        if self.communities and not self.prefixAdvertisements:
+            problems.add("communities", "communities are defined but not used in prefixAdvertisements")
+        for i, adv in enumerate(self.prefixAdvertisements or []):
+            for j, ref in enumerate(adv.communities):
+                if ref in names:
+                    continue
+                if _STANDARD_COMMUNITY.match(ref) or _LARGE_COMMUNITY.match(ref):
+                    why = community_value_problem(ref)
+                    if why:
+                        problems.add(f"prefixAdvertisements[{i}].communities[{j}]", why)
+                    continue
+                defined = ", ".join(sorted(names)) or "none"
+                problems.add(
+                    f"prefixAdvertisements[{i}].communities[{j}]",
+                    f"community {ref!r} is not defined in spec.communities (defined: {defined})"
+                    " and is not a literal aa:nn or aa:nn:mm value",
+                )
+        problems.raise_if_any()
+        return self
+
+
+class BGPConfiguration(Resource):
+    """projectcalico.org/v3 BGPConfiguration: `default` (cluster-wide) or `node.<nodename>` (per node)."""
+
+    KIND: ClassVar[str] = "BGPConfiguration"
+    PLURAL: ClassVar[str] = "bgpconfigurations"
+    ALIASES: ClassVar[tuple[str, ...]] = ("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs")
+
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+    @classmethod
+    def check_name(cls, name: str) -> str | None:
+        if name == "default":
+            return None
+        if name.startswith("node."):
+            why = name_problem(name[len("node.") :]) if len(name) > len("node.") else "node name is empty"
+            return f"invalid node name in {name!r}: {why}" if why else None
+        return f"must be 'default' or 'node.<nodename>', got {name!r}"
+
+    @property
+    def node_name(self) -> str | None:
+        """The node a `node.<nodename>` configuration applies to; None for `default`."""
+        return self.name[len("node.") :] if self.name.startswith("node.") else None
+
+    @model_validator(mode="after")
+    def _scope(self) -> BGPConfiguration:
+        spec = self.spec
+        if self.name == "default":
+            # Calico's defaults, filled only on the cluster-wide instance: a per-node instance with
+            # defaults filled would silently override the cluster-wide values it does not mention.
+            if spec.nodeToNodeMeshEnabled is None:
+                spec.nodeToNodeMeshEnabled = True
+            if spec.asNumber is None:
+                spec.asNumber = DEFAULT_AS_NUMBER
+            if spec.listenPort is None:
+                spec.listenPort = 179
+            if spec.logSeverityScreen is None:
+                spec.logSeverityScreen = "Info"
+            return self
+        problems = Problems()
+        for field in _GLOBAL_ONLY:
+            if getattr(spec, field) is not None:
+                problems.add(f"spec.{field}", "can only be set on the BGPConfiguration named 'default'")
+        problems.raise_if_any()
+        return self
+
+    def ps_row(self) -> dict[str, str]:
+        s = self.spec
+        return {
+            "NAME": self.name,
+            "LOGSEVERITY": s.logSeverityScreen or "",
+            "MESHENABLED": go_bool(s.nodeToNodeMeshEnabled) if s.nodeToNodeMeshEnabled is not None else "-",
+            "ASNUMBER": str(s.asNumber) if s.asNumber is not None else "-",
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# BGPPeer
+# --------------------------------------------------------------------------------------------
+
+
+class BGPPeerSpec(CalicoModel):
+    """spec of a BGPPeer."""
+
+    node: ResourceName | None = None
+    nodeSelector: Selector | None = None
+    peerIP: PeerIP | None = None
+    asNumber: ASNumber | None = None
+    peerSelector: Selector | None = None
+    keepOriginalNextHop: bool | None = None
+    nextHopMode: Literal["Auto", "Self", "Keep"] | None = None
+    password: BGPPassword | None = None
+    sourceAddress: Literal["UseNodeIP", "None"] | None = None
+    failureDetectionMode: Literal["None", "BFDIfDirectlyConnected"] | None = None
+    restartMode: Literal["GracefulRestart", "LongLivedGracefulRestart"] | None = None
+    maxRestartTime: Duration | None = None
+    birdGatewayMode: Literal["Recursive", "DirectIfDirectlyConnected"] | None = None
+    numAllowedLocalASNumbers: int | None = Field(default=None, ge=0, le=2147483647)
+    ttlSecurity: int | None = Field(default=None, ge=0, le=255)
+    keepaliveTime: Duration | None = None
+    reachableBy: IPAddr | None = None
+    filters: list[ResourceName] | None = None
+    localWorkloadSelector: Selector | None = None
+    reversePeering: Literal["Auto", "Manual"] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> BGPPeerSpec:
+        problems = Problems()
+        if self.node and self.nodeSelector:
+            problems.add("nodeSelector", "cannot be combined with node (use one or the other)")
+        if self.peerIP and self.peerSelector:
+            problems.add("peerSelector", "cannot be combined with peerIP (use one or the other)")
+        elif not self.peerIP and not self.peerSelector and not self.localWorkloadSelector:
+            problems.add("peerIP", "one of peerIP or peerSelector is required")
+        if self.peerSelector and self.asNumber is not None:
+            problems.add("asNumber", "must not be set with peerSelector: the AS comes from each selected node")
+        if self.peerIP and self.asNumber is None:
+            problems.add("asNumber", "required with peerIP")
+        if self.keepOriginalNextHop and self.nextHopMode is not None:
+            problems.add("nextHopMode", "cannot be combined with keepOriginalNextHop (use nextHopMode: Keep)")
+        if self.reachableBy is not None:
+            if not self.peerIP:
+                problems.add("reachableBy", "requires peerIP")
+            else:
+                host, _ = split_peer_ip(self.peerIP)
+                if parse_ip(host).version != parse_ip(self.reachableBy).version:
+                    problems.add("reachableBy", "address family differs from peerIP")
+        problems.raise_if_any()
+        return self
+
+
+class BGPPeer(Resource):
+    """projectcalico.org/v3 BGPPeer (cluster-scoped)."""
+
+    KIND: ClassVar[str] = "BGPPeer"
+    PLURAL: ClassVar[str] = "bgppeers"
+    ALIASES: ClassVar[tuple[str, ...]] = ("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps")
+
+    spec: BGPPeerSpec
+
+    def peer_address(self) -> tuple[str, int | None] | None:
+        """(address, port or None) of an explicit peerIP; None for a peerSelector peering."""
+        return split_peer_ip(self.spec.peerIP) if self.spec.peerIP else None
+
+    def ps_row(self) -> dict[str, str]:
+        s = self.spec
+        return {
+            "NAME": self.name,
+            "PEERIP": s.peerIP or "",
+            "NODE": s.node or s.nodeSelector or "(global)",
+            "ASN": str(s.asNumber or 0),
+        }

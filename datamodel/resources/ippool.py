@@ -1,0 +1,156 @@
+"""IPPool: a CIDR that IPAM carves into blocks, with its encapsulation and NAT settings.
+
+Rules follow Calico's validateIPPoolSpec and clientv3 defaulting: cidr strictly masked and not
+overlapping link-local space, blockSize 26/122 by default within 20-32/116-128, a pool at least one
+block big (unless disabled), at most one of IPIP/VXLAN and no IPIP on IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from datamodel.resources.common import CalicoModel, Resource, Selector, go_bool, parse_network
+from datamodel.resources.errors import Problems
+
+EncapMode = Literal["Never", "Always", "CrossSubnet"]
+AllowedUse = Literal["Workload", "Tunnel", "LoadBalancer"]
+
+_V4_LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
+_V6_LINK_LOCAL = ipaddress.ip_network("fe80::/10")
+BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
+DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+
+
+def _empty_is_never(value: Any) -> Any:
+    """Calico treats an empty mode as Never and stores Never."""
+    return "Never" if value == "" else value
+
+
+def _empty_is_all(value: Any) -> Any:
+    """An empty nodeSelector means every node, stored as all()."""
+    return "all()" if value == "" else value
+
+
+def _empty_is_default_uses(value: Any) -> Any:
+    """Unset or empty allowedUses means [Workload, Tunnel] (Calico's back-compatible default)."""
+    return ["Workload", "Tunnel"] if value in (None, []) else value
+
+
+class IPPoolSpec(CalicoModel):
+    """spec of an IPPool, with Calico's field names and defaults."""
+
+    cidr: str
+    vxlanMode: Annotated[EncapMode, BeforeValidator(_empty_is_never)] = "Never"
+    ipipMode: Annotated[EncapMode, BeforeValidator(_empty_is_never)] = "Never"
+    natOutgoing: bool = False
+    disabled: bool = False
+    disableBGPExport: bool = False
+    blockSize: int | None = None
+    nodeSelector: Annotated[Selector, BeforeValidator(_empty_is_all)] = "all()"
+    allowedUses: Annotated[list[AllowedUse], BeforeValidator(_empty_is_default_uses)] = Field(
+        default_factory=lambda: ["Workload", "Tunnel"]
+    )
+    assignmentMode: Literal["Automatic", "Manual"] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> IPPoolSpec:
+        problems = Problems()
+        try:
+            network = parse_network(self.cidr)
+        except ValueError as exc:
+            problems.add("cidr", str(exc))
+            network = None
+        if network is not None:
+            self.cidr = str(network)  # normalised, as Calico stores it
+            version = network.version
+            link_local = _V4_LINK_LOCAL if version == 4 else _V6_LINK_LOCAL
+            if network.overlaps(link_local):
+                problems.add("cidr", f"{network} overlaps the IPv{version} link-local range {link_local}")
+            low, high = BLOCK_SIZE_RANGE[version]
+            if self.blockSize is None:
+                self.blockSize = DEFAULT_BLOCK_SIZE[version]
+            elif not low <= self.blockSize <= high:
+                problems.add(
+                    "blockSize", f"must be between {low} and {high} for an IPv{version} pool, got {self.blockSize}"
+                )
+            elif network.prefixlen > self.blockSize and not self.disabled:
+                problems.add(
+                    "cidr",
+                    f"pool /{network.prefixlen} is smaller than one block (blockSize {self.blockSize});"
+                    f" use a prefix of /{self.blockSize} or shorter, or a larger blockSize",
+                )
+            if version == 6 and self.ipipMode != "Never":
+                problems.add("ipipMode", "IPIP is not supported on an IPv6 pool (use vxlanMode)")
+        if self.ipipMode != "Never" and self.vxlanMode != "Never":
+            problems.add(
+                "ipipMode",
+                f"IPIP and VXLAN cannot both be enabled on one pool (ipipMode {self.ipipMode},"
+                f" vxlanMode {self.vxlanMode})",
+            )
+        if "LoadBalancer" in self.allowedUses and len(set(self.allowedUses)) > 1:
+            problems.add("allowedUses", "LoadBalancer cannot be combined with other allowed uses")
+        problems.raise_if_any()
+        return self
+
+
+class IPPool(Resource):
+    """projectcalico.org/v3 IPPool (cluster-scoped)."""
+
+    KIND: ClassVar[str] = "IPPool"
+    PLURAL: ClassVar[str] = "ippools"
+    ALIASES: ClassVar[tuple[str, ...]] = ("ippool", "ippools", "ipp", "ipps", "pool", "pools")
+
+    spec: IPPoolSpec
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The pool CIDR as an ipaddress network (already validated and normalised)."""
+        return ipaddress.ip_network(self.spec.cidr)
+
+    @property
+    def ip_version(self) -> int:
+        return self.network.version
+
+    def ps_row(self) -> dict[str, str]:
+        return {"NAME": self.name, "CIDR": self.spec.cidr, "SELECTOR": self.spec.nodeSelector}
+
+    def wide_row(self) -> dict[str, str]:
+        s = self.spec
+        return {
+            "NAME": self.name,
+            "CIDR": s.cidr,
+            "NAT": go_bool(s.natOutgoing),
+            "IPIPMODE": s.ipipMode,
+            "VXLANMODE": s.vxlanMode,
+            "DISABLED": go_bool(s.disabled),
+            "DISABLEBGPEXPORT": go_bool(s.disableBGPExport),
+            "SELECTOR": s.nodeSelector,
+        }
+
+    def check_update(self, old: Resource) -> list[str]:
+        """cidr and blockSize are immutable in Calico: existing blocks were cut with them."""
+        problems: list[str] = []
+        if isinstance(old, IPPool):
+            if old.spec.cidr != self.spec.cidr:
+                problems.append(f"spec.cidr: cannot be changed (was {old.spec.cidr}, now {self.spec.cidr})")
+            if old.spec.blockSize != self.spec.blockSize:
+                problems.append(
+                    f"spec.blockSize: cannot be changed (was {old.spec.blockSize}, now {self.spec.blockSize})"
+                )
+        return problems
+
+
+def pool_overlaps(pools: Iterable[IPPool]) -> list[tuple[IPPool, IPPool]]:
+    """Pairs of differently named pools whose CIDRs overlap (Calico refuses such a pool)."""
+    seen: list[IPPool] = []
+    clashes: list[tuple[IPPool, IPPool]] = []
+    for pool in pools:
+        for other in seen:
+            if other.name != pool.name and other.ip_version == pool.ip_version and other.network.overlaps(pool.network):
+                clashes.append((other, pool))
+        seen.append(pool)
+    return clashes

@@ -1,0 +1,262 @@
+"""Reading resource documents: multi-document YAML or JSON, `<Kind>List` and `List` wrappers.
+
+All documents are checked and every problem is collected before anything is returned, so a user
+fixing a file sees all mistakes at once and a command never acts on half a file.
+
+YAML is read with go-yaml's scalar rules rather than PyYAML's YAML 1.1 extras: calicoctl (Go) reads
+`value: 65000:10` as a string and an unquoted date as a string, where PyYAML would produce a base-60
+integer and a datetime. Duplicate keys are an error, as in go-yaml.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from datamodel.resources.common import API_VERSION, Resource
+from datamodel.resources.errors import ResourceError, describe_value, format_validation_error
+from datamodel.resources.ippool import IPPool, pool_overlaps
+from datamodel.resources.registry import KIND_SYNONYMS, KINDS, kind_for_document, kinds_named
+
+# --------------------------------------------------------------------------------------------
+# YAML loader with Go's scalar resolution
+# --------------------------------------------------------------------------------------------
+
+_INT_RE = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _GoLikeLoader(yaml.SafeLoader):
+    """SafeLoader without sexagesimal numbers and timestamps, refusing duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_GoLikeLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_GoLikeLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))
+_GoLikeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def _syntax_error(where: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    detail = f"{problem} ({context})" if context else problem
+    return f"{where}: YAML syntax error{position}: {detail}"
+
+
+def _load_documents(text: str, source: str, problems: list[str]) -> list[tuple[int, Any]]:
+    """(1-based position, parsed data) for each document; syntax errors appended to `problems`."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        docs = _load_json_stream(text)
+        if docs is not None:
+            return list(enumerate(docs, 1))
+    out: list[tuple[int, Any]] = []
+    stream = yaml.load_all(text, Loader=_GoLikeLoader)
+    index = 0
+    while True:
+        index += 1
+        try:
+            data = next(stream)
+        except StopIteration:
+            break
+        except yaml.YAMLError as exc:
+            problems.append(_syntax_error(f"{source} document {index}", exc))
+            break
+        out.append((index, data))
+    return out
+
+
+def _load_json_stream(text: str) -> list[Any] | None:
+    """Concatenated JSON values (calicoctl accepts several objects in a row); None if not JSON."""
+    decoder = json.JSONDecoder()
+    docs: list[Any] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return docs
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None  # let the YAML reader (a JSON superset) report the error with its position
+        docs.append(value)
+
+
+# --------------------------------------------------------------------------------------------
+# One document
+# --------------------------------------------------------------------------------------------
+
+
+def _label(data: Any) -> str:
+    """`(<Kind> <name>)` for problem lines, from whatever the document holds."""
+    if not isinstance(data, dict):
+        return ""
+    kind = data.get("kind") if isinstance(data.get("kind"), str) else None
+    meta = data.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    parts = [p for p in (kind, name) if p]
+    return f" ({' '.join(parts)})" if parts else ""
+
+
+def _known_kinds() -> str:
+    return ", ".join(sorted({cls.KIND for cls in KINDS}))
+
+
+def _parse_one(data: Any, where: str, problems: list[str]) -> Resource | None:
+    """Validate one resource mapping; on failure append its problem lines and return None."""
+    prefix = where + _label(data)
+    if not isinstance(data, dict):
+        problems.append(f"{prefix}: a resource document must be a mapping, got {describe_value(data)}")
+        return None
+    kind = data.get("kind")
+    if kind is None:
+        problems.append(f"{prefix}: kind: required field missing (e.g. kind: IPPool)")
+        return None
+    if not isinstance(kind, str):
+        problems.append(f"{prefix}: kind: must be a string, got {describe_value(kind)}")
+        return None
+    candidates = kinds_named(kind)
+    if not candidates:
+        close = difflib.get_close_matches(kind.lower(), [c.KIND.lower() for c in KINDS], n=1, cutoff=0.6)
+        hint = next((f" (did you mean '{c.KIND}'?)" for c in KINDS if close and c.KIND.lower() == close[0]), "")
+        problems.append(f"{prefix}: kind: unknown kind {kind!r}{hint}; known kinds: {_known_kinds()}")
+        return None
+    api_version = data.get("apiVersion")
+    expected = " or ".join(sorted({c.GROUP_VERSION for c in candidates}))
+    if api_version is None:
+        problems.append(f"{prefix}: apiVersion: required field missing (expected {expected})")
+        return None
+    cls = kind_for_document(api_version, kind) if isinstance(api_version, str) else None
+    if cls is None:
+        problems.append(f"{prefix}: apiVersion: must be {expected} for {candidates[0].KIND}, got {api_version!r}")
+        return None
+    if kind in KIND_SYNONYMS:
+        data = {**data, "kind": cls.KIND}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(format_validation_error(exc, prefix, cls))
+        return None
+
+
+def parse_resource(data: dict[str, Any], source: str = "<input>", index: int = 1) -> Resource:
+    """Validate one resource dict (e.g. read back from etcd); ResourceError lists every problem."""
+    problems: list[str] = []
+    resource = _parse_one(data, f"{source} document {index}", problems)
+    if resource is None:
+        raise ResourceError(problems)
+    return resource
+
+
+# --------------------------------------------------------------------------------------------
+# Whole inputs
+# --------------------------------------------------------------------------------------------
+
+_LIST_FIELDS = {"apiVersion", "kind", "metadata", "items"}
+
+
+def _list_kind(data: dict[str, Any]) -> str | None:
+    """'' for a generic List, the item kind for `<Kind>List`, None when `data` is not a list."""
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        return None
+    if kind == "List":
+        return ""
+    if kind.endswith("List") and kinds_named(kind[: -len("List")]):
+        return kind[: -len("List")]
+    return None
+
+
+def _parse_list(data: dict[str, Any], item_kind: str, where: str, out: list[tuple[str, Resource]], problems: list[str]):
+    prefix = f"{where} ({data['kind']})"
+    for key in data:
+        if key not in _LIST_FIELDS:
+            problems.append(f"{prefix}: {key}: unknown field (a list has apiVersion, kind, metadata, items)")
+    if item_kind and data.get("apiVersion", API_VERSION) not in {c.GROUP_VERSION for c in kinds_named(item_kind)}:
+        problems.append(f"{prefix}: apiVersion: must be {API_VERSION}, got {data.get('apiVersion')!r}")
+    items = data.get("items")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        problems.append(f"{prefix}: items: must be a list, got {describe_value(items)}")
+        return
+    for i, item in enumerate(items, 1):
+        if item_kind and isinstance(item, dict):
+            # calicoctl's typed lists may leave apiVersion/kind off the items.
+            item = {"apiVersion": data.get("apiVersion", API_VERSION), "kind": item_kind, **item}
+        resource = _parse_one(item, f"{where} item {i}", problems)
+        if resource is not None:
+            out.append((f"{where} item {i}", resource))
+
+
+def _cross_document_problems(parsed: list[tuple[str, Resource]]) -> list[str]:
+    """Rules that span documents: overlapping IP pools in one input."""
+    where = {id(res): w for w, res in parsed}
+    pools = [res for _, res in parsed if isinstance(res, IPPool)]
+    return [
+        f"{where[id(b)]} (IPPool {b.name}): spec.cidr: {b.spec.cidr} overlaps IPPool {a.name} ({a.spec.cidr})"
+        for a, b in pool_overlaps(pools)
+    ]
+
+
+def parse_documents(text: str, source: str = "<stdin>") -> list[Resource]:
+    """Parse multi-document YAML/JSON into resources; all-or-nothing, every problem reported at once."""
+    problems: list[str] = []
+    parsed: list[tuple[str, Resource]] = []
+    for index, data in _load_documents(text, source, problems):
+        if data is None:
+            continue
+        where = f"{source} document {index}"
+        item_kind = _list_kind(data) if isinstance(data, dict) else None
+        if item_kind is not None:
+            _parse_list(data, item_kind, where, parsed, problems)
+            continue
+        resource = _parse_one(data, where, problems)
+        if resource is not None:
+            parsed.append((where, resource))
+    if not problems:
+        problems.extend(_cross_document_problems(parsed))
+    if problems:
+        raise ResourceError(problems)
+    return [res for _, res in parsed]
