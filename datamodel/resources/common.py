@@ -324,10 +324,10 @@ class Metadata(CalicoModel):
         for key, value in (labels or {}).items():
             why = qualified_name_problem(key)
             if why:
-                problems.add(f"labels[{key!r}]", why)
+                problems.add(f"[{key!r}]", why)
             if len(value) > 63 or not _LABEL_VALUE_RE.match(value):
                 problems.add(
-                    f"labels[{key!r}]",
+                    f"[{key!r}]",
                     f"invalid value {value!r}: at most 63 characters of alphanumerics, '-', '_' or '.',"
                     " starting and ending with an alphanumeric",
                 )
@@ -341,7 +341,7 @@ class Metadata(CalicoModel):
         for key in annotations or {}:
             why = qualified_name_problem(key.lower())
             if why:
-                problems.add(f"annotations[{key!r}]", why)
+                problems.add(f"[{key!r}]", why)
         problems.raise_if_any()
         return annotations
 

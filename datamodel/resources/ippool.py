@@ -73,7 +73,7 @@ class IPPoolSpec(CalicoModel):
             low, high = BLOCK_SIZE_RANGE[version]
             if self.blockSize is None:
                 self.blockSize = DEFAULT_BLOCK_SIZE[version]
-            elif not low <= self.blockSize <= high:
+            if not low <= self.blockSize <= high:
                 problems.add(
                     "blockSize", f"must be between {low} and {high} for an IPv{version} pool, got {self.blockSize}"
                 )
