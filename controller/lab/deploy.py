@@ -1,0 +1,450 @@
+"""Deploy and destroy a lab; the ``Lab`` handle tests and later issues use.
+
+Order, as containerlab does it: namespaces, management network, links, then each node's main
+process(es), then ``exec`` commands. Unlike containerlab we wait for each node's daemons to
+answer before running its ``exec`` (so ``gobgp global rib add`` in exec is reliable) and before
+returning, so a deployed lab is a usable lab.
+
+Crash safety: every namespace, process and host directory is recorded in the lab state before
+it is made (``state.py``); ``destroy`` works from that record, ``--cleanup`` also from the
+names the topology implies.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from controller.lab import kinds, netns
+from controller.lab.errors import LabError, NotRootError
+from controller.lab.state import LabState, lab_dir, lab_lock
+from controller.lab.topology import Node, Topology, load_topology
+
+log = structlog.get_logger(__name__)
+
+READY_TIMEOUT = 60.0
+EXEC_TIMEOUT = 60.0
+MAX_WORKERS = 16
+T = TypeVar("T")
+
+
+class Reporter(Protocol):
+    """Progress sink: the CLI draws a rich progress display, the Python API logs."""
+
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, item: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+class LogReporter:
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+
+    def phase(self, name: str, total: int) -> None:
+        log.debug("phase", lab=self.lab, phase=name, total=total)
+
+    def advance(self, item: str) -> None:
+        log.debug("done", lab=self.lab, item=item)
+
+    def warn(self, message: str) -> None:
+        log.warning(message, lab=self.lab)
+
+
+def require_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise NotRootError(f"tabbyctl lab {action} needs root (network namespaces, veth pairs, daemons)")
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: ``TABBY_LAB_CRASH_AT=<step>`` kills this process there (crash-safety tests)."""
+    if os.environ.get("TABBY_LAB_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parallel(items: Sequence[T], work: Callable[[T], Any], reporter: Reporter | None = None,
+              label: Callable[[T], str] = str) -> None:
+    """Run ``work`` on every item in threads; every failure is collected, then raised together."""
+    if not items:
+        return
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(items))) as pool:
+        futures = {pool.submit(work, item): item for item in items}
+        for future, item in futures.items():
+            try:
+                future.result()
+            except LabError as exc:
+                problems.extend(exc.problems)
+            if reporter is not None:
+                reporter.advance(label(item))
+    if problems:
+        raise LabError(problems[0], problems)
+
+
+# --------------------------------------------------------------------------- the Lab handle
+
+
+@dataclass
+class Lab:
+    """A deployed lab: names, addresses and a way to run commands in its nodes."""
+
+    topology: Topology
+    state: LabState
+    exec_failures: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self.topology.nodes
+
+    def node_netns(self, node: str) -> str:
+        return self.topology.node(node).netns
+
+    def mgmt_ipv4(self, node: str) -> IPv4Address | None:
+        iface = self.topology.node(node).mgmt_ipv4
+        return iface.ip if iface is not None else None
+
+    def node_dir(self, node: str) -> Path:
+        return self.state.node_dir(self.topology.node(node).name)
+
+    def exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` as it runs in ``node`` (``vtysh`` gets ``-N ns``, ``birdc`` its socket)."""
+        n = self.topology.node(node)
+        return kinds.handler_for(n.image).exec_argv(n, self.state.node_dir(node), list(argv))
+
+    def exec(self, node: str, argv: Sequence[str], *, timeout: float | None = 30.0, check: bool = False,
+             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``node``'s namespace with the node's environment; output captured as text."""
+        n = self.topology.node(node)
+        full = netns.netns_argv(n.netns, self.exec_argv(node, argv))
+        try:
+            proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text,
+                                  env=kinds.node_env(n), check=False)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"node {node}: {shlex.join(argv)} timed out after {timeout}s") from None
+        except FileNotFoundError:
+            raise LabError(f"node {node}: {argv[0]}: not found") from None
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise LabError(f"node {node}: {shlex.join(argv)} exited {proc.returncode}"
+                           + (f": {detail[-1]}" if detail else ""))
+        return proc
+
+    def inspect(self) -> list[dict[str, str]]:
+        return inspect_rows(self.topology, self.state)
+
+    def destroy(self, cleanup: bool = True) -> None:
+        destroy(self.topology, cleanup=cleanup)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy(cleanup=True)
+
+
+def _topology(topology: Topology | str | Path | None) -> Topology:
+    return topology if isinstance(topology, Topology) else load_topology(topology)
+
+
+def load(topology: Topology | str | Path | None) -> Lab:
+    """The handle of an already deployed lab (``LabError`` when it is not deployed)."""
+    topo = _topology(topology)
+    state = LabState.load(topo.name)
+    if state is None:
+        raise LabError(f"lab {topo.name} is not deployed (tabbyctl lab deploy -t {topo.path})")
+    return Lab(topo, state)
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False, reporter: Reporter | None = None,
+           ready_timeout: float = READY_TIMEOUT) -> Lab:
+    """Build the lab and wait until every node's processes answer; returns its handle.
+
+    On failure the half-built lab stays (its logs are what the user needs) and the error says
+    how to remove it; ``destroy`` handles any partial state.
+    """
+    topo = _topology(topology)
+    require_root("deploy")
+    reporter = reporter or LogReporter(topo.name)
+    handlers = {name: kinds.handler_for(node.image) for name, node in topo.nodes.items()}
+    for name, handler in handlers.items():
+        handler.check(topo.nodes[name])
+
+    with lab_lock(topo.name):
+        if reconfigure:
+            _teardown(topo, cleanup=True)
+        existing = LabState.load(topo.name)
+        if existing is not None:
+            raise LabError(f"lab {topo.name} is already deployed (from {existing.topology}, {existing.status}); "
+                           "destroy it first or deploy with --reconfigure")
+        taken = [ns for ns in topo.netns_names() if netns.exists(ns)]
+        if taken:
+            raise LabError(f"lab {topo.name}: namespace {taken[0]} already exists (another lab, or a leftover: "
+                           f"ip netns del {taken[0]})")
+        shutil.rmtree(lab_dir(topo.name) / "nodes", ignore_errors=True)
+        state = LabState(name=topo.name, topology=str(topo.path))
+        state.save()
+        lab = Lab(topo, state)
+        for warning in topo.warnings:
+            state.record_warning(warning)
+            reporter.warn(warning)
+        started = time.monotonic()
+        _crash_point("namespaces")
+        _create_namespaces(topo, state, reporter)
+        _crash_point("mgmt")
+        _create_mgmt(topo, state, reporter)
+        _crash_point("links")
+        _create_links(topo, reporter)
+        _crash_point("start")
+        _start_nodes(topo, state, handlers, reporter, ready_timeout)
+        _crash_point("exec")
+        lab.exec_failures = _run_execs(lab, reporter)
+        state.set_status("deployed")
+        log.info("lab deployed", lab=topo.name, nodes=len(topo.nodes), links=len(topo.links),
+                 seconds=round(time.monotonic() - started, 2))
+        return lab
+
+
+def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> None:
+    names = topo.netns_names()
+    reporter.phase("namespaces", len(names))
+
+    def make(name: str) -> None:
+        state.record_netns(name)
+        netns.add(name)
+
+    _parallel(names, make, reporter)
+
+
+def _mgmt_peer(index: int) -> str:
+    return f"mv{index}"
+
+
+def _create_mgmt(topo: Topology, state: LabState, reporter: Reporter) -> None:
+    """A bridge in the lab's own management namespace; each node's eth0 plugged into it."""
+    mgmt = topo.mgmt
+    members = [(i, n) for i, n in enumerate(topo.nodes.values()) if n.mgmt_ipv4 is not None]
+    reporter.phase("management network", len(members) + 1)
+    mtu = ["mtu", str(mgmt.mtu)] if mgmt.mtu else []
+    netns.batch(topo.mgmt_netns, [
+        f"link add {mgmt.bridge} {' '.join(mtu)} type bridge",
+        f"link set {mgmt.bridge} up",
+        f"addr add {mgmt.gateway} dev {mgmt.bridge}",
+    ])
+    reporter.advance(mgmt.bridge)
+
+    def plug(member: tuple[int, Node]) -> None:
+        i, node = member
+        netns.batch(node.netns, [netns.veth_command("eth0", _mgmt_peer(i), topo.mgmt_netns, mtu=mgmt.mtu)])
+
+    _parallel(members, plug)
+    netns.batch(topo.mgmt_netns, [cmd for i, _ in members for cmd in (
+        f"link set {_mgmt_peer(i)} master {mgmt.bridge}", f"link set {_mgmt_peer(i)} up")])
+
+    def address(member: tuple[int, Node]) -> None:
+        _, node = member
+        netns.batch(node.netns, [
+            f"addr add {node.mgmt_ipv4} dev eth0",
+            "link set eth0 up",
+            f"route add default via {mgmt.gateway.ip} dev eth0",
+        ])
+
+    _parallel(members, address, reporter, label=lambda m: m[1].name)
+
+
+def _create_links(topo: Topology, reporter: Reporter) -> None:
+    """Round 1 creates every veth from its A side (peer straight into B); round 2 brings all up."""
+    reporter.phase("links", len(topo.links))
+    create: dict[str, list[str]] = {}
+    up: dict[str, list[str]] = {}
+    for link in topo.links:
+        a, b = topo.nodes[link.a.node], topo.nodes[link.b.node]
+        create.setdefault(a.netns, []).append(netns.veth_command(
+            link.a.interface, link.b.interface, b.netns, mtu=link.mtu, mac=link.a.mac, peer_mac=link.b.mac))
+        up.setdefault(a.netns, []).append(f"link set {link.a.interface} up")
+        up.setdefault(b.netns, []).append(f"link set {link.b.interface} up")
+    _parallel(list(create.items()), lambda item: netns.batch(item[0], item[1]))
+    _parallel(list(up.items()), lambda item: netns.batch(item[0], item[1]))
+    for link in topo.links:
+        reporter.advance(str(link))
+    sysctl_nodes = [n for n in topo.nodes.values() if n.sysctls]
+    _parallel(sysctl_nodes, lambda n: netns.run(netns.netns_argv(
+        n.netns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in n.sysctls.items())])))
+
+
+def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.ImageHandler], reporter: Reporter,
+                 timeout: float) -> None:
+    reporter.phase("nodes", len(topo.nodes))
+
+    def start(node: Node) -> None:
+        ctx = kinds.NodeContext(topology=topo, node=node, state=state)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        handler = handlers[node.name]
+        try:
+            handler.start(ctx)
+            handler.wait_ready(ctx, timeout)
+        except LabError as exc:
+            raise LabError(exc.problems[0], [p if p.startswith("node ") else f"node {node.name}: {p}"
+                                             for p in exc.problems]) from None
+        except OSError as exc:
+            raise LabError(f"node {node.name}: {exc}") from None
+        log.info("node ready", lab=topo.name, node=node.name, image=node.image, handler=handler.name)
+
+    _parallel(list(topo.nodes.values()), start, reporter, label=lambda n: n.name)
+
+
+def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
+    """containerlab's ``exec``: each node's commands in order; a failure is reported, not fatal."""
+    nodes = [n for n in lab.nodes.values() if n.exec]
+    reporter.phase("exec", sum(len(n.exec) for n in nodes))
+    failures: list[str] = []
+
+    def run_node(node: Node) -> None:
+        for command in node.exec:
+            argv = shlex.split(command)
+            try:
+                proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT)
+            except LabError as exc:
+                failures.append(exc.problems[0])
+            else:
+                if proc.returncode != 0:
+                    detail = (proc.stderr or proc.stdout).strip().splitlines()
+                    failures.append(f"node {node.name}: exec {command!r} failed (exit {proc.returncode})"
+                                    + (f": {detail[-1]}" if detail else ""))
+            reporter.advance(f"{node.name}: {command}")
+
+    _parallel(nodes, run_node)
+    for failure in failures:
+        lab.state.record_warning(failure)
+        reporter.warn(failure)
+    return failures
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+@dataclass
+class DestroyReport:
+    lab: str
+    namespaces: list[str] = field(default_factory=list)
+    killed: int = 0
+    paths: list[str] = field(default_factory=list)
+    was_deployed: bool = False
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.namespaces or self.killed or self.paths or self.was_deployed)
+
+
+def destroy(topology: Topology | str | Path | None, *, cleanup: bool = False) -> DestroyReport:
+    """Remove every process, namespace and directory of the lab; idempotent.
+
+    Without ``cleanup`` it works from the lab's state record and keeps the node logs. With
+    ``cleanup`` it also sweeps what the topology implies (namespaces by name, FRR pathspaces,
+    processes in those namespaces), works with a missing or corrupt record, and removes the
+    lab directory: after a crashed deploy this leaves nothing behind.
+    """
+    topo = _topology(topology)
+    require_root("destroy")
+    with lab_lock(topo.name):
+        return _teardown(topo, cleanup=cleanup)
+
+
+def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
+    report = DestroyReport(lab=topo.name)
+    try:
+        state = LabState.load(topo.name)
+    except LabError:
+        if not cleanup:
+            raise
+        state = None
+    namespaces: list[str] = list(state.netns) if state else []
+    paths: list[str] = list(state.paths) if state else []
+    if cleanup:
+        namespaces += [ns for ns in topo.netns_names() if ns not in namespaces]
+        for node in topo.nodes.values():
+            paths += [str(p) for p in kinds.handler_for(node.image).host_paths(node) if str(p) not in paths]
+    report.was_deployed = state is not None
+
+    pids = [p.pid for p in (state.processes if state else []) if p.alive()]
+    for name in namespaces:
+        pids += netns.pids(name)
+    report.killed = len(set(pids))
+    netns.kill_all(set(pids))
+    for name in namespaces:
+        if netns.exists(name):
+            netns.delete(name)
+            report.namespaces.append(name)
+    for path in paths:
+        if Path(path).exists():
+            shutil.rmtree(path, ignore_errors=True)
+            report.paths.append(path)
+    directory = lab_dir(topo.name)
+    if cleanup:
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        (directory / "state.json").unlink(missing_ok=True)
+    log.info("lab destroyed", lab=topo.name, namespaces=len(report.namespaces), killed=report.killed,
+             cleanup=cleanup)
+    return report
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def inspect_rows(topo: Topology, state: LabState | None) -> list[dict[str, str]]:
+    """containerlab's ``inspect --format json`` fields, one row per node."""
+    rows: list[dict[str, str]] = []
+    for node in topo.nodes.values():
+        path = netns.NETNS_DIR / node.netns
+        procs = state.node_processes(node.name) if state else []
+        if state is None or not path.exists():
+            status = "missing" if state is not None else "not deployed"
+        elif procs and not all(p.alive() for p in procs):
+            status = "exited"
+        else:
+            status = "running"
+        try:
+            container_id = f"{os.stat(path).st_ino:012x}"
+        except OSError:
+            container_id = ""
+        rows.append({
+            "lab_name": topo.name,
+            "labPath": str(topo.path),
+            "name": node.netns,
+            "container_id": container_id,
+            "image": node.image,
+            "kind": node.kind,
+            "state": status,
+            "ipv4_address": str(node.mgmt_ipv4) if node.mgmt_ipv4 else "N/A",
+            "ipv6_address": "N/A",
+            "owner": "root",
+        })
+    return rows
+
+
+def inspect(topology: Topology | str | Path | None) -> list[dict[str, str]]:
+    topo = _topology(topology)
+    return inspect_rows(topo, LabState.load(topo.name))
+
+
+def all_processes_alive(lab: Lab) -> Iterable[str]:
+    """Names of recorded processes that are gone (tests use it after deploy)."""
+    return [f"{p.node}/{p.name}" for p in lab.state.processes if not p.alive()]

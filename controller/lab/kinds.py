@@ -1,0 +1,412 @@
+"""What runs inside a lab node: the image name picks a program installed on the host.
+
+No images are pulled (there is no container engine); ``frrouting/frr:8.4`` means "the host's
+FRR, started in this node's namespace with this node's config". The contract (design.md
+section 4): ``*frr*`` FRR (zebra, bgpd, staticd + whatever a bound ``daemons`` file enables),
+``*bird*`` BIRD 2, ``*gobgp*`` gobgpd, ``*etcd*`` etcd on 2379 at the management address and
+127.0.0.1, ``tabby/node`` the node agent (a plain namespace until that issue registers its
+handler), anything else a plain namespace where ``cmd`` and ``exec`` run.
+
+Why a registry: later issues add images (``tabby/node``) with ``register_image`` from their own
+package, without editing the lab core. Registered patterns are tried before the built-in ones,
+most recent first. A separate CLI process finds them through ``PLUGIN_MODULES`` /
+``TABBY_LAB_PLUGINS`` (modules imported for their ``register_image`` side effect).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from controller.lab import netns
+from controller.lab.errors import LabError
+from controller.lab.state import LabState, ProcessRecord, process_start_time
+from controller.lab.topology import Node, Topology
+
+log = structlog.get_logger(__name__)
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+FRR_BIN = Path("/usr/lib/frr")
+FRR_ETC = Path("/etc/frr")
+FRR_RUN = Path("/var/run/frr")
+FRR_DEFAULT_DAEMONS = ("zebra", "bgpd", "staticd")
+FRR_KNOWN_DAEMONS = ("zebra", "bgpd", "ospfd", "ospf6d", "ripd", "ripngd", "isisd", "pimd", "ldpd", "nhrpd",
+                     "eigrpd", "babeld", "sharpd", "pbrd", "bfdd", "fabricd", "vrrpd", "pathd", "staticd")
+GOBGP_API = "127.0.0.1:50051"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+# modules imported for their register_image() side effect, when installed
+PLUGIN_MODULES = ("controller.node.lab_image",)
+
+
+@dataclass
+class NodeContext:
+    """Everything a handler needs about one node, and the only way it starts processes.
+
+    ``spawn`` records the pid (with its start time) in the lab state as soon as the process
+    exists, and starts it in a new session so it outlives the deploy command.
+    """
+
+    topology: Topology
+    node: Node
+    state: LabState
+    popens: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def netns(self) -> str:
+        return self.node.netns
+
+    @property
+    def workdir(self) -> Path:
+        return self.state.node_dir(self.node.name)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """A container's environment: a minimal base plus the node's ``env``, never the caller's."""
+        return node_env(self.node)
+
+    def spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> ProcessRecord:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                netns.netns_argv(self.netns, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env if env is not None else self.env,
+                cwd=self.workdir,
+            )
+        record = ProcessRecord(pid=proc.pid, start_time=process_start_time(proc.pid), node=self.node.name,
+                               name=name, argv=list(argv))
+        self.state.record_process(record)
+        self.popens[name] = proc
+        log.debug("process started", lab=self.topology.name, node=self.node.name, process=name, pid=proc.pid)
+        return record
+
+    def run(self, argv: Sequence[str], *, timeout: float = 30.0,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        return netns.run(netns.netns_argv(self.netns, argv), timeout=timeout, check=check)
+
+    def log_tail(self, name: str, lines: int = 3) -> str:
+        try:
+            text = (self.workdir / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def check_alive(self) -> None:
+        """Raise if a process this node started has exited (with the tail of its log)."""
+        for name, proc in self.popens.items():
+            code = proc.poll()
+            if code is not None:
+                tail = self.log_tail(name)
+                raise LabError(f"node {self.node.name}: {name} exited with code {code}"
+                               + (f": {tail}" if tail else f" (log {self.workdir / f'{name}.log'})"))
+
+    def wait_until(self, what: str, ready: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+        """Poll ``ready`` (bounded in time), failing early when a process of the node died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"node {self.node.name}: {what} not ready after {timeout:.0f}s "
+                               f"(logs in {self.workdir})")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 0.5)
+
+
+def node_env(node: Node) -> dict[str, str]:
+    return {**BASE_ENV, **node.env}
+
+
+class ImageHandler:
+    """A plain namespace: runs ``cmd`` (if any) as the node's main process.
+
+    Subclasses override ``start`` / ``wait_ready`` / ``exec_argv`` / ``host_paths``.
+    """
+
+    name = "linux"
+    binaries: tuple[str, ...] = ()
+
+    def check(self, node: Node) -> None:
+        """Refuse before anything is created when the host lacks the program (one clear line)."""
+        for binary in self.binaries:
+            if shutil.which(binary) is None and not Path(binary).exists():
+                raise LabError(f"node {node.name}: image {node.image} needs {binary}, which is not installed "
+                               "(run `make setup`)")
+
+    def host_paths(self, node: Node) -> list[Path]:
+        """Directories outside the lab directory this handler creates (destroy --cleanup sweeps them)."""
+        return []
+
+    def start(self, ctx: NodeContext) -> None:
+        if ctx.node.cmd:
+            ctx.spawn("cmd", shlex.split(ctx.node.cmd))
+
+    def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
+        ctx.check_alive()
+
+    def exec_argv(self, node: Node, workdir: Path, argv: list[str]) -> list[str]:
+        """Rewrite an ``exec`` command line so it reaches this node's daemon (e.g. ``vtysh -N``)."""
+        return argv
+
+
+def bound_config(node: Node, *targets: str) -> Path | None:
+    """The host file a bind maps onto one of the daemon's well-known config paths."""
+    for bind in node.binds:
+        if bind.target in targets:
+            return bind.source
+    return None
+
+
+def config_text(node: Node, *targets: str) -> str | None:
+    """``startup-config`` wins; otherwise the containerlab-style bind of the config file."""
+    if node.startup_config is not None:
+        return node.startup_config.read()
+    path = bound_config(node, *targets)
+    return path.read_text() if path is not None else None
+
+
+class FrrHandler(ImageHandler):
+    """FRR per namespace through its ``-N`` pathspace: ``/etc/frr/<ns>``, ``/var/run/frr/<ns>``.
+
+    Two FRR nodes therefore never share a vty socket, zserv socket or pid file. The daemons run
+    in the foreground (their pids are ours to record), log to stdout (captured per daemon in the
+    node's directory), have no TCP vty, and get the configuration through ``vtysh -N ns -f``
+    once all of them answer, which is also when the node counts as ready.
+    """
+
+    name = "frr"
+    binaries = ("/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/staticd", "vtysh")
+
+    def host_paths(self, node: Node) -> list[Path]:
+        return [FRR_ETC / node.netns, FRR_RUN / node.netns]
+
+    def daemons(self, node: Node) -> list[str]:
+        """zebra, bgpd, staticd, plus what a bound ``/etc/frr/daemons`` file switches on."""
+        chosen = list(FRR_DEFAULT_DAEMONS)
+        path = bound_config(node, "/etc/frr/daemons")
+        if path is not None:
+            for line in path.read_text().splitlines():
+                key, _, value = line.strip().partition("=")
+                if key in FRR_KNOWN_DAEMONS and value.strip().strip('"') == "yes" and key not in chosen:
+                    chosen.append(key)
+        return chosen
+
+    def start(self, ctx: NodeContext) -> None:
+        etc, run = self.host_paths(ctx.node)
+        for path in (etc, run):
+            ctx.state.record_path(path)
+        shutil.rmtree(etc, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
+        etc.mkdir(parents=True)
+        run.mkdir(parents=True)
+        for bind in ctx.node.binds:
+            if bind.target.startswith("/etc/frr/") and bind.source.is_file():
+                shutil.copyfile(bind.source, etc / Path(bind.target).name)
+        text = config_text(ctx.node, "/etc/frr/frr.conf") or f"hostname {ctx.node.name}\n"
+        (etc / "frr.conf").write_text(text)
+        if not (etc / "vtysh.conf").exists():
+            (etc / "vtysh.conf").write_text("service integrated-vtysh-config\n")
+        frr = pwd.getpwnam("frr")
+        for path in (etc, run, *etc.iterdir()):
+            os.chown(path, frr.pw_uid, frr.pw_gid)
+        for daemon in self.daemons(ctx.node):
+            binary = FRR_BIN / daemon
+            if not binary.exists():
+                raise LabError(f"node {ctx.node.name}: FRR daemon {daemon} is not installed")
+            ctx.spawn(daemon, [str(binary), "-N", ctx.netns, "-P", "0", "--log", "stdout"])
+
+    def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
+        run = FRR_RUN / ctx.netns
+        daemons = self.daemons(ctx.node)
+        ctx.wait_until("FRR vty sockets", lambda: all((run / f"{d}.vty").exists() for d in daemons), timeout)
+        proc = ctx.run(["vtysh", "-N", ctx.netns, "-f", str(FRR_ETC / ctx.netns / "frr.conf")], check=False,
+                       timeout=timeout)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+            raise LabError(f"node {ctx.node.name}: FRR rejected its configuration: " + " | ".join(lines[:4]))
+
+    def exec_argv(self, node: Node, workdir: Path, argv: list[str]) -> list[str]:
+        if argv and Path(argv[0]).name == "vtysh" and "-N" not in argv:
+            return [argv[0], "-N", node.netns, *argv[1:]]
+        return argv
+
+
+class BirdHandler(ImageHandler):
+    """BIRD 2 in the foreground with its control socket in the node's directory."""
+
+    name = "bird"
+    binaries = ("bird", "birdc")
+
+    @staticmethod
+    def socket(workdir: Path) -> Path:
+        return workdir / "bird.ctl"
+
+    def start(self, ctx: NodeContext) -> None:
+        text = config_text(ctx.node, "/etc/bird/bird.conf", "/etc/bird.conf", "/usr/local/etc/bird.conf")
+        if text is None:
+            raise LabError(f"node {ctx.node.name}: image {ctx.node.image} runs BIRD and needs a startup-config "
+                           "(or a bind to /etc/bird/bird.conf)")
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        for bind in ctx.node.binds:
+            if bind.target.startswith("/etc/bird/") and bind.source.is_file():
+                shutil.copyfile(bind.source, ctx.workdir / Path(bind.target).name)
+        conf = ctx.workdir / "bird.conf"
+        conf.write_text(text)
+        ctx.spawn("bird", ["bird", "-f", "-c", str(conf), "-s", str(self.socket(ctx.workdir)),
+                           "-P", str(ctx.workdir / "bird.pid")])
+
+    def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
+        sock = self.socket(ctx.workdir)
+
+        def up() -> bool:
+            if not sock.exists():
+                return False
+            return ctx.run(["birdc", "-s", str(sock), "show", "status"], check=False, timeout=5).returncode == 0
+
+        ctx.wait_until("BIRD control socket", up, timeout)
+
+    def exec_argv(self, node: Node, workdir: Path, argv: list[str]) -> list[str]:
+        if argv and Path(argv[0]).name in ("birdc", "birdcl") and "-s" not in argv:
+            return [argv[0], "-s", str(self.socket(workdir)), *argv[1:]]
+        return argv
+
+
+class GobgpHandler(ImageHandler):
+    """gobgpd with its gRPC API on the namespace's own 127.0.0.1:50051 (so plain ``gobgp`` works)."""
+
+    name = "gobgp"
+    binaries = ("gobgpd", "gobgp")
+
+    def start(self, ctx: NodeContext) -> None:
+        node = ctx.node
+        text = config_text(node, *(f"/etc/gobgp/gobgpd.{ext}" for ext in ("toml", "yml", "yaml", "json", "conf")),
+                           *(f"/etc/gobgp/gobgp.{ext}" for ext in ("toml", "yml", "yaml", "json", "conf")))
+        if text is None:
+            raise LabError(f"node {node.name}: image {node.image} runs gobgpd and needs a startup-config "
+                           "(or a bind to /etc/gobgp/gobgpd.toml)")
+        source = node.startup_config.path if node.startup_config and node.startup_config.path else None
+        if source is None:
+            source = bound_config(node, *(b.target for b in node.binds if b.target.startswith("/etc/gobgp/")))
+        ext = source.suffix.lstrip(".") if source is not None else "toml"
+        fmt = {"yml": "yaml", "yaml": "yaml", "json": "json"}.get(ext, "toml")
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        conf = ctx.workdir / f"gobgpd.{fmt}"
+        conf.write_text(text)
+        ctx.spawn("gobgpd", ["gobgpd", "-f", str(conf), "-t", fmt, "--api-hosts", GOBGP_API, "--pprof-disable",
+                             "--log-plain"])
+
+    def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
+        host, port = GOBGP_API.split(":")
+
+        def up() -> bool:
+            proc = ctx.run(["gobgp", "-u", host, "-p", port, "global"], check=False, timeout=5)
+            return proc.returncode == 0 and "AS" in proc.stdout
+
+        ctx.wait_until("gobgpd API", up, timeout)
+
+
+class EtcdHandler(ImageHandler):
+    """A single-member etcd, clients on <mgmt ip>:2379 and 127.0.0.1:2379, data in the node's directory."""
+
+    name = "etcd"
+    binaries = ("etcd", "etcdctl")
+
+    def start(self, ctx: NodeContext) -> None:
+        node = ctx.node
+        urls = [f"http://127.0.0.1:{ETCD_CLIENT_PORT}"]
+        if node.mgmt_ipv4 is not None:
+            urls.insert(0, f"http://{node.mgmt_ipv4.ip}:{ETCD_CLIENT_PORT}")
+        peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        ctx.spawn("etcd", [
+            "etcd", "--name", node.name, "--data-dir", str(ctx.workdir / "etcd-data"),
+            "--listen-client-urls", ",".join(urls), "--advertise-client-urls", urls[0],
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{node.name}={peer}", "--log-level", "warn",
+        ])
+
+    def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
+        def up() -> bool:
+            proc = ctx.run(["etcdctl", f"--endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                            "--dial-timeout=1s", "endpoint", "health"], check=False, timeout=5)
+            return proc.returncode == 0
+
+        ctx.wait_until("etcd", up, timeout, interval=0.2)
+
+
+class TabbyNodePlaceholder(ImageHandler):
+    """``tabby/node`` before the node-agent issue registers the real handler: a plain namespace."""
+
+    name = "tabby-node (placeholder)"
+
+
+_BUILTIN: list[tuple[str, ImageHandler]] = [
+    ("tabby/node", TabbyNodePlaceholder()),
+    ("tabby/node:*", TabbyNodePlaceholder()),
+    ("*etcd*", EtcdHandler()),
+    ("*frr*", FrrHandler()),
+    ("*bird*", BirdHandler()),
+    ("*gobgp*", GobgpHandler()),
+]
+_REGISTERED: list[tuple[str, ImageHandler]] = []
+_DEFAULT = ImageHandler()
+_plugins_loaded = False
+
+
+def register_image(pattern: str, handler: ImageHandler) -> None:
+    """Make images matching ``pattern`` (fnmatch, case-insensitive) run ``handler``.
+
+    Registered patterns win over the built-in ones; the most recent registration wins.
+    """
+    _REGISTERED.insert(0, (pattern.lower(), handler))
+
+
+def unregister_image(pattern: str) -> None:
+    """Drop a registration (tests use it to restore the registry)."""
+    _REGISTERED[:] = [(p, h) for p, h in _REGISTERED if p != pattern.lower()]
+
+
+def handler_for(image: str) -> ImageHandler:
+    load_plugins()
+    name = image.lower()
+    for pattern, handler in (*_REGISTERED, *_BUILTIN):
+        if fnmatch.fnmatchcase(name, pattern):
+            return handler
+    return _DEFAULT
+
+
+def load_plugins() -> None:
+    """Import the modules that register images (once); a module that is not there is skipped."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    extra = [m.strip() for m in os.environ.get("TABBY_LAB_PLUGINS", "").split(",") if m.strip()]
+    for module in (*PLUGIN_MODULES, *extra):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            if module in extra:
+                raise LabError(f"TABBY_LAB_PLUGINS: module {module} not found") from None
