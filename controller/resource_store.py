@@ -1,0 +1,510 @@
+"""Create, replace, apply, delete, get and list projectcalico.org/v3 resources in etcd.
+
+Why this module exists: tabbyctl, the controller and the node agent all write resources, and
+each write has rules that span more than one key (an IPPool must not overlap another pool,
+its cidr and blockSize never change, a pool with live allocations cannot go away). Putting
+those rules here, beside the transaction that writes, means every writer obeys them.
+
+How a write works (:meth:`ResourceStore.write`, :meth:`ResourceStore.delete`):
+
+1. Read the current value of every target key (and, for kinds with cross-resource rules,
+   the whole collection).
+2. Check every document: existence rules of the verb, ``metadata.resourceVersion`` when the
+   document carries one, immutable fields (``Resource.check_update``), cross-resource rules against the datastore *and*
+   the other documents of the same input. Collect every problem; if there is one, raise
+   :class:`StoreError` with all of them and write nothing.
+3. Write everything in ONE etcd transaction that compares each target key's mod_revision
+   with what step 1 read (0 = must still be absent). A concurrent writer makes the compare
+   fail and the whole read-check-write runs again on fresh data (bounded, with jitter).
+
+Cross-resource rules need more than per-key compares: two clients creating overlapping pools
+at the same time would each see a world without the other's pool. Every write to such a kind
+therefore also compares and bumps one guard key per kind (``resources/guards/<plural>``, not
+under any resource prefix), which serialises those writers.
+
+etcd refuses transactions with more than 128 operations (``--max-txn-ops``). Inputs larger
+than :data:`MAX_TXN_RESOURCES` are validated as a whole first and then written in batches;
+only a concurrent writer that invalidates a later batch can then leave the earlier ones
+written, and the error says so.
+
+``metadata.resourceVersion`` is the key's etcd mod_revision (never stored in the value);
+``metadata.uid`` and ``metadata.creationTimestamp`` are set on create and kept on replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict
+from datastore.keys import resource_key, resource_prefix
+
+if TYPE_CHECKING:
+    from datamodel.resources import Resource
+
+log = structlog.get_logger("tabby.resource_store")
+
+WriteMode = Literal["create", "replace", "apply"]
+AllocationCounter = Callable[[str], Awaitable[int]]
+
+#: etcd's default --max-txn-ops is 128; one slot is kept for the guard key.
+MAX_TXN_OPS = 128
+MAX_TXN_RESOURCES = MAX_TXN_OPS - 1
+GUARDS = "resources/guards/"
+#: Kinds whose writes are checked against the rest of the collection (see module docstring).
+GUARDED_KINDS = frozenset({"IPPool"})
+DEFAULT_NAMESPACE = "default"
+
+
+class StoreError(Exception):
+    """A write or read was refused; ``problems`` holds one line per reason, in input order."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class NotFound(StoreError):
+    """The named resource does not exist."""
+
+
+class UpdateConflict(StoreError):
+    """The document's resourceVersion is not the stored one: someone else wrote first."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Which resource: kind class plus name (and namespace for namespaced kinds)."""
+
+    cls: type[Resource]
+    name: str
+    namespace: str | None = None
+    resource_version: str | None = None
+
+    @property
+    def key(self) -> str:
+        return resource_key(self.cls.PLURAL, self.name, self.namespace if self.cls.NAMESPACED else None)
+
+    @property
+    def label(self) -> str:
+        """``IPPool pool-a`` or ``NetworkPolicy ns1/allow-dns``: how messages name it."""
+        if self.cls.NAMESPACED and self.namespace:
+            return f"{self.cls.KIND} {self.namespace}/{self.name}"
+        return f"{self.cls.KIND} {self.name}"
+
+    @classmethod
+    def of(cls, res: Resource) -> Ref:
+        version = res.metadata.resourceVersion
+        return cls(type(res), res.name, res.namespace, str(version) if version else None)
+
+
+@dataclass
+class Outcome:
+    """What a write or delete did: resources as now stored (or as they were, for deletes)."""
+
+    done: list[Resource] = field(default_factory=list)
+    skipped: list[Ref] = field(default_factory=list)
+    revision: int = 0
+
+
+@dataclass
+class _Plan:
+    """The checked, ready-to-send operations for a set of resources."""
+
+    refs: list[Ref]
+    docs: list[dict[str, Any] | None]  # stored value to put; None for a delete
+    compares: list[tuple[str, int]]  # (key, expected mod_revision) per ref
+    old: list[KV | None]
+    skipped: list[Ref]
+    guards: dict[str, int]  # guard key -> expected mod_revision
+
+
+def now_rfc3339() -> str:
+    """creationTimestamp as Kubernetes and Calico write it: second precision, UTC, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
+    md = doc.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
+        doc["metadata"] = md
+    return md
+
+
+class ResourceStore:
+    """Resource CRUD with Calico's semantics over a :class:`~datastore.Datastore`.
+
+    ``allocation_count(cidr)`` says how many addresses are allocated inside a pool; by
+    default it asks :class:`ipam.IPAMClient`. It is a parameter so the node agent and tests
+    can supply their own view.
+    """
+
+    def __init__(
+        self,
+        ds: Datastore,
+        *,
+        allocation_count: AllocationCounter | None = None,
+        conflict_attempts: int = 20,
+    ) -> None:
+        self.ds = ds
+        self._allocation_count = allocation_count
+        self._attempts = conflict_attempts
+
+    # -- conversions --------------------------------------------------------------------
+    def _decode(self, cls: type[Resource], kv: KV) -> Resource:
+        """Turn a stored value back into a Resource carrying its resourceVersion."""
+        from datamodel.resources import ResourceError, parse_resource
+
+        try:
+            doc = kv.json()
+        except ValueError as exc:
+            raise StoreError([f"stored value at {kv.key} is not JSON: {exc}"]) from exc
+        _metadata(doc)["resourceVersion"] = str(kv.mod_revision)
+        try:
+            return parse_resource(doc, f"etcd key {kv.key}", 0)
+        except ResourceError as exc:
+            raise StoreError([f"stored {cls.KIND} at {kv.key} is invalid: {p}" for p in exc.problems]) from exc
+
+    def _with_version(self, ref: Ref, revision: int, stored: dict[str, Any]) -> Resource:
+        doc = copy.deepcopy(stored)
+        _metadata(doc)["resourceVersion"] = str(revision)
+        return _parse_named(doc, ref)
+
+    # -- reads --------------------------------------------------------------------------
+    async def get(self, cls: type[Resource], name: str, namespace: str | None = None) -> Resource:
+        """The named resource, or :class:`NotFound` ("resource does not exist: IPPool x")."""
+        ref = Ref(cls, name, self._namespace(cls, namespace))
+        kv = await self.ds.get(ref.key)
+        if kv is None:
+            raise NotFound([f"resource does not exist: {ref.label}"])
+        return self._decode(cls, kv)
+
+    async def list(
+        self, cls: type[Resource], namespace: str | None = None, *, all_namespaces: bool = False
+    ) -> tuple[list[Resource], int]:
+        """All resources of a kind (in one namespace, or all) and the revision read at."""
+        if cls.NAMESPACED and not all_namespaces:
+            prefix = resource_prefix(cls.PLURAL, namespace or DEFAULT_NAMESPACE)
+        else:
+            prefix = resource_prefix(cls.PLURAL)
+        kvs, revision = await self.ds.list(prefix)
+        return [self._decode(cls, kv) for kv in kvs], revision
+
+    # -- writes -------------------------------------------------------------------------
+    async def create(self, resources: Sequence[Resource], *, skip_exists: bool = False) -> Outcome:
+        return await self.write(resources, "create", skip_exists=skip_exists)
+
+    async def replace(self, resources: Sequence[Resource]) -> Outcome:
+        return await self.write(resources, "replace")
+
+    async def apply(self, resources: Sequence[Resource]) -> Outcome:
+        return await self.write(resources, "apply")
+
+    async def write(self, resources: Sequence[Resource], mode: WriteMode, *, skip_exists: bool = False) -> Outcome:
+        """Check every resource, then write all of them or none (see module docstring)."""
+        by_ref = {Ref.of(r): r for r in resources}
+        refs = [Ref.of(r) for r in resources]
+
+        async def planner(pending: list[Ref]) -> _Plan:
+            return await self._plan_write(pending, [by_ref[r] for r in pending], mode, skip_exists)
+
+        return await self._execute(refs, planner)
+
+    async def delete(self, refs: Sequence[Ref], *, skip_not_exists: bool = False) -> Outcome:
+        """Delete every named resource or none; refuses pools that still hold addresses."""
+        pending = [Ref(r.cls, r.name, self._namespace(r.cls, r.namespace), r.resource_version) for r in refs]
+
+        async def planner(todo: list[Ref]) -> _Plan:
+            return await self._plan_delete(todo, skip_not_exists)
+
+        return await self._execute(pending, planner)
+
+    async def _execute(self, refs: list[Ref], planner: Callable[[list[Ref]], Awaitable[_Plan]]) -> Outcome:
+        """Plan, then commit batch by batch; on a lost race, re-plan what is left and retry."""
+        outcome = Outcome()
+        plan = await planner(refs)
+        outcome.skipped.extend(plan.skipped)
+        conflicts = 0
+        while plan.refs:
+            n = MAX_TXN_RESOURCES
+            try:
+                revision = await self._commit(plan, n)
+            except Conflict:
+                conflicts += 1
+                if conflicts >= self._attempts:
+                    raise StoreError([f"gave up after {conflicts} conflicting concurrent writes; try again"]) from None
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**conflicts)))
+                plan = await self._replan(planner, plan.refs, len(outcome.done))
+                outcome.skipped.extend(r for r in plan.skipped if r not in outcome.skipped)
+                continue
+            for ref, doc, kv in zip(plan.refs[:n], plan.docs[:n], plan.old[:n], strict=True):
+                if doc is not None:
+                    outcome.done.append(self._with_version(ref, revision, doc))
+                elif kv is not None:
+                    outcome.done.append(self._decode(ref.cls, kv))
+            outcome.revision = revision
+            plan = _Plan(
+                refs=plan.refs[n:],
+                docs=plan.docs[n:],
+                compares=plan.compares[n:],
+                old=plan.old[n:],
+                skipped=[],
+                guards=dict.fromkeys(plan.guards, revision),
+            )
+        return outcome
+
+    async def modify(
+        self,
+        cls: type[Resource],
+        name: str,
+        namespace: str | None,
+        mutate: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Resource:
+        """Read, change with ``mutate`` (a Calico-shaped dict), re-validate, write on revision.
+
+        Used by ``label`` and ``patch``. A concurrent write makes the compare fail and the
+        change is applied again to the fresh value, as ``kubectl patch`` does.
+        """
+        ref = Ref(cls, name, self._namespace(cls, namespace))
+
+        async def step() -> Resource:
+            kv = await self.ds.get(ref.key)
+            if kv is None:
+                raise NotFound([f"resource does not exist: {ref.label}"])
+            current = self._decode(cls, kv).to_dict()
+            _metadata(current)["resourceVersion"] = str(kv.mod_revision)
+            changed = mutate(copy.deepcopy(current))
+            md = _metadata(changed)
+            for what, before in (("name", ref.name), ("namespace", ref.namespace)):
+                if (cls.NAMESPACED or what == "name") and md.get(what, before) != before:
+                    raise StoreError([f"{ref.label}: metadata.{what}: cannot be changed"])
+            if changed.get("kind", cls.KIND) != cls.KIND:
+                raise StoreError([f"{ref.label}: kind: cannot be changed"])
+            md["resourceVersion"] = str(kv.mod_revision)
+            res = _parse_named(changed, ref)
+            try:
+                outcome = await self.write([res], "replace")
+            except UpdateConflict:
+                raise Conflict(ref.key) from None
+            return outcome.done[0]
+
+        return await retry_on_conflict(step, attempts=self._attempts, what=f"update of {ref.label}")
+
+    # -- planning -----------------------------------------------------------------------
+    async def _replan(
+        self, planner: Callable[[list[Ref]], Awaitable[_Plan]], pending: list[Ref], already_written: int
+    ) -> _Plan:
+        try:
+            return await planner(pending)
+        except StoreError as exc:
+            if already_written:
+                exc.problems.append(
+                    f"{already_written} resource(s) were written in earlier batches before a concurrent change "
+                    "invalidated the rest"
+                )
+            raise
+
+    def _namespace(self, cls: type[Resource], namespace: str | None) -> str | None:
+        if not cls.NAMESPACED:
+            return None
+        return namespace or DEFAULT_NAMESPACE
+
+    async def _current(self, keys: Sequence[str]) -> list[KV | None]:
+        return list(await asyncio.gather(*(self.ds.get(k) for k in keys)))
+
+    async def _guards(self, refs: Sequence[Ref]) -> dict[str, int]:
+        keys = sorted({GUARDS + r.cls.PLURAL for r in refs if r.cls.KIND in GUARDED_KINDS})
+        kvs = await self._current(keys)
+        return {k: (kv.mod_revision if kv else 0) for k, kv in zip(keys, kvs, strict=True)}
+
+    async def _plan_write(
+        self, refs: list[Ref], resources: list[Resource], mode: WriteMode, skip_exists: bool
+    ) -> _Plan:
+        problems: list[str] = []
+        guards = await self._guards(refs)
+        olds = await self._current([r.key for r in refs])
+        seen: dict[str, int] = {}
+        plan = _Plan(refs=[], docs=[], compares=[], old=[], skipped=[], guards=guards)
+        new_docs: list[tuple[Ref, dict[str, Any], dict[str, Any] | None]] = []
+        for index, (ref, res, kv) in enumerate(zip(refs, resources, olds, strict=True), start=1):
+            if ref.key in seen:
+                problems.append(f"{ref.label}: appears twice in the input (documents {seen[ref.key]} and {index})")
+                continue
+            seen[ref.key] = index
+            if mode == "create" and kv is not None:
+                if skip_exists:
+                    plan.skipped.append(ref)
+                    continue
+                problems.append(f"resource already exists: {ref.label}")
+                continue
+            if mode == "replace" and kv is None:
+                problems.append(f"resource does not exist: {ref.label}")
+                continue
+            if kv is not None and ref.resource_version and ref.resource_version != str(kv.mod_revision):
+                problems.append(
+                    f"update conflict: {ref.label} has resourceVersion {kv.mod_revision}, "
+                    f"the document has {ref.resource_version}"
+                )
+                continue
+            old_doc = kv.json() if kv is not None else None
+            doc = self._stored_doc(res, old_doc, ref)
+            if kv is not None:
+                problems.extend(f"{ref.label}: {p}" for p in res.check_update(self._decode(ref.cls, kv)))
+            new_docs.append((ref, doc, old_doc))
+            plan.refs.append(ref)
+            plan.docs.append(doc)
+            plan.compares.append((ref.key, kv.mod_revision if kv else 0))
+            plan.old.append(kv)
+        problems.extend(await self._collection_problems(new_docs))
+        if problems:
+            conflict_only = all(p.startswith("update conflict") for p in problems)
+            raise (UpdateConflict if conflict_only else StoreError)(problems)
+        return plan
+
+    async def _plan_delete(self, refs: list[Ref], skip_not_exists: bool) -> _Plan:
+        problems: list[str] = []
+        guards = await self._guards(refs)
+        olds = await self._current([r.key for r in refs])
+        plan = _Plan(refs=[], docs=[], compares=[], old=[], skipped=[], guards=guards)
+        seen: set[str] = set()
+        for ref, kv in zip(refs, olds, strict=True):
+            if ref.key in seen:
+                continue
+            seen.add(ref.key)
+            if kv is None:
+                if skip_not_exists:
+                    plan.skipped.append(ref)
+                else:
+                    problems.append(f"resource does not exist: {ref.label}")
+                continue
+            if ref.resource_version and ref.resource_version != str(kv.mod_revision):
+                problems.append(
+                    f"update conflict: {ref.label} has resourceVersion {kv.mod_revision}, "
+                    f"the document has {ref.resource_version}"
+                )
+                continue
+            if ref.cls.KIND == "IPPool":
+                problems.extend(await self._pool_delete_problems(ref, kv.json()))
+            plan.refs.append(ref)
+            plan.docs.append(None)
+            plan.compares.append((ref.key, kv.mod_revision))
+            plan.old.append(kv)
+        if problems:
+            raise StoreError(problems)
+        return plan
+
+    def _stored_doc(self, res: Resource, old: dict[str, Any] | None, ref: Ref) -> dict[str, Any]:
+        """The value to store: the resource's Calico dict with identity metadata settled."""
+        doc = copy.deepcopy(res.to_dict())
+        md = _metadata(doc)
+        md.pop("resourceVersion", None)
+        md["name"] = ref.name
+        if ref.cls.NAMESPACED:
+            md["namespace"] = ref.namespace
+        old_md = (old or {}).get("metadata") or {}
+        md["uid"] = old_md.get("uid") or str(uuid.uuid4())
+        md["creationTimestamp"] = old_md.get("creationTimestamp") or now_rfc3339()
+        return doc
+
+    async def _collection_problems(
+        self, new_docs: Sequence[tuple[Ref, dict[str, Any], dict[str, Any] | None]]
+    ) -> list[str]:
+        """Rules that look at the whole collection: for now, IPPool cidrs must not overlap."""
+        pools = [(ref, doc) for ref, doc, _ in new_docs if ref.cls.KIND == "IPPool"]
+        if not pools:
+            return []
+        cls = pools[0][0].cls
+        kvs, _ = await self.ds.list(resource_prefix(cls.PLURAL))
+        final: dict[str, str] = {}
+        for kv in kvs:
+            try:
+                final[kv.key.rsplit("/", 1)[-1]] = str(kv.json()["spec"]["cidr"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("resource_store.bad_stored_pool", key=kv.key)
+        written_order: list[str] = []
+        for ref, doc in pools:
+            final[ref.name] = str(doc["spec"]["cidr"])
+            written_order.append(ref.name)
+        problems: list[str] = []
+        checked: set[str] = set()
+        for name in written_order:
+            net = ipaddress.ip_network(final[name], strict=False)
+            for other, cidr in final.items():
+                if other == name or other in checked:
+                    continue
+                if net.overlaps(ipaddress.ip_network(cidr, strict=False)):
+                    problems.append(f"IPPool {name}: spec.cidr: {final[name]} overlaps IPPool {other} ({cidr})")
+            checked.add(name)
+        return problems
+
+    async def _pool_delete_problems(self, ref: Ref, doc: dict[str, Any]) -> list[str]:
+        cidr = str((doc.get("spec") or {}).get("cidr", ""))
+        if not cidr:
+            return []
+        count = await self._count_allocations(cidr)
+        if count <= 0:
+            return []
+        noun = "address" if count == 1 else "addresses"
+        disabled = bool((doc.get("spec") or {}).get("disabled"))
+        first = "release them first" if disabled else "disable it (spec.disabled: true) and release them first"
+        return [f"IPPool {ref.name} still has {count} allocated {noun}: {first}"]
+
+    async def _count_allocations(self, cidr: str) -> int:
+        if self._allocation_count is not None:
+            return await self._allocation_count(cidr)
+        from ipam import IPAMClient
+
+        return await IPAMClient(self.ds).pool_allocation_count(cidr)
+
+    # -- commit -------------------------------------------------------------------------
+    async def _commit(self, plan: _Plan, n: int) -> int:
+        """Send the first ``n`` operations of ``plan`` as one transaction; Conflict if a compare fails."""
+        refs = plan.refs[:n]
+        compares = [mod_is(k, rev) for k, rev in plan.compares[:n]]
+        ops: list[Put | Delete] = [
+            Delete(ref.key) if doc is None else Put(ref.key, doc) for ref, doc in zip(refs, plan.docs[:n], strict=True)
+        ]
+        for key, rev in plan.guards.items():
+            compares.append(mod_is(key, rev))
+            ops.append(Put(key, {"updated": now_rfc3339()}))
+        result = await self.ds.txn(compares, ops)
+        if not result.succeeded:
+            log.debug("resource_store.conflict", keys=[r.key for r in refs])
+            raise Conflict(", ".join(r.key for r in refs))
+        log.info("resource_store.committed", count=len(refs), revision=result.revision)
+        return result.revision
+
+
+_SOURCE = "\x00resource"
+
+
+def _parse_named(doc: dict[str, Any], ref: Ref) -> Resource:
+    """Validate a dict that came from no file (a patch result, a stored value).
+
+    The parser names a document's file and index; here there is none, so its problem lines
+    are rewritten to start with the resource itself: ``IPPool pool-b: spec.bogus: ...``.
+    """
+    from datamodel.resources import ResourceError, parse_resource
+
+    try:
+        return parse_resource(doc, _SOURCE, 0)
+    except ResourceError as exc:
+        lines = []
+        for line in exc.problems:
+            if line.startswith(_SOURCE):
+                rest = line[len(_SOURCE) :].removeprefix(" document 0")
+                if rest.startswith(" (") and "): " in rest:
+                    rest = rest[rest.index("): ") + 3 :]
+                line = f"{ref.label}: {rest.lstrip(': ')}"
+            lines.append(line)
+        raise StoreError(lines) from None
