@@ -250,11 +250,17 @@ def _load_block(kv: KV, pools: Sequence[Pool], blocks: dict[str, Block], add: An
     if block.cidr != key_cidr:
         add(Problem(INVALID_BLOCK, f"block stored at {key_cidr} says its cidr is {block.cidr}", block=key_cidr))
         return
-    pool = _pool_for(block.cidr, pools)
-    issues = block.problems(pool.block_size if pool else None)
+    issues = block.problems()
     if issues:
+        # Structurally broken: its allocations cannot be trusted, so they are not counted.
         add(Problem(INVALID_BLOCK, f"block {key_cidr}: {'; '.join(issues)}", block=key_cidr, node=block.node))
         return
+    pool = _pool_for(block.cidr, pools)
+    if pool is not None and block.network.prefixlen != pool.block_size:
+        # Readable but the wrong size (e.g. left over from a pool recreated with another
+        # blockSize): report it and still count its allocations, which may overlap others.
+        add(Problem(INVALID_BLOCK, f"block {key_cidr} is /{block.network.prefixlen} but pool {pool.name} "
+                    f"has blockSize {pool.block_size}", block=key_cidr, node=block.node))
     blocks[key_cidr] = block
 
 
