@@ -208,7 +208,9 @@ def _list_kind(data: dict[str, Any]) -> str | None:
     return None
 
 
-def _parse_list(data: dict[str, Any], item_kind: str, where: str, out: list[tuple[str, Resource]], problems: list[str]):
+def _parse_list(
+    data: dict[str, Any], item_kind: str, where: str, out: list[tuple[str, Resource]], problems: list[str]
+) -> None:
     prefix = f"{where} ({data['kind']})"
     for key in data:
         if key not in _LIST_FIELDS:
