@@ -1,0 +1,603 @@
+"""A fast, batched rtnetlink route writer and reader bound to one network namespace.
+
+Why hand-encoded: pyroute2 encodes each message through its generic NLA machinery and waits for
+one reply per call, about 20x slower than ``ip -batch`` for 10k routes (field notes). Route
+messages have a tiny, fixed shape, so this module packs each one with a single precompiled
+``struct`` call, sends hundreds of them in one ``send`` and then collects one ACK per message,
+so every failed route is reported by sequence number while the rest of the batch still lands.
+
+Why a socket per namespace: a netlink socket stays bound to the namespace it was created in. It
+is created in a short-lived helper thread that ``setns``-es into the target namespace (``setns``
+changes only the calling thread), so the agent's own threads never leave their namespace.
+
+Reading uses a kernel-side filtered dump (``NETLINK_GET_STRICT_CHK`` with ``rtm_protocol`` set)
+decoded here as well: decoding 10k routes through pyroute2 would dominate a no-op resync.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+from pyroute2.netns import setns
+
+log = structlog.get_logger("tabby.felix_like.netlink")
+
+#: Tabby's route protocol number (``rtm_protocol``). Calico uses 80; 81 is unassigned in
+#: iproute2's rt_protos and in the kernel's RTPROT_* list. Tabby owns every route carrying it
+#: and nothing else: ``ip route show proto 81`` lists exactly what Tabby programmed.
+TABBY_RT_PROTO = 81
+
+RT_TABLE_MAIN = 254
+
+# netlink / rtnetlink constants (linux/netlink.h, linux/rtnetlink.h)
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
+
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_TABLE = 15
+IFLA_IFNAME = 3
+
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
+RTNH_F_ONLINK = 4
+
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV6_ROUTE = 11
+
+#: IPv6 stores a route added with metric 0 as metric 1024 (IP6_RT_PRIO_USER).
+IPV6_DEFAULT_METRIC = 1024
+
+#: Messages per ``send``. Each ACK is its own skb (~1 KiB of receive buffer accounting), so a
+#: chunk must stay well below the receive buffer or ACKs would be dropped (ENOBUFS).
+CHUNK = 1024
+SOCKET_BUFFER = 8 * 1024 * 1024
+RECV_TIMEOUT_S = 10.0
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
+
+
+class RouteType(StrEnum):
+    """Kernel route types Tabby programs."""
+
+    UNICAST = "unicast"
+    BLACKHOLE = "blackhole"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One kernel route in the main table (or the programmer's table).
+
+    Fields are canonical strings (``ipaddress`` ``str()`` form) so equality is exact:
+    ``dst`` a network ("10.65.0.0/26"), ``gateway`` an address or None, ``oif`` an interface
+    name or None (blackholes have neither). ``onlink`` tells the kernel to trust that the
+    gateway is on the link (tunnels). ``metric`` is the kernel priority; IPv6 uses 1024 as its
+    default. Scope is derived: a unicast route without gateway is scope link.
+    """
+
+    dst: str
+    type: RouteType = RouteType.UNICAST
+    gateway: str | None = None
+    oif: str | None = None
+    onlink: bool = False
+    metric: int = 0
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.dst
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The kernel's identity of a route within a table (dst, priority; tos is always 0)."""
+        return (self.dst, self.metric)
+
+    def sort_key(self) -> tuple[int, str, int, str, str, str]:
+        """Deterministic order (IPv4 first) for stable output, logs and tests."""
+        return (6 if self.ipv6 else 4, self.dst, self.metric, self.type, self.gateway or "", self.oif or "")
+
+    def describe(self) -> str:
+        """``ip route`` style text for logs and error reports."""
+        if self.type == RouteType.BLACKHOLE:
+            return f"blackhole {self.dst} metric {self.metric}"
+        text = self.dst
+        if self.gateway:
+            text += f" via {self.gateway}"
+        if self.oif:
+            text += f" dev {self.oif}"
+        if self.onlink:
+            text += " onlink"
+        return f"{text} metric {self.metric}"
+
+
+class RouteOp(StrEnum):
+    ADD = "add"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class RouteFailure:
+    """A route the kernel refused (or that could not be encoded): reported, never dropped."""
+
+    op: RouteOp
+    route: Route
+    errno: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.route.describe()}: {os.strerror(self.errno)} ({self.message})"
+
+
+@dataclass(frozen=True)
+class RouteEvent:
+    """A route notification from the kernel (``kind`` "new" or "del") with its protocol and table."""
+
+    kind: str
+    route: Route
+    protocol: int
+    table: int
+
+
+class NetlinkError(OSError):
+    """A netlink request as a whole failed (dump refused, socket trouble, timeout)."""
+
+
+def _in_netns(netns: str | None, fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` in a helper thread switched into ``netns`` and return its result.
+
+    ``setns`` applies to the calling thread only, and sockets stay bound to the namespace
+    they were created in, so the thread can simply end afterwards: no thread of the caller
+    ever changes namespace, and nothing needs switching back.
+    """
+    if netns is None:
+        return fn()
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            setns(netns, flags=0)
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"setns-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    if "result" not in box:
+        raise NetlinkError(errno_mod.ETIMEDOUT, f"could not open a socket in netns {netns}")
+    return box["result"]
+
+
+def open_netlink_socket(netns: str | None, groups: int = 0) -> socket.socket:
+    """A NETLINK_ROUTE socket created inside ``netns`` (None: the caller's namespace).
+
+    Large buffers (forced: we are root) keep a chunk's ACKs from overflowing; CAP_ACK keeps
+    error ACKs small, EXT_ACK adds the kernel's reason text, STRICT_CHK enables the kernel-side
+    dump filter by protocol and table.
+    """
+
+    def make() -> socket.socket:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+
+    sock: socket.socket = _in_netns(netns, make)
+    try:
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            try:
+                sock.setsockopt(SOL_NETLINK, opt, 1)
+            except OSError:
+                log.debug("netlink.sockopt_unsupported", option=opt)
+        sock.bind((0, groups))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _attr(rta_type: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _RTATTR.pack(length, rta_type) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (type, flags, seq, offset) for each netlink message in ``data``; offset is the header's."""
+    offset = 0
+    end = len(data)
+    while offset + 16 <= end:
+        length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < 16:
+            break
+        yield mtype, flags, seq, offset
+        offset += (length + 3) & ~3
+
+
+def parse_error(data: bytes, offset: int, flags: int) -> tuple[int, str]:
+    """Decode an NLMSG_ERROR at ``offset``: (positive errno or 0, extack message or "")."""
+    length = _NLMSGHDR.unpack_from(data, offset)[0]
+    (err,) = _I32.unpack_from(data, offset + 16)
+    message = ""
+    if err and flags & NLM_F_ACK_TLVS:
+        # capped ACK: error code + original header, then TLVs
+        pos = offset + 16 + 4 + 16
+        end = offset + length
+        while pos + 4 <= end:
+            alen, atype = _RTATTR.unpack_from(data, pos)
+            if alen < 4:
+                break
+            if atype == NLMSGERR_ATTR_MSG:
+                message = data[pos + 4 : pos + alen].split(b"\0", 1)[0].decode(errors="replace")
+            pos += (alen + 3) & ~3
+    return -err, message
+
+
+def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Route, int, int] | None:
+    """Decode one RTM_NEWROUTE/DELROUTE message into (Route, protocol, table); None if not ours to model.
+
+    Multipath, source-routed and tos routes are returned as None: Tabby never creates them, so
+    they cannot be its own.
+    """
+    length = _NLMSGHDR.unpack_from(data, offset)[0]
+    family, dst_len, src_len, tos, table, protocol, _scope, rtype, rflags = _RTMSG.unpack_from(data, offset + 16)
+    if src_len or tos:
+        return None
+    if rtype == RTN_UNICAST:
+        kind = RouteType.UNICAST
+    elif rtype == RTN_BLACKHOLE:
+        kind = RouteType.BLACKHOLE
+    else:
+        return None
+    pos = offset + 28
+    end = offset + length
+    dst = gateway = None
+    oif = 0
+    metric = 0
+    addr_len = 4 if family == socket.AF_INET else 16
+    while pos + 4 <= end:
+        alen, atype = _RTATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        if atype == RTA_DST:
+            dst = data[pos + 4 : pos + 4 + addr_len]
+        elif atype == RTA_GATEWAY:
+            gateway = data[pos + 4 : pos + 4 + addr_len]
+        elif atype == RTA_OIF:
+            oif = _U32.unpack_from(data, pos + 4)[0]
+        elif atype == RTA_PRIORITY:
+            metric = _U32.unpack_from(data, pos + 4)[0]
+        elif atype == RTA_TABLE:
+            table = _U32.unpack_from(data, pos + 4)[0]
+        elif atype == 9:  # RTA_MULTIPATH
+            return None
+        pos += (alen + 3) & ~3
+    if dst is None:
+        dst = b"\0" * addr_len
+    dst_text = f"{socket.inet_ntop(family, dst)}/{dst_len}"
+    if kind == RouteType.BLACKHOLE:
+        # IPv6 blackholes are reported with dev lo: not part of Tabby's model.
+        route = Route(dst_text, kind, None, None, False, metric)
+    else:
+        route = Route(
+            dst_text,
+            kind,
+            socket.inet_ntop(family, gateway) if gateway else None,
+            ifnames.get(oif, f"if{oif}") if oif else None,
+            bool(rflags & RTNH_F_ONLINK),
+            metric,
+        )
+    return route, protocol, table
+
+
+class RouteSocket:
+    """Batched route writes and filtered dumps on one namespace's rtnetlink.
+
+    Counts every message it writes (``writes``) so callers and tests can prove that an idle
+    resync wrote nothing.
+    """
+
+    def __init__(self, netns: str | None = None, *, protocol: int = TABBY_RT_PROTO, table: int = RT_TABLE_MAIN):
+        self.netns = netns
+        self.protocol = protocol
+        self.table = table
+        self.writes = 0
+        self._seq = 0
+        self._sock = open_netlink_socket(netns)
+        self._sock.settimeout(RECV_TIMEOUT_S)
+        self._ifindex: dict[str, int] = {}
+        self._ifname: dict[int, str] = {}
+        self._structs: dict[tuple[int, bool, bool], struct.Struct] = {}
+
+    def close(self) -> None:
+        """Close the socket. Routes stay: closing never flushes anything."""
+        self._sock.close()
+
+    def __enter__(self) -> RouteSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- links -------------------------------------------------------------------------------
+
+    def refresh_links(self) -> dict[str, int]:
+        """Dump the namespace's links and rebuild the name <-> index caches."""
+        req = _NLMSGHDR.pack(32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self._next_seq(), 0) + b"\0" * 16
+        by_name: dict[str, int] = {}
+        for data, offset in self._dump(req):
+            length = _NLMSGHDR.unpack_from(data, offset)[0]
+            index = struct.unpack_from("=i", data, offset + 16 + 4)[0]
+            pos = offset + 32
+            end = offset + length
+            while pos + 4 <= end:
+                alen, atype = _RTATTR.unpack_from(data, pos)
+                if alen < 4:
+                    break
+                if atype == IFLA_IFNAME:
+                    by_name[data[pos + 4 : pos + alen].split(b"\0", 1)[0].decode()] = index
+                    break
+                pos += (alen + 3) & ~3
+        self._ifindex = by_name
+        self._ifname = {index: name for name, index in by_name.items()}
+        return dict(by_name)
+
+    def ifindex(self, name: str) -> int | None:
+        """Interface index for ``name``, refreshing the cache once on a miss (links come and go)."""
+        index = self._ifindex.get(name)
+        if index is None:
+            self.refresh_links()
+            index = self._ifindex.get(name)
+        return index
+
+    @property
+    def ifnames(self) -> dict[int, str]:
+        return self._ifname
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def dump_routes(self) -> list[Route]:
+        """Every IPv4 and IPv6 route of our protocol in our table (kernel-filtered, re-checked here)."""
+        self.refresh_links()
+        routes: list[Route] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            body = _RTMSG.pack(family, 0, 0, 0, self.table if self.table < 256 else 0, self.protocol, 0, 0, 0)
+            body += _attr(RTA_TABLE, _U32.pack(self.table))
+            req = _NLMSGHDR.pack(16 + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, self._next_seq(), 0) + body
+            for data, offset in self._dump(req):
+                decoded = decode_route(data, offset, self._ifname)
+                if decoded is None:
+                    continue
+                route, protocol, table = decoded
+                if protocol == self.protocol and table == self.table:
+                    routes.append(route)
+        return routes
+
+    def _dump(self, request: bytes) -> Iterator[tuple[bytes, int]]:
+        """Send a dump request and yield (buffer, offset) of each reply message until DONE."""
+        seq = _NLMSGHDR.unpack_from(request, 0)[3]
+        self._sock.send(request)
+        for _ in range(1_000_000):  # bound: a dump of a million skbs is not a namespace we manage
+            data = self._sock.recv(1 << 20)
+            for mtype, flags, mseq, offset in iter_messages(data):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    err, message = parse_error(data, offset, flags)
+                    if err:
+                        raise NetlinkError(err, f"dump failed: {os.strerror(err)} {message}".strip())
+                    return
+                yield data, offset
+        raise NetlinkError(errno_mod.EOVERFLOW, "dump did not end")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def _struct_for(self, family: int, has_gw: bool, has_oif: bool) -> struct.Struct:
+        key = (family, has_gw, has_oif)
+        st = self._structs.get(key)
+        if st is None:
+            alen = 4 if family == socket.AF_INET else 16
+            fmt = f"=IHHII BBBBBBBBI HH{alen}s"
+            if has_gw:
+                fmt += f" HH{alen}s"
+            if has_oif:
+                fmt += " HHI"
+            fmt += " HHI HHI"  # priority, table
+            st = self._structs[key] = struct.Struct(fmt.replace(" ", ""))
+        return st
+
+    def encode(self, op: RouteOp, route: Route, seq: int) -> bytes:
+        """One RTM_NEWROUTE/RTM_DELROUTE message for ``route`` with NLM_F_ACK.
+
+        Adds use CREATE|EXCL so a foreign route with the same key is reported (EEXIST), never
+        overwritten; replaces use CREATE|REPLACE and only target keys we already own. Deletes
+        carry our protocol, which the kernel matches, so they cannot remove a foreign route.
+        """
+        v6 = route.ipv6
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        alen = 16 if v6 else 4
+        addr, _, plen = route.dst.partition("/")
+        dst = socket.inet_pton(family, addr)
+        if op == RouteOp.DELETE:
+            mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
+            rtype, scope, rflags = 0, RT_SCOPE_NOWHERE, 0
+            gw = None
+            oif = 0
+        else:
+            mtype = RTM_NEWROUTE
+            flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+            flags |= NLM_F_REPLACE if op == RouteOp.REPLACE else NLM_F_EXCL
+            rflags = RTNH_F_ONLINK if route.onlink else 0
+            if route.type == RouteType.BLACKHOLE:
+                rtype, scope, gw, oif = RTN_BLACKHOLE, RT_SCOPE_UNIVERSE, None, 0
+            else:
+                rtype = RTN_UNICAST
+                gw = socket.inet_pton(family, route.gateway) if route.gateway else None
+                scope = RT_SCOPE_UNIVERSE if (gw or v6) else RT_SCOPE_LINK
+                oif = 0
+                if route.oif:
+                    found = self.ifindex(route.oif)
+                    if found is None:
+                        raise OSError(errno_mod.ENODEV, f"no interface {route.oif}")
+                    oif = found
+        has_gw = gw is not None
+        has_oif = oif != 0
+        st = self._struct_for(family, has_gw, has_oif)
+        args: list[object] = [
+            st.size, mtype, flags, seq, 0,
+            family, int(plen), 0, 0, self.table if self.table < 256 else 0, self.protocol, scope, rtype, rflags,
+            4 + alen, RTA_DST, dst,
+        ]  # fmt: skip
+        if has_gw:
+            args += [4 + alen, RTA_GATEWAY, gw]
+        if has_oif:
+            args += [8, RTA_OIF, oif]
+        args += [8, RTA_PRIORITY, route.metric, 8, RTA_TABLE, self.table]
+        return st.pack(*args)
+
+    def apply(self, ops: Sequence[tuple[RouteOp, Route]]) -> list[RouteFailure]:
+        """Write ``ops`` in chunks, one ACK per message; return the failures (empty: all applied).
+
+        A route that cannot be encoded (unknown interface) fails alone without being sent; a
+        kernel refusal fails only its own message, the rest of the chunk is processed.
+        """
+        failures: list[RouteFailure] = []
+        for start in range(0, len(ops), CHUNK):
+            chunk = ops[start : start + CHUNK]
+            pending: dict[int, tuple[RouteOp, Route]] = {}
+            parts: list[bytes] = []
+            for op, route in chunk:
+                seq = self._next_seq()
+                try:
+                    parts.append(self.encode(op, route, seq))
+                except (OSError, ValueError) as exc:
+                    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno_mod.EINVAL
+                    failures.append(RouteFailure(op, route, code, str(exc)))
+                    continue
+                pending[seq] = (op, route)
+            if not parts:
+                continue
+            self._sock.send(b"".join(parts))
+            self.writes += len(parts)
+            self._collect_acks(pending, failures)
+        return failures
+
+    def _collect_acks(self, pending: dict[int, tuple[RouteOp, Route]], failures: list[RouteFailure]) -> None:
+        recv = self._sock.recv
+        for _ in range(len(pending) * 4 + 16):  # bound: one ACK per message, plus stray messages
+            if not pending:
+                return
+            try:
+                data = recv(65536)
+            except TimeoutError as exc:
+                raise NetlinkError(errno_mod.ETIMEDOUT, f"{len(pending)} route ACKs missing") from exc
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    # ACKs were lost: the outcome of the pending messages is unknown.
+                    raise NetlinkError(errno_mod.ENOBUFS, "route ACKs overflowed the socket buffer") from exc
+                raise
+            for mtype, flags, seq, offset in iter_messages(data):
+                if mtype != NLMSG_ERROR:
+                    continue
+                item = pending.pop(seq, None)
+                if item is None:
+                    continue
+                err, message = parse_error(data, offset, flags)
+                if err:
+                    failures.append(RouteFailure(item[0], item[1], err, message))
+        if pending:
+            raise NetlinkError(errno_mod.EPROTO, f"{len(pending)} route ACKs missing")
+
+
+class RouteMonitor:
+    """A non-blocking socket subscribed to IPv4/IPv6 route notifications in one namespace."""
+
+    def __init__(self, netns: str | None = None):
+        groups = (1 << (RTNLGRP_IPV4_ROUTE - 1)) | (1 << (RTNLGRP_IPV6_ROUTE - 1))
+        self.sock = open_netlink_socket(netns, groups)
+        self.sock.setblocking(False)
+        self._ifnames: dict[int, str] = {}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def set_ifnames(self, ifnames: dict[int, str]) -> None:
+        """Index -> name map used to decode events (borrowed from the writer's cache)."""
+        self._ifnames = ifnames
+
+    def read_events(self, limit: int = 100_000) -> tuple[list[RouteEvent], bool]:
+        """Drain what is queued: (events, overflowed). Overflow means events were lost: resync."""
+        events: list[RouteEvent] = []
+        overflowed = False
+        for _ in range(limit):
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    overflowed = True
+                    continue
+                raise
+            for mtype, _flags, _seq, offset in iter_messages(data):
+                if mtype not in (RTM_NEWROUTE, RTM_DELROUTE):
+                    continue
+                decoded = decode_route(data, offset, self._ifnames)
+                if decoded is None:
+                    continue
+                route, protocol, table = decoded
+                events.append(RouteEvent("new" if mtype == RTM_NEWROUTE else "del", route, protocol, table))
+        return events, overflowed
+
+    def close(self) -> None:
+        self.sock.close()

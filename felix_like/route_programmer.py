@@ -1,0 +1,240 @@
+"""Make one namespace's kernel routes of Tabby's protocol match a desired set.
+
+Why a reconciler and not a route writer: the kernel is shared with people and other daemons.
+Tabby owns exactly the routes carrying :data:`TABBY_RT_PROTO` in its table; it diffs what it
+wants against what it owns and writes only the difference, in one batch:
+
+* ``full_resync(desired)`` dumps our routes from the kernel, so hand deletions, reboots of a
+  link (which silently drop its routes) and our own earlier failures are all repaired;
+* ``apply_delta(desired)`` diffs against the view cached from the last write and dump: cheap
+  enough to run on every datastore event;
+* ``watch_kernel(...)`` listens to route notifications and resyncs when the kernel diverges
+  from the cached view (someone deleted or changed one of our routes), plus a periodic resync
+  like Felix's routeRefreshInterval.
+
+Never flushed on shutdown: routes keep forwarding while the agent restarts, and the next
+resync adopts them. Foreign routes are never touched: adds use NLM_F_EXCL (a foreign route
+with the same key is reported as a conflict, not overwritten) and deletes carry our protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errno_mod
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from felix_like.netlink import (
+    IPV6_DEFAULT_METRIC,
+    RT_TABLE_MAIN,
+    TABBY_RT_PROTO,
+    Route,
+    RouteEvent,
+    RouteFailure,
+    RouteMonitor,
+    RouteOp,
+    RouteSocket,
+)
+
+log = structlog.get_logger("tabby.felix_like.route_programmer")
+
+Key = tuple[str, int]
+
+
+@dataclass
+class ApplyResult:
+    """What one resync or delta did. ``writes`` counts netlink messages sent (0 for a no-op)."""
+
+    kind: str
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    writes: int = 0
+    seconds: float = 0.0
+    failures: list[RouteFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _normalise(routes: Iterable[Route]) -> dict[Key, Route]:
+    """Index desired routes by kernel key; IPv6 metric 0 means the kernel's 1024, so store it that way."""
+    out: dict[Key, Route] = {}
+    for route in routes:
+        if route.metric == 0 and route.ipv6:
+            route = replace(route, metric=IPV6_DEFAULT_METRIC)
+        out[route.key] = route
+    return out
+
+
+def diff(desired: dict[Key, Route], actual: dict[Key, Route]) -> list[tuple[RouteOp, Route]]:
+    """Operations turning ``actual`` into ``desired``: adds and replaces first (no gap), then deletes."""
+    ops: list[tuple[RouteOp, Route]] = []
+    for key, route in desired.items():
+        have = actual.get(key)
+        if have is None:
+            ops.append((RouteOp.ADD, route))
+        elif have != route:
+            ops.append((RouteOp.REPLACE, route))
+    for key, route in actual.items():
+        if key not in desired:
+            ops.append((RouteOp.DELETE, route))
+    return ops
+
+
+class RouteProgrammer:
+    """The route reconciler of one network namespace (None: the caller's own namespace)."""
+
+    def __init__(self, netns: str | None = None, *, table: int = RT_TABLE_MAIN, protocol: int = TABBY_RT_PROTO):
+        self.netns = netns
+        self.table = table
+        self.protocol = protocol
+        self._nl = RouteSocket(netns, protocol=protocol, table=table)
+        self._actual: dict[Key, Route] = {}
+        self._desired: dict[Key, Route] = {}
+        self._log = log.bind(netns=netns or "", table=table, protocol=protocol)
+
+    @property
+    def writes(self) -> int:
+        """Netlink messages written since creation (tests prove no-op resyncs with it)."""
+        return self._nl.writes
+
+    @property
+    def actual(self) -> dict[Key, Route]:
+        """The cached view of our routes in the kernel (a copy)."""
+        return dict(self._actual)
+
+    def close(self) -> None:
+        """Release the netlink socket. Deliberately leaves every route in place."""
+        self._nl.close()
+
+    def __enter__(self) -> RouteProgrammer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def full_resync(self, desired: Iterable[Route] | None = None) -> ApplyResult:
+        """Dump our routes, diff against ``desired`` (default: the last desired set) and apply in one batch."""
+        start = time.perf_counter()
+        if desired is not None:
+            self._desired = _normalise(desired)
+        self._actual = {route.key: route for route in self._nl.dump_routes()}
+        return self._apply("resync", start)
+
+    def apply_delta(self, desired_new: Iterable[Route]) -> ApplyResult:
+        """Move from the cached view to ``desired_new`` (the complete new set), writing only changes."""
+        start = time.perf_counter()
+        self._desired = _normalise(desired_new)
+        return self._apply("delta", start)
+
+    def _apply(self, kind: str, start: float) -> ApplyResult:
+        ops = diff(self._desired, self._actual)
+        result = ApplyResult(kind)
+        writes_before = self._nl.writes
+        failures = self._nl.apply(ops) if ops else []
+        failed = {(f.op, f.route.key) for f in failures}
+        for op, route in ops:
+            if (op, route.key) in failed:
+                continue
+            if op == RouteOp.DELETE:
+                self._actual.pop(route.key, None)
+                result.deleted += 1
+            else:
+                self._actual[route.key] = route
+                if op == RouteOp.ADD:
+                    result.added += 1
+                else:
+                    result.replaced += 1
+        for failure in failures:
+            if failure.op == RouteOp.DELETE and failure.errno == errno_mod.ESRCH:
+                self._actual.pop(failure.route.key, None)  # already gone: the goal is met
+                continue
+            result.failures.append(failure)
+            self._log.warning(
+                "routes.failed",
+                op=str(failure.op),
+                route=failure.route.describe(),
+                errno=failure.errno,
+                error=failure.message or None,
+            )
+        result.writes = self._nl.writes - writes_before
+        result.seconds = time.perf_counter() - start
+        self._log.info(
+            "routes.applied",
+            kind=kind,
+            desired=len(self._desired),
+            added=result.added,
+            replaced=result.replaced,
+            deleted=result.deleted,
+            failed=len(result.failures),
+            writes=result.writes,
+            seconds=round(result.seconds, 4),
+        )
+        return result
+
+    def diverges(self, event: RouteEvent) -> bool:
+        """True when a kernel notification contradicts the cached view (someone else touched our routes).
+
+        Our own writes arrive as events matching the cache and are ignored; a stale event that
+        no longer matches only causes a harmless no-op resync.
+        """
+        if event.protocol != self.protocol or event.table != self.table:
+            return False
+        have = self._actual.get(event.route.key)
+        if event.kind == "del":
+            return have is not None and have == event.route
+        return have != event.route
+
+    async def watch_kernel(
+        self,
+        on_change: Callable[[ApplyResult], Awaitable[None] | None] | None = None,
+        *,
+        interval: float = 90.0,
+        debounce: float = 0.05,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Restore our routes when the kernel diverges, and resync every ``interval`` seconds anyway.
+
+        Runs until ``stop`` is set (or the task is cancelled). Each resync uses the last desired set
+        and its result is passed to ``on_change``. The periodic pass catches what produces no event
+        (routes dropped with their link) and event overflow.
+        """
+        monitor = RouteMonitor(self.netns)
+        loop = asyncio.get_running_loop()
+        dirty = asyncio.Event()
+        stop = stop or asyncio.Event()
+
+        def readable() -> None:
+            monitor.set_ifnames(self._nl.ifnames)
+            events, overflowed = monitor.read_events()
+            if overflowed or any(self.diverges(e) for e in events):
+                dirty.set()
+
+        loop.add_reader(monitor.fileno(), readable)
+        try:
+            while not stop.is_set():
+                waiters = {asyncio.ensure_future(dirty.wait()), asyncio.ensure_future(stop.wait())}
+                _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                if stop.is_set():
+                    break
+                reason = "kernel_changed" if dirty.is_set() else "periodic"
+                await asyncio.sleep(debounce)  # let a burst of hand edits settle into one resync
+                readable()  # consume what queued meanwhile so our own writes' echoes stay harmless
+                dirty.clear()
+                result = self.full_resync()
+                self._log.info("routes.watch_resync", reason=reason, added=result.added, deleted=result.deleted)
+                if on_change is not None:
+                    maybe = on_change(result)
+                    if maybe is not None:
+                        await maybe
+                readable()  # echoes of our own writes match the cache; a fresh hand edit sets dirty again
+        finally:
+            loop.remove_reader(monitor.fileno())
+            monitor.close()
