@@ -1,0 +1,213 @@
+"""The route programmer against a real kernel, inside a throw-away namespace.
+
+Asserts what an operator would check with ``ip route show proto 81``: next hop, device, onlink,
+blackhole; that hand deletions are repaired, foreign routes survive, idle resyncs write nothing
+and a refused route is reported while the rest land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from felix_like.netlink import TABBY_RT_PROTO, Route
+from felix_like.route_programmer import RouteProgrammer
+from felix_like.routes import (
+    BlockInfo,
+    BorrowedIP,
+    EncapMode,
+    LocalNodeInfo,
+    PoolInfo,
+    RemoteNodeInfo,
+    RouteInputs,
+    WorkloadInfo,
+    calculate_routes,
+)
+
+from .conftest import NodeNS
+
+pytestmark = pytest.mark.root
+
+INPUTS = RouteInputs(
+    local_node=LocalNodeInfo("node-a", "192.0.2.11/24", "eth0", "2001:db8:1::11/64"),
+    pools=(
+        PoolInfo("10.65.0.0/16", vxlan_mode=EncapMode.CROSS_SUBNET),
+        PoolInfo("fd00:65::/48", vxlan_mode=EncapMode.CROSS_SUBNET),
+    ),
+    blocks=(
+        BlockInfo("10.65.1.0/26", "node-a"),
+        BlockInfo("10.65.2.0/26", "node-b"),
+        BlockInfo("10.65.3.0/26", "node-c"),
+        BlockInfo("fd00:65::/122", "node-a"),
+        BlockInfo("fd00:65::40/122", "node-b"),
+        BlockInfo("fd00:65::80/122", "node-c"),
+    ),
+    remote_nodes=(
+        RemoteNodeInfo("node-b", "192.0.2.12/24", "2001:db8:1::12/64", "10.65.200.2", "fd00:200::2"),
+        RemoteNodeInfo("node-c", "198.51.100.13/24", "2001:db8:2::13/64", "10.65.200.3", "fd00:200::3"),
+    ),
+    workloads=(WorkloadInfo("10.65.1.5", "tabwl0"), WorkloadInfo("fd00:65::5", "tabwl0")),
+    borrowed=(BorrowedIP("10.65.1.7", "node-c"),),
+)
+DESIRED = calculate_routes(INPUTS)
+
+
+def ours(ns: NodeNS, family: str = "-4") -> dict[str, dict]:
+    return {r["dst"]: r for r in ns.routes("proto", str(TABBY_RT_PROTO), family=family)}
+
+
+def test_program_and_verify_with_ip(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        result = prog.full_resync(DESIRED)
+    assert result.ok, result.failures
+    assert result.added == len(DESIRED) == 9
+    v4 = ours(node_ns)
+    assert v4["10.65.1.0/26"]["type"] == "blackhole"
+    assert v4["10.65.1.5"]["dev"] == "tabwl0" and v4["10.65.1.5"]["scope"] == "link"
+    assert (v4["10.65.2.0/26"]["gateway"], v4["10.65.2.0/26"]["dev"]) == ("192.0.2.12", "eth0")
+    assert "onlink" not in v4["10.65.2.0/26"]["flags"]
+    assert (v4["10.65.3.0/26"]["gateway"], v4["10.65.3.0/26"]["dev"]) == ("10.65.200.3", "vxlan.tabby")
+    assert "onlink" in v4["10.65.3.0/26"]["flags"]
+    assert (v4["10.65.1.7"]["gateway"], v4["10.65.1.7"]["dev"]) == ("10.65.200.3", "vxlan.tabby")
+    v6 = ours(node_ns, "-6")
+    assert v6["fd00:65::/122"]["type"] == "blackhole"
+    assert v6["fd00:65::5"]["dev"] == "tabwl0"
+    assert (v6["fd00:65::40/122"]["gateway"], v6["fd00:65::40/122"]["dev"]) == ("2001:db8:1::12", "eth0")
+    assert (v6["fd00:65::80/122"]["gateway"], v6["fd00:65::80/122"]["dev"]) == ("fd00:200::3", "vxlan-v6.tabby")
+    assert "onlink" in v6["fd00:65::80/122"]["flags"]
+    assert len(v4) + len(v6) == 9
+
+
+def test_noop_resync_writes_nothing_and_hand_delete_is_restored(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        assert prog.full_resync(DESIRED).ok
+        before = prog.writes
+        idle = prog.full_resync(DESIRED)
+        assert (idle.added, idle.replaced, idle.deleted, idle.writes) == (0, 0, 0, 0)
+        assert prog.writes == before
+        node_ns.ip("route", "del", "10.65.3.0/26")
+        node_ns.ip("-6", "route", "del", "fd00:65::/122")
+        repaired = prog.full_resync()
+        assert (repaired.added, repaired.writes) == (2, 2)
+    assert "10.65.3.0/26" in ours(node_ns)
+    assert ours(node_ns, "-6")["fd00:65::/122"]["type"] == "blackhole"
+
+
+def test_hand_changed_route_is_replaced(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        prog.full_resync(DESIRED)
+        node_ns.ip("route", "replace", "10.65.2.0/26", "via", "192.0.2.99", "dev", "eth0", "proto", "81")
+        result = prog.full_resync()
+    assert (result.replaced, result.writes) == (1, 1)
+    assert ours(node_ns)["10.65.2.0/26"]["gateway"] == "192.0.2.12"
+
+
+def test_foreign_routes_survive_everything(node_ns: NodeNS) -> None:
+    # overlapping foreign route, identical-prefix foreign route, foreign route of another protocol number
+    node_ns.ip("route", "add", "10.65.0.0/16", "via", "192.0.2.1", "proto", "static")
+    node_ns.ip("route", "add", "10.65.2.0/26", "via", "192.0.2.1", "proto", "static")
+    node_ns.ip("route", "add", "10.65.9.0/26", "via", "192.0.2.1", "proto", "80")
+    foreign_before = [r for r in node_ns.routes() if r.get("protocol") != str(TABBY_RT_PROTO)]
+    with RouteProgrammer(node_ns.name) as prog:
+        first = prog.full_resync(DESIRED)
+        # the identical key is a conflict: reported, never overwritten; everything else lands
+        assert [(f.route.dst, f.errno) for f in first.failures] == [("10.65.2.0/26", errno.EEXIST)]
+        assert first.added == len(DESIRED) - 1
+        prog.full_resync(DESIRED)
+        prog.apply_delta([r for r in DESIRED if r.dst != "10.65.3.0/26"])
+        gone = prog.full_resync([])
+        assert gone.ok and gone.deleted == len(DESIRED) - 2
+    assert ours(node_ns) == {} and ours(node_ns, "-6") == {}
+    assert [r for r in node_ns.routes() if r.get("protocol") != str(TABBY_RT_PROTO)] == foreign_before
+    assert {r["dst"] for r in node_ns.routes("proto", "static")} == {"10.65.0.0/16", "10.65.2.0/26"}
+
+
+def test_bad_route_reported_rest_lands(node_ns: NodeNS) -> None:
+    bad = Route("10.66.0.0/26", gateway="203.0.113.9", oif="eth0")  # not on eth0's subnet, no onlink
+    missing_dev = Route("10.66.1.0/26", gateway="192.0.2.12", oif="nosuchdev")
+    with RouteProgrammer(node_ns.name) as prog:
+        result = prog.full_resync([*DESIRED, bad, missing_dev])
+        assert {(f.route.dst, f.errno) for f in result.failures} == {
+            ("10.66.0.0/26", errno.ENETUNREACH),
+            ("10.66.1.0/26", errno.ENODEV),
+        }
+        assert "gateway" in next(f for f in result.failures if f.route is bad).message.lower()
+        assert result.added == len(DESIRED)
+        # a failed route stays wanted: the next resync tries again (and fails again, reported again)
+        again = prog.full_resync()
+        assert len(again.failures) == 2 and again.added == 0
+    assert len(ours(node_ns)) + len(ours(node_ns, "-6")) == len(DESIRED)
+
+
+def test_apply_delta_writes_only_changes(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        prog.full_resync(DESIRED)
+        new = set(DESIRED)
+        new.discard(Route("10.65.1.7/32", gateway="10.65.200.3", oif="vxlan.tabby", onlink=True))
+        new.add(Route("10.65.4.0/26", gateway="192.0.2.12", oif="eth0"))
+        new.discard(Route("10.65.2.0/26", gateway="192.0.2.12", oif="eth0"))
+        new.add(Route("10.65.2.0/26", gateway="10.65.200.2", oif="vxlan.tabby", onlink=True))
+        result = prog.apply_delta(new)
+        assert (result.added, result.replaced, result.deleted, result.writes) == (1, 1, 1, 3)
+        assert prog.apply_delta(new).writes == 0
+    v4 = ours(node_ns)
+    assert "10.65.1.7" not in v4 and "10.65.4.0/26" in v4
+    assert v4["10.65.2.0/26"]["dev"] == "vxlan.tabby"
+
+
+def test_close_never_flushes_and_restart_adopts(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        prog.full_resync(DESIRED)
+    assert len(ours(node_ns)) == 5
+    with RouteProgrammer(node_ns.name) as again:
+        adopted = again.full_resync(DESIRED)
+    assert adopted.writes == 0
+
+
+def test_link_gone_routes_are_reprogrammed_when_back(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        prog.full_resync(DESIRED)
+        node_ns.ip("link", "del", "tabwl0")  # the kernel drops its routes without telling anyone
+        result = prog.full_resync()
+        assert {f.route.dst for f in result.failures} == {"10.65.1.5/32", "fd00:65::5/128"}
+        node_ns.ip("link", "add", "tabwl0", "type", "veth", "peer", "name", "tabwl0peer")
+        node_ns.ip("link", "set", "tabwl0", "up")
+        node_ns.ip("link", "set", "tabwl0peer", "up")
+        back = prog.full_resync()  # the interface index changed: the cache refreshes on the miss
+        assert back.ok and back.added == 2
+    assert ours(node_ns)["10.65.1.5"]["dev"] == "tabwl0"
+
+
+def test_watch_kernel_restores_hand_deleted_route(node_ns: NodeNS) -> None:
+    async def scenario() -> list[int]:
+        added: list[int] = []
+        with RouteProgrammer(node_ns.name) as prog:
+            prog.full_resync(DESIRED)
+            stop = asyncio.Event()
+            restored = asyncio.Event()
+
+            def on_change(result) -> None:  # type: ignore[no-untyped-def]
+                added.append(result.added)
+                if result.added:
+                    restored.set()
+
+            task = asyncio.create_task(prog.watch_kernel(on_change, interval=30, stop=stop))
+            await asyncio.sleep(0.1)
+            proc = await asyncio.create_subprocess_exec("ip", "-n", node_ns.name, "route", "del", "10.65.2.0/26")
+            assert await proc.wait() == 0
+            await asyncio.wait_for(restored.wait(), timeout=5)
+            # a foreign route change is not our business: no resync
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "-n", node_ns.name, "route", "add", "10.99.0.0/24", "via", "192.0.2.1", "proto", "static"
+            )
+            assert await proc.wait() == 0
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)
+        return added
+
+    added = asyncio.run(scenario())
+    assert added == [1]
+    assert "10.65.2.0/26" in ours(node_ns)
