@@ -448,3 +448,10 @@ def inspect(topology: Topology | str | Path | None) -> list[dict[str, str]]:
 def all_processes_alive(lab: Lab) -> Iterable[str]:
     """Names of recorded processes that are gone (tests use it after deploy)."""
     return [f"{p.node}/{p.name}" for p in lab.state.processes if not p.alive()]
+
+
+# Unambiguous names for callers whose own names are deploy/destroy (the click commands).
+deploy_lab = deploy
+destroy_lab = destroy
+inspect_lab = inspect
+load_lab = load

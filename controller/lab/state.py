@@ -6,7 +6,7 @@ this file alone, so the record of a thing always exists before the thing itself.
 something never made is harmless (destroy tolerates "already gone").
 
 Layout: ``/run/tabby/lab/<lab>/state.json`` plus ``nodes/<node>/`` (configs, logs, sockets,
-data), and ``/run/tabby/lab/<lab>.lock`` (flock) so two commands never work on one lab at once.
+data), and ``/run/tabby/lab/.locks/<lab>.lock`` (flock) so two commands never work on one lab at once.
 ``TABBY_LAB_STATE_DIR`` moves the root, for tests.
 """
 
@@ -159,9 +159,9 @@ class LabState:
 @contextlib.contextmanager
 def lab_lock(lab: str, timeout: float = 30.0) -> Iterator[None]:
     """Serialise commands on one lab; the kernel drops the lock when a crashed deploy dies."""
-    root = state_root()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{lab}.lock"
+    locks = state_root() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"{lab}.lock"
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout
         while True:

@@ -1,0 +1,239 @@
+"""``tabbyctl lab``: deploy, destroy, inspect, graph and exec for containerlab topology files.
+
+Mounted into tabbyctl with ``cli.add_command(lab)``; also runs standalone as
+``python -m controller.lab``. A user mistake prints one line per problem on stderr and exits 1;
+progress goes to stderr so stdout stays machine-readable (``inspect -f json``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from controller.lab import graph as graph_mod
+from controller.lab import kinds, netns
+from controller.lab.deploy import READY_TIMEOUT, Lab, deploy_lab, destroy_lab, inspect_lab, load_lab
+from controller.lab.errors import LabError
+from controller.lab.topology import Topology, load_topology
+
+F = TypeVar("F", bound=Callable[..., Any])
+TOPO_HELP = "topology file (*.clab.yml), or a directory holding one; default: the one in the current directory"
+
+
+def _fail(lines: list[str], code: int = 1) -> None:
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
+def user_errors(func: F) -> F:
+    """Turn ``LabError`` into one stderr line per problem and exit 1 (never a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LabError as exc:
+            _fail(exc.problems)
+        except KeyboardInterrupt:
+            _fail(["interrupted; `tabbyctl lab destroy -t FILE --cleanup` removes whatever was made"], 130)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _topology(path: str | None) -> Topology:
+    return load_topology(path)
+
+
+class ProgressReporter:
+    """deploy's progress: a rich bar per phase on a terminal, one line per phase otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[item]}"), console=console, disable=not self.live, transient=False,
+        )
+        self.task: TaskID | None = None
+        self.name = ""
+        self.total = 0
+        self.done = 0
+
+    def __enter__(self) -> ProgressReporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish_phase()
+        self.progress.__exit__(None, None, None)
+
+    def _finish_phase(self) -> None:
+        if self.task is not None and not self.live:
+            self.console.print(f"{self.name}: {self.done}/{self.total}", highlight=False)
+        self.task = None
+
+    def phase(self, name: str, total: int) -> None:
+        self._finish_phase()
+        self.name, self.total, self.done = name, total, 0
+        self.task = self.progress.add_task(name, total=max(total, 1), item="")
+        if total == 0:
+            self.progress.update(self.task, completed=1)
+
+    def advance(self, item: str) -> None:
+        self.done += 1
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, item=item)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning[/yellow]: {message}", highlight=False, soft_wrap=True)
+
+
+@click.group(name="lab")
+@click.option("-v", "--verbose", is_flag=True, help="debug logs on stderr")
+def lab(verbose: bool) -> None:
+    """containerlab topologies on network namespaces (no Docker needed)."""
+    if verbose or not structlog.is_configured():
+        from controller import logs
+
+        logs.configure(level="debug" if verbose else "warning")
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("--reconfigure", "-c", is_flag=True, help="destroy the lab first (with --cleanup), then deploy")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=READY_TIMEOUT, show_default=True,
+              help="seconds each node's daemons get to answer")
+@user_errors
+def deploy(topo: str | None, reconfigure: bool, timeout: float) -> None:
+    """Build the lab and wait until every node's processes are up."""
+    topology = _topology(topo)
+    console = Console(stderr=True)
+    with ProgressReporter(console) as reporter:
+        handle = deploy_lab(topology, reconfigure=reconfigure, reporter=reporter, ready_timeout=timeout)
+    _print_table(handle.inspect())
+    if handle.exec_failures:
+        console.print(f"{len(handle.exec_failures)} exec command(s) failed (see warnings above)", highlight=False)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("--cleanup", is_flag=True,
+              help="also sweep by name what the topology implies and delete the lab directory (logs); "
+                   "works after a crashed deploy")
+@user_errors
+def destroy(topo: str | None, cleanup: bool) -> None:
+    """Remove every namespace, link, process and directory of the lab."""
+    topology = _topology(topo)
+    report = destroy_lab(topology, cleanup=cleanup)
+    if report.nothing:
+        click.echo(f"lab {topology.name}: nothing to destroy", err=True)
+    else:
+        click.echo(f"lab {topology.name}: destroyed ({len(report.namespaces)} namespaces, "
+                   f"{report.killed} processes)", err=True)
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    table = Table(show_lines=False)
+    for column in ("#", "Name", "Kind", "Image", "State", "IPv4 Address"):
+        table.add_column(column)
+    for i, row in enumerate(rows, 1):
+        colour = "green" if row["state"] == "running" else "red"
+        table.add_row(str(i), row["name"], row["kind"], row["image"], f"[{colour}]{row['state']}[/{colour}]",
+                      row["ipv4_address"])
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # piped or captured: never truncate names
+    console.print(table)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@user_errors
+def inspect(topo: str | None, fmt: str) -> None:
+    """Show the lab's nodes (containerlab's inspect fields)."""
+    topology = _topology(topo)
+    rows = inspect_lab(topology)
+    deployed = any(r["state"] != "not deployed" for r in rows)
+    if fmt == "json":
+        click.echo(json.dumps({"containers": rows if deployed else []}, indent=2))
+        return
+    if not deployed:
+        click.echo(f"lab {topology.name} is not deployed", err=True)
+        return
+    _print_table(rows)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="picture file: .svg, .png, .dot (Graphviz) or .md (Mermaid); default <lab>.svg")
+@user_errors
+def graph(topo: str | None, output: Path | None) -> None:
+    """Draw the topology's nodes and links (no root needed, nothing deployed)."""
+    topology = _topology(topo)
+    target = output or Path(f"{topology.name}.svg")
+    graph_mod.render(topology, target)
+    click.echo(f"wrote {target}", err=True)
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("--all", "all_nodes", is_flag=True, help="run the command in every node")
+@click.option("--timeout", type=click.FloatRange(0.1), default=None, help="give up after this many seconds")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def exec_(topo: str | None, all_nodes: bool, timeout: float | None, args: tuple[str, ...]) -> None:
+    """Run a command in a node: exec -t FILE NODE -- CMD... (or --all -- CMD...)."""
+    topology = _topology(topo)
+    if all_nodes:
+        nodes, argv = list(topology.nodes), list(args)
+    else:
+        if not args:
+            raise LabError("exec needs a node name and a command: exec -t FILE NODE -- CMD...")
+        if args[0] not in topology.nodes:
+            raise LabError(f"lab {topology.name} has no node {args[0]!r} (nodes: {', '.join(topology.nodes)})")
+        nodes, argv = [args[0]], list(args[1:])
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LabError("exec needs a command after the node name: exec -t FILE NODE -- CMD...")
+    handle = load_lab(topology)
+    for name in nodes:
+        if not netns.exists(topology.nodes[name].netns):
+            raise LabError(f"node {name}: namespace {topology.nodes[name].netns} is missing (lab not fully deployed)")
+    if not all_nodes:
+        sys.exit(_exec_passthrough(handle, nodes[0], argv, timeout))
+    worst = 0
+    for name in nodes:
+        proc = handle.exec(name, argv, timeout=timeout)
+        click.echo(f"== {name} ({topology.nodes[name].netns}) exit {proc.returncode}")
+        if proc.stdout:
+            click.echo(proc.stdout, nl=not proc.stdout.endswith("\n"))
+        if proc.stderr:
+            click.echo(proc.stderr, nl=not proc.stderr.endswith("\n"), err=True)
+        worst = worst or proc.returncode
+    sys.exit(1 if worst else 0)
+
+
+def _exec_passthrough(handle: Lab, node: str, argv: list[str], timeout: float | None) -> int:
+    """One node: the command's own stdin/stdout/stderr and exit code, as ``docker exec`` gives."""
+    n = handle.topology.nodes[node]
+    full = netns.netns_argv(n.netns, handle.exec_argv(node, argv))
+    try:
+        return subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False).returncode
+    except subprocess.TimeoutExpired:
+        raise LabError(f"node {node}: {' '.join(argv)} timed out after {timeout}s") from None
