@@ -181,6 +181,10 @@ class IPAMClient:
             return hit
         return await self._read_block(cidr)
 
+    # Rule for the caches: a cached value may drive a write (the write's compare catches it
+    # if it was stale), but a conclusion that needs no write ("nothing to release", "this
+    # handle holds nothing") must come from a fresh read.
+
     async def _read_handle(self, handle_id: str) -> tuple[dict[str, int] | None, int]:
         kv = await self.ds.get(handle_key(handle_id))
         if kv is None:
@@ -764,10 +768,16 @@ class IPAMClient:
     async def _release(self, by_block: Mapping[str, Mapping[int, _Target]]) -> tuple[list[str], list[str]]:
         """Release ordinals across blocks in ONE transaction that also fixes every handle touched.
 
-        Returns (released ips, not released ips).
+        Returns (released ips, not released ips). The first try works from cached blocks and
+        handles; a failed compare, or a target that looks not releasable in a cached copy,
+        makes the next try read everything fresh.
         """
+        attempt = 0
 
         async def step() -> tuple[list[str], list[str]]:
+            nonlocal attempt
+            attempt += 1
+            use_cache = attempt == 1
             compares = []
             ops: list[Put | Delete] = []
             released: list[str] = []
@@ -775,7 +785,8 @@ class IPAMClient:
             deltas: dict[str, dict[str, int]] = {}
             new_blocks: dict[str, Block] = {}
             for cidr, targets in by_block.items():
-                block, brev = await self._block(cidr)
+                cached = use_cache and cidr in self._blocks
+                block, brev = await (self._block(cidr) if use_cache else self._read_block(cidr))
                 if block is None:
                     refused.extend(str(ipaddress.ip_network(cidr).network_address + o) for o in targets)
                     continue
@@ -792,6 +803,8 @@ class IPAMClient:
                         if hid is not None:
                             d = deltas.setdefault(hid, {})
                             d[cidr] = d.get(cidr, 0) + 1
+                    elif cached:
+                        raise Conflict  # judged on a cached copy: confirm with a fresh read
                     else:
                         refused.append(block.ip(t.ordinal))
                 if new.sequence_number != block.sequence_number:
@@ -802,7 +815,7 @@ class IPAMClient:
                 return released, refused
             new_handles: dict[str, dict[str, int] | None] = {}
             for hid, per_block in deltas.items():
-                hblocks, hrev = await self._handle(hid)
+                hblocks, hrev = await (self._handle(hid) if use_cache else self._read_handle(hid))
                 compares.append(mod_is(handle_key(hid), hrev))
                 if hblocks is None:
                     continue  # an allocation without its handle (see `ipam check`): nothing to fix
@@ -846,18 +859,25 @@ class IPAMClient:
                 hblocks, hrev = await self._read_handle(handle_id)
             if not hblocks:
                 if hblocks is not None:
-                    await self._delete_empty_handle(handle_id)
+                    await self._delete_empty_handle(handle_id, hrev)
                 return released_all
             by_block: dict[str, dict[int, _Target]] = {}
-            for cidr in hblocks:
+            for cidr, count in hblocks.items():
                 block, _ = await self._block(cidr)
-                if block is None:
-                    continue
-                for o in block.ordinals_for_handle(handle_id):
+                ords = block.ordinals_for_handle(handle_id) if block is not None else []
+                if len(ords) != count:
+                    # The cached copy disagrees with the handle: believe neither, read the block.
+                    block, _ = await self._read_block(cidr)
+                    ords = block.ordinals_for_handle(handle_id) if block is not None else []
+                for o in ords:
                     by_block.setdefault(cidr, {})[o] = _Target(o, handle_id)
+            if not by_block and hrev and attempt == 0:
+                # Nothing found on the strength of a cached handle: read it before concluding.
+                self._forget(handles=[handle_id])
+                continue
             if not by_block:
                 # The handle names blocks that hold none of its addresses: drop the stale record.
-                await self._delete_empty_handle(handle_id)
+                await self._delete_empty_handle(handle_id, hrev)
                 return released_all
             released, _ = await self._release(by_block)
             released_all.extend(released)
@@ -866,10 +886,9 @@ class IPAMClient:
             # Loop: if the handle still names addresses (it grew meanwhile), release those too.
         raise IPAMError(f"handle {handle_id}: kept changing while being released")
 
-    async def _delete_empty_handle(self, handle_id: str) -> None:
-        kv = await self.ds.get(handle_key(handle_id))
-        if kv is not None:
-            await self.ds.txn([mod_is(handle_key(handle_id), kv.mod_revision)], [Delete(handle_key(handle_id))])
+    async def _delete_empty_handle(self, handle_id: str, rev: int) -> None:
+        """Delete a handle judged empty at mod_revision ``rev`` (only if it is still that version)."""
+        await self.ds.txn([mod_is(handle_key(handle_id), rev)], [Delete(handle_key(handle_id))])
         self._forget(handles=[handle_id])
 
     async def ips_by_handle(self, handle_id: str) -> list[str]:
