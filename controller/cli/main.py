@@ -73,12 +73,33 @@ def cli(
 for _command in (*COMMANDS, ipam, version):
     cli.add_command(_command)
 
-try:  # the lab runner is optional: tabbyctl works before (or without) it
-    from controller.lab.cli import lab
-except ImportError:  # pragma: no cover - depends on what is installed
-    lab = None
-if lab is not None:
+
+def _mount_lab() -> None:
+    """Add ``tabbyctl lab`` if the lab runner imports; a broken lab must not break tabbyctl.
+
+    When the import fails, a stand-in ``lab`` command says why, instead of the whole CLI
+    failing at start-up with a traceback.
+    """
+    try:
+        from controller.lab.cli import lab
+    except Exception as exc:  # ImportError before it lands; anything while it is being edited
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+        @click.command(
+            "lab", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+        )
+        def lab_unavailable() -> None:
+            """Lab runner (unavailable in this installation)."""
+            from controller.cli.context import UserError
+
+            raise UserError(f"the lab commands are unavailable: {reason}")
+
+        cli.add_command(lab_unavailable)
+        return
     cli.add_command(lab)
+
+
+_mount_lab()
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
