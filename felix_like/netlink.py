@@ -511,6 +511,16 @@ class RouteSocket:
         A route that cannot be encoded (unknown interface) fails alone without being sent; a
         kernel refusal fails only its own message, the rest of the chunk is processed.
         """
+        failures = self._apply_once(ops)
+        stale = [f for f in failures if f.errno == errno_mod.ENODEV and f.op != RouteOp.DELETE]
+        if stale:
+            # An interface may have been re-created under the same name with a new index: refresh
+            # the cache once and retry just those routes (a still-missing interface fails again).
+            self.refresh_links()
+            failures = [f for f in failures if f not in stale] + self._apply_once([(f.op, f.route) for f in stale])
+        return failures
+
+    def _apply_once(self, ops: Sequence[tuple[RouteOp, Route]]) -> list[RouteFailure]:
         failures: list[RouteFailure] = []
         for start in range(0, len(ops), CHUNK):
             chunk = ops[start : start + CHUNK]

@@ -96,6 +96,7 @@ class RouteProgrammer:
         self._nl = RouteSocket(netns, protocol=protocol, table=table)
         self._actual: dict[Key, Route] = {}
         self._desired: dict[Key, Route] = {}
+        self._cache_unknown = True  # nothing dumped yet: the first delta does a full resync
         self._log = log.bind(netns=netns or "", table=table, protocol=protocol)
 
     @property
@@ -130,13 +131,22 @@ class RouteProgrammer:
         """Move from the cached view to ``desired_new`` (the complete new set), writing only changes."""
         start = time.perf_counter()
         self._desired = _normalise(desired_new)
+        if self._cache_unknown:
+            self._log.info("routes.delta_needs_resync")
+            return self.full_resync()
         return self._apply("delta", start)
 
     def _apply(self, kind: str, start: float) -> ApplyResult:
         ops = diff(self._desired, self._actual)
         result = ApplyResult(kind)
         writes_before = self._nl.writes
-        failures = self._nl.apply(ops) if ops else []
+        try:
+            failures = self._nl.apply(ops) if ops else []
+        except OSError:
+            # Lost ACKs or a broken socket: what landed is unknown, so the next delta dumps first.
+            self._cache_unknown = True
+            raise
+        self._cache_unknown = False
         failed = {(f.op, f.route.key) for f in failures}
         for op, route in ops:
             if (op, route.key) in failed:

@@ -211,3 +211,24 @@ def test_watch_kernel_restores_hand_deleted_route(node_ns: NodeNS) -> None:
     added = asyncio.run(scenario())
     assert added == [1]
     assert "10.65.2.0/26" in ours(node_ns)
+
+
+def test_first_delta_adopts_and_recreated_interface_is_retried(node_ns: NodeNS) -> None:
+    with RouteProgrammer(node_ns.name) as prog:
+        prog.full_resync(DESIRED)
+    with RouteProgrammer(node_ns.name) as prog:
+        first = prog.apply_delta(DESIRED)  # nothing cached yet: dumps instead of blindly adding
+        assert first.kind == "resync" and first.writes == 0
+        node_ns.ip("link", "del", "tabwl0")
+        node_ns.ip("link", "add", "tabwl0", "type", "veth", "peer", "name", "tabwl0peer")
+        node_ns.ip("link", "set", "tabwl0", "up")
+        extra = Route("10.65.1.6/32", oif="tabwl0")
+        result = prog.apply_delta([*DESIRED, extra])  # stale index cached for tabwl0: refreshed, retried
+        assert result.ok, result.failures
+        assert result.writes == 2  # refused for the vanished index, then sent again with the new one
+    assert ours(node_ns)["10.65.1.6"]["dev"] == "tabwl0"
+
+
+def test_missing_namespace_is_an_error() -> None:
+    with pytest.raises(FileNotFoundError):
+        RouteProgrammer("tabbytest-does-not-exist")
