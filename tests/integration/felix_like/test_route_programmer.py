@@ -99,9 +99,12 @@ def test_hand_changed_route_is_replaced(node_ns: NodeNS) -> None:
     with RouteProgrammer(node_ns.name) as prog:
         prog.full_resync(DESIRED)
         node_ns.ip("route", "replace", "10.65.2.0/26", "via", "192.0.2.99", "dev", "eth0", "proto", "81")
+        node_ns.ip("-6", "route", "replace", "fd00:65::40/122", "via", "2001:db8:1::99", "dev", "eth0", "proto", "81")
         result = prog.full_resync()
-    assert (result.replaced, result.writes) == (1, 1)
+    assert (result.replaced, result.writes) == (2, 2)
     assert ours(node_ns)["10.65.2.0/26"]["gateway"] == "192.0.2.12"
+    v6 = node_ns.routes("fd00:65::40/122", family="-6")
+    assert [(r["gateway"], r["protocol"]) for r in v6] == [("2001:db8:1::12", "81")]
 
 
 def test_foreign_routes_survive_everything(node_ns: NodeNS) -> None:
