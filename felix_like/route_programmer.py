@@ -229,9 +229,11 @@ class RouteProgrammer:
         try:
             while not stop.is_set():
                 waiters = {asyncio.ensure_future(dirty.wait()), asyncio.ensure_future(stop.wait())}
-                _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
+                try:
+                    await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
                 if stop.is_set():
                     break
                 reason = "kernel_changed" if dirty.is_set() else "periodic"
