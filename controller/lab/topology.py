@@ -265,10 +265,10 @@ def netns_name(prefix: str | None, lab: str, node: str) -> str:
 # --------------------------------------------------------------------------- line numbers
 
 
-def _line_index(text: str) -> tuple[dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], str]]]:
+def _line_index(text: str) -> tuple[dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], int, str]]]:
     """Map every YAML path to its line, and report duplicate keys (PyYAML keeps the last silently)."""
     index: dict[tuple[Any, ...], int] = {}
-    dups: list[tuple[tuple[Any, ...], str]] = []
+    dups: list[tuple[tuple[Any, ...], int, str]] = []
     root = yaml.compose(text, Loader=yaml.SafeLoader)
 
     def walk(node: yaml.Node | None, path: tuple[Any, ...]) -> None:
@@ -277,8 +277,7 @@ def _line_index(text: str) -> tuple[dict[tuple[Any, ...], int], list[tuple[tuple
             for key, value in node.value:
                 k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
                 if k in seen:
-                    index.setdefault((*path, k), key.start_mark.line + 1)
-                    dups.append(((*path, k), f"duplicate key {k!r} (line {key.start_mark.line + 1})"))
+                    dups.append(((*path, k), key.start_mark.line + 1, f"duplicate key {k!r}"))
                 seen.add(k)
                 index.setdefault((*path, k), key.start_mark.line + 1)
                 walk(value, (*path, k))
@@ -306,10 +305,10 @@ class _Problems:
                 return self.index[loc[:n]]
         return None
 
-    def add(self, loc: Iterable[Any], message: str) -> None:
+    def add(self, loc: Iterable[Any], message: str, line: int | None = None) -> None:
         loc = tuple(loc)
         where = _describe(loc)
-        line = self.line_of(loc)
+        line = line or self.line_of(loc)
         location = f"{self.path}:{line}" if line else f"{self.path}"
         self.items.append((line or 0, f"{location}: {where}{message}"))
 
@@ -381,11 +380,12 @@ def parse_topology(text: str, path: Path) -> Topology:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise TopologyError(str(path), [f"{where}: invalid YAML: {problem}"]) from None
     problems = _Problems(path, index)
-    for loc, message in dups:
-        problems.add(loc, message)
+    for loc, line, message in dups:
+        problems.add(loc, message, line)
     if not isinstance(data, dict):
         problems.add((), "a topology file is a mapping with name and topology keys")
         problems.raise_if_any()
+    data = _drop_unsupported_links(data, problems)
     try:
         raw = RawLabFile.model_validate(data)
     except ValidationError as exc:
@@ -395,6 +395,23 @@ def parse_topology(text: str, path: Path) -> Topology:
         raise AssertionError("unreachable") from None
     problems.raise_if_any()
     return _resolve(raw, path, problems)
+
+
+def _drop_unsupported_links(data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+    """Report links of a type other than veth before schema checks: their keys (``host-interface``
+    for macvlan, ``vni`` for vxlan) are valid containerlab, only the type is what we cannot do."""
+    body = data.get("topology")
+    links = body.get("links") if isinstance(body, dict) else None
+    if not isinstance(links, list):
+        return data
+    kept = []
+    for i, link in enumerate(links):
+        kind = link.get("type") if isinstance(link, dict) else None
+        if kind is not None and kind not in SUPPORTED_LINK_TYPES:
+            problems.add(("topology", "links", i, "type"), f"link type {kind!r} is not supported (veth only)")
+            link = {"type": kind, "endpoints": []}  # keeps the numbering of the links after it
+        kept.append(link)
+    return {**data, "topology": {**body, "links": kept}}
 
 
 def _resolve(raw: RawLabFile, path: Path, problems: _Problems) -> Topology:
@@ -656,8 +673,7 @@ def _resolve_links(
     for i, raw in enumerate(raw_links):
         loc = ("topology", "links", i)
         if raw.type is not None and raw.type not in SUPPORTED_LINK_TYPES:
-            problems.add((*loc, "type"), f"link type {raw.type!r} is not supported (veth only)")
-            continue
+            continue  # reported before schema checks
         if len(raw.endpoints) != 2:
             problems.add((*loc, "endpoints"), f"a veth link has exactly 2 endpoints, got {len(raw.endpoints)}")
             continue

@@ -1,0 +1,53 @@
+"""Pictures from the file alone: Graphviz text, Mermaid, and svg/png through `dot`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from controller.lab.errors import LabError
+from controller.lab.graph import render, to_dot, to_mermaid
+from controller.lab.topology import load_topology
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.fixture
+def triangle():
+    return load_topology(EXAMPLES / "triangle.clab.yml")
+
+
+def test_dot_has_every_node_and_link_with_interfaces(triangle) -> None:
+    dot = to_dot(triangle)
+    assert dot.startswith('graph "triangle" {')
+    for name in ("frr", "bird", "gobgp"):
+        assert f'  "{name}" [label="{name}\\n' in dot
+    assert '"frr" -- "bird" [taillabel="eth1", headlabel="eth1"];' in dot
+    assert '"bird" -- "gobgp" [taillabel="eth2", headlabel="eth2", label="mtu 1500"];' in dot
+    assert "172.20.20.2" in dot
+
+
+def test_mermaid(triangle) -> None:
+    md = to_mermaid(triangle)
+    assert "```mermaid\ngraph LR\n" in md
+    assert 'n0["frr<br/>frr: quay.io/frrouting/frr:8.4.1<br/>172.20.20.2"]' in md
+    assert 'n0 ---|"eth2 — eth1"| n2' in md
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
+@pytest.mark.parametrize("ext", ["svg", "png", "dot", "md"])
+def test_render_each_format(triangle, tmp_path: Path, ext: str) -> None:
+    out = render(triangle, tmp_path / f"lab.{ext}")
+    data = out.read_bytes()
+    assert data
+    if ext == "svg":
+        assert b"<svg" in data and b"gobgp" in data
+    if ext == "png":
+        assert data.startswith(b"\x89PNG")
+
+
+def test_unknown_format_is_a_user_error(triangle, tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="unknown picture format 'gif'"):
+        render(triangle, tmp_path / "lab.gif")

@@ -1,0 +1,172 @@
+"""Resolution of valid topology files: inheritance, naming, management addresses, link forms."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from controller.lab.topology import load_topology, netns_name, parse_topology
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def parse(text: str, tmp_path: Path):
+    path = tmp_path / "t.clab.yml"
+    path.write_text(text)
+    return load_topology(path)
+
+
+INHERIT = """
+name: inh
+topology:
+  defaults:
+    kind: linux
+    image: alpine:3
+    exec: ["echo defaults"]
+    binds: ["d.txt:/etc/d.txt"]
+    env: {A: 1, B: defaults, FLAG: true}
+    labels: {tier: any}
+  kinds:
+    linux:
+      exec: ["echo kind"]
+      env: {B: kind}
+      cmd: sleep 1
+  groups:
+    routers:
+      image: quay.io/frrouting/frr:8.4.1
+      exec: ["echo group"]
+      binds: ["g.txt:/etc/g.txt"]
+      env: {C: group}
+      labels: {tier: router}
+  nodes:
+    r1:
+      group: routers
+      exec: ["echo node"]
+      env: {C: node}
+      cmd: sleep 2
+    h1:
+"""
+
+
+def test_single_values_node_over_group_over_kind_over_defaults(tmp_path: Path) -> None:
+    (tmp_path / "d.txt").write_text("d")
+    (tmp_path / "g.txt").write_text("g")
+    topo = parse(INHERIT, tmp_path)
+    r1, h1 = topo.nodes["r1"], topo.nodes["h1"]
+    assert r1.image == "quay.io/frrouting/frr:8.4.1"  # group beats defaults
+    assert h1.image == "alpine:3"
+    assert r1.cmd == "sleep 2" and h1.cmd == "sleep 1"  # node beats kind
+    assert r1.labels == {"tier": "router"}
+
+
+def test_exec_and_binds_concatenate_defaults_first_and_maps_merge(tmp_path: Path) -> None:
+    (tmp_path / "d.txt").write_text("d")
+    (tmp_path / "g.txt").write_text("g")
+    topo = parse(INHERIT, tmp_path)
+    r1, h1 = topo.nodes["r1"], topo.nodes["h1"]
+    assert r1.exec == ("echo defaults", "echo kind", "echo group", "echo node")
+    assert h1.exec == ("echo defaults", "echo kind")
+    assert [b.target for b in r1.binds] == ["/etc/d.txt", "/etc/g.txt"]
+    assert r1.binds[0].source == (tmp_path / "d.txt").resolve()
+    assert r1.env == {"A": "1", "B": "kind", "C": "node", "FLAG": "true"}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [(None, "clab-lab1-r1"), ("", "r1"), ("__lab-name", "lab1-r1"), ("acme", "acme-lab1-r1")],
+)
+def test_namespace_names_follow_containerlab_prefix_rules(prefix: str | None, expected: str) -> None:
+    assert netns_name(prefix, "lab1", "r1") == expected
+
+
+def test_prefix_key_in_file(tmp_path: Path) -> None:
+    topo = parse('name: p\nprefix: ""\ntopology:\n  nodes:\n    r1: {kind: linux, image: a}\n', tmp_path)
+    assert topo.nodes["r1"].netns == "r1"
+    assert topo.mgmt_netns == "tabby-mgmt-p"
+
+
+def test_mgmt_addresses_pinned_first_then_file_order(tmp_path: Path) -> None:
+    topo = parse("""
+name: m
+mgmt: {network: n, ipv4-subnet: 192.0.2.0/28}
+topology:
+  defaults: {kind: linux, image: a}
+  nodes:
+    a:
+    b: {mgmt-ipv4: 192.0.2.2}
+    c:
+    d: {network-mode: none}
+""", tmp_path)
+    ips = {n: str(node.mgmt_ipv4) if node.mgmt_ipv4 else None for n, node in topo.nodes.items()}
+    assert ips == {"a": "192.0.2.3/28", "b": "192.0.2.2/28", "c": "192.0.2.4/28", "d": None}
+    assert topo.mgmt.gateway == ipaddress.IPv4Interface("192.0.2.1/28")
+
+
+def test_default_mgmt_is_containerlabs(tmp_path: Path) -> None:
+    topo = load_topology(EXAMPLES / "line3.clab.yml")
+    assert str(topo.mgmt.subnet) == "172.20.20.0/24"
+    assert [str(n.mgmt_ipv4) for n in topo.nodes.values()] == ["172.20.20.2/24", "172.20.20.3/24", "172.20.20.4/24"]
+    assert [n.netns for n in topo.nodes.values()] == ["clab-line3-n1", "clab-line3-n2", "clab-line3-n3"]
+
+
+def test_brief_and_extended_links(tmp_path: Path) -> None:
+    topo = parse("""
+name: l
+topology:
+  defaults: {kind: linux, image: a}
+  nodes: {a: , b: }
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+    - type: veth
+      mtu: 9000
+      endpoints:
+        - {node: a, interface: e2, mac: "02:00:00:00:00:01"}
+        - {node: b, interface: e2}
+""", tmp_path)
+    first, second = topo.links
+    assert str(first) == "a:eth1 -- b:eth1" and first.mtu is None
+    assert second.mtu == 9000 and second.a.mac == "02:00:00:00:00:01" and second.b.interface == "e2"
+
+
+def test_inline_startup_config_and_relative_file(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "r2.conf").write_text("hostname r2\n")
+    topo = parse("""
+name: s
+topology:
+  defaults: {kind: linux, image: frr}
+  nodes:
+    r1:
+      startup-config: |
+        hostname r1
+        router bgp 65001
+    r2: {startup-config: cfg/r2.conf}
+""", tmp_path)
+    assert topo.nodes["r1"].startup_config.read().startswith("hostname r1\n")
+    assert topo.nodes["r2"].startup_config.read() == "hostname r2\n"
+
+
+def test_ignored_containerlab_keys_warn(tmp_path: Path) -> None:
+    topo = parse("name: w\ntopology:\n  nodes:\n    r1: {kind: linux, image: a, ports: ['80:80']}\n", tmp_path)
+    assert topo.warnings == ("node r1: key 'ports' is ignored (no container runtime here)",)
+
+
+def test_directory_lookup_finds_the_single_file(tmp_path: Path) -> None:
+    (tmp_path / "only.clab.yml").write_text("name: d\ntopology:\n  nodes:\n    r1: {kind: linux, image: a}\n")
+    assert load_topology(tmp_path).name == "d"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.clab.yml")), ids=lambda p: p.name)
+def test_examples_are_valid(example: Path) -> None:
+    topo = load_topology(example)
+    assert topo.nodes and topo.links
+
+
+def test_parse_topology_resolves_relative_to_given_path() -> None:
+    text = (EXAMPLES / "triangle.clab.yml").read_text().replace("name: triangle", "name: other")
+    topo = parse_topology(text, EXAMPLES / "triangle.clab.yml")
+    assert topo.name == "other"
+    assert topo.nodes["frr"].netns == "clab-other-frr"
+    assert topo.nodes["bird"].startup_config.path == EXAMPLES / "triangle" / "bird.conf"
