@@ -67,7 +67,7 @@ def _normalise(routes: Iterable[Route]) -> dict[Key, Route]:
     for route in routes:
         if route.metric == 0 and route.ipv6:
             route = replace(route, metric=IPV6_DEFAULT_METRIC)
-        out[route.key] = route
+        out[(route.dst, route.metric)] = route  # == route.key, inlined: hot for 10k routes
     return out
 
 
@@ -124,7 +124,7 @@ class RouteProgrammer:
         start = time.perf_counter()
         if desired is not None:
             self._desired = _normalise(desired)
-        self._actual = {route.key: route for route in self._nl.dump_routes()}
+        self._actual = {(r.dst, r.metric): r for r in self._nl.dump_routes()}
         return self._apply("resync", start)
 
     def apply_delta(self, desired_new: Iterable[Route]) -> ApplyResult:
@@ -148,14 +148,16 @@ class RouteProgrammer:
             raise
         self._cache_unknown = False
         failed = {(f.op, f.route.key) for f in failures}
+        actual = self._actual
         for op, route in ops:
-            if (op, route.key) in failed:
+            key = (route.dst, route.metric)
+            if failed and (op, key) in failed:
                 continue
             if op == RouteOp.DELETE:
-                self._actual.pop(route.key, None)
+                actual.pop(key, None)
                 result.deleted += 1
             else:
-                self._actual[route.key] = route
+                actual[key] = route
                 if op == RouteOp.ADD:
                     result.added += 1
                 else:
