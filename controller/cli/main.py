@@ -23,7 +23,21 @@ from controller.cli.version import version
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _TabbyGroup(click.Group):
+    """The root group; mounts ``lab`` lazily so start-up does not pay for importing it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "lab"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name == "lab":
+            command = _load_lab()
+            self.add_command(command, "lab")
+        return command
+
+
+@click.group(cls=_TabbyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "-c",
     "--config",
@@ -74,11 +88,11 @@ for _command in (*COMMANDS, ipam, version):
     cli.add_command(_command)
 
 
-def _mount_lab() -> None:
-    """Add ``tabbyctl lab`` if the lab runner imports; a broken lab must not break tabbyctl.
+def _load_lab() -> click.Command:
+    """The ``lab`` group, imported on first use (it is heavy; most commands never need it).
 
-    When the import fails, a stand-in ``lab`` command says why, instead of the whole CLI
-    failing at start-up with a traceback.
+    A lab runner that fails to import must not break tabbyctl: a stand-in ``lab`` command
+    then says why instead of the whole CLI failing with a traceback.
     """
     try:
         from controller.lab.cli import lab
@@ -94,12 +108,8 @@ def _mount_lab() -> None:
 
             raise UserError(f"the lab commands are unavailable: {reason}")
 
-        cli.add_command(lab_unavailable)
-        return
-    cli.add_command(lab)
-
-
-_mount_lab()
+        return lab_unavailable
+    return lab
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
