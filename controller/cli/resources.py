@@ -63,7 +63,7 @@ def load_resources(filename: str, namespace: str | None = None) -> list[Resource
     if problems:
         raise UserError(problems)
     if not resources:
-        raise UserError(f"{filename}: no resources found")
+        raise UserError(f"{'<stdin>' if filename == '-' else filename}: no resources found")
     return [_in_namespace(r, namespace) for r in resources]
 
 
