@@ -1,0 +1,186 @@
+"""Plain BGP value types shared by the pure BGP code (peers, RIB, announcements) and the ExaBGP bridge.
+
+Everything here is a frozen dataclass of strings, ints and tuples: hashable (announcements live in
+sets and are diffed), comparable in tests, and free of any I/O or datastore dependency so the speaker
+side (config rendering, API bridge) and the calculation side can be written and tested apart.
+
+Conventions:
+- prefixes are normalised network strings ("10.65.0.0/26"); use `normalize_prefix` on input;
+- addresses and router ids are dotted strings;
+- communities are "aa:nn" strings, large communities "aa:nn:mm" strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_GRACEFUL_RESTART",
+    "DEFAULT_HOLD_TIME",
+    "DEFAULT_LOCAL_PREF",
+    "DEFAULT_PORT",
+    "GLOBAL",
+    "MESH",
+    "NODE_SPECIFIC",
+    "ORIGIN_RANK",
+    "Announcement",
+    "BestRoute",
+    "NextHopMode",
+    "Origin",
+    "Path",
+    "PeerSpec",
+    "PeerType",
+    "SpeakerSpec",
+    "normalize_prefix",
+]
+
+Origin = Literal["igp", "egp", "incomplete"]
+ORIGIN_RANK: dict[str, int] = {"igp": 0, "egp": 1, "incomplete": 2}
+"""RFC 4271 ORIGIN order used by the decision process: IGP < EGP < INCOMPLETE (lower wins)."""
+
+PeerType = Literal["node-to-node mesh", "global", "node specific"]
+MESH: PeerType = "node-to-node mesh"
+GLOBAL: PeerType = "global"
+NODE_SPECIFIC: PeerType = "node specific"
+"""Peer types spelled as `calicoctl node status` prints them, so `tabbyctl node status` can too."""
+
+NextHopMode = Literal["Auto", "Self", "Keep"]
+
+DEFAULT_PORT = 179
+DEFAULT_HOLD_TIME = 90
+DEFAULT_GRACEFUL_RESTART = 120
+DEFAULT_LOCAL_PREF = 100
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Canonical network text ("10.0.0.1" -> "10.0.0.1/32", "10.0.0.0/24" kept); host bits are refused.
+
+    One spelling per prefix, so RIB keys, announcements and kernel routes compare equal.
+    """
+    return str(ipaddress.ip_network(prefix, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """One route received from one peer (an Adj-RIB-In entry), with the attributes best-path needs.
+
+    `med` None means "absent" (treated as 0, RFC 4271 9.1.2.2 c); `local_pref` None means "absent"
+    (treated as DEFAULT_LOCAL_PREF, which is what an eBGP-learned path gets). The `peer_*` and `ibgp`
+    fields describe the session it came from; the RIB fills them from the session when it knows it.
+    `stale` is set by the RIB on graceful restart, never by the sender.
+    """
+
+    prefix: str
+    next_hop: str
+    as_path: tuple[int, ...] = ()
+    origin: Origin = "igp"
+    med: int | None = None
+    local_pref: int | None = None
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+    originator_id: str | None = None
+    cluster_list: tuple[str, ...] = ()
+    peer_address: str = ""
+    peer_as: int = 0
+    peer_router_id: str = ""
+    ibgp: bool = False
+    stale: bool = False
+
+    @property
+    def neighbour_as(self) -> int | None:
+        """The AS the path was learned from for MED comparison: the first AS in AS_PATH (None if empty,
+        i.e. originated inside our AS)."""
+        return self.as_path[0] if self.as_path else None
+
+
+@dataclass(frozen=True, slots=True)
+class BestRoute:
+    """The selected route for one prefix: the best path and, when several tie (ECMP), all next hops.
+
+    `next_hops` is sorted and deduplicated; `paths` holds every multipath member, best first.
+    """
+
+    prefix: str
+    next_hops: tuple[str, ...]
+    path: Path
+    paths: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One BGP session the local node should have, as the ExaBGP config renderer needs it.
+
+    `passive`: one active connector per mesh pair - the node with the lower address waits (field
+    notes: Calico's rule), so two nodes never race two TCP connections into a collision.
+    `local_address`: the node IP when sourceAddress is UseNodeIP (the default), None to let the kernel
+    pick (sourceAddress: None). `graceful_restart`: restart time in seconds to advertise, None to not
+    negotiate graceful restart. `password` is the resolved MD5 secret (never a reference).
+    `name`: the BGPPeer's name, or the peer node's name for a mesh peer. `peer_node`: the Tabby node
+    behind the address when known (mesh and peerSelector peers), None for routers outside.
+    """
+
+    address: str
+    peer_as: int
+    local_as: int
+    type: PeerType
+    name: str
+    port: int = DEFAULT_PORT
+    local_address: str | None = None
+    password: str | None = None
+    passive: bool = False
+    hold_time: int = DEFAULT_HOLD_TIME
+    keepalive: int | None = None
+    graceful_restart: int | None = DEFAULT_GRACEFUL_RESTART
+    ttl_security: int | None = None
+    next_hop_mode: NextHopMode = "Auto"
+    route_reflector_client: bool = False
+    peer_node: str | None = None
+
+    @property
+    def ibgp(self) -> bool:
+        """True when both ends share an AS (iBGP: no AS prepend, LOCAL_PREF carried, RR rules apply)."""
+        return self.peer_as == self.local_as
+
+    @property
+    def keep_original_next_hop(self) -> bool:
+        """keepOriginalNextHop: true is nextHopMode Keep in Calico."""
+        return self.next_hop_mode == "Keep"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerSpec:
+    """The local speaker's own identity: what ExaBGP's neighbours share (router-id, AS, listen port).
+
+    `cluster_id` is the node's routeReflectorClusterID (None: not a route reflector).
+    """
+
+    node: str
+    router_id: str
+    local_as: int
+    listen_port: int = DEFAULT_PORT
+    cluster_id: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """One route to announce (or withdraw) through ExaBGP.
+
+    `next_hop` is "self" or an explicit address (reflected routes keep the original next hop).
+    `originator_id`/`cluster_list` are set only on reflected routes (RFC 4456). `as_path` is what to
+    send besides our own AS (ExaBGP prepends the local AS on eBGP sessions itself).
+    """
+
+    prefix: str
+    next_hop: str = "self"
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+    local_pref: int | None = None
+    med: int | None = None
+    origin: Origin = "igp"
+    as_path: tuple[int, ...] = ()
+    originator_id: str | None = None
+    cluster_list: tuple[str, ...] = ()
+    withdraw: bool = False
