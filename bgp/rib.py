@@ -1,0 +1,450 @@
+"""The RIB: per-peer Adj-RIB-In, loop checks, best-path selection with ECMP, graceful restart and
+RFC 4456 route reflection, all pure (no I/O, no clock unless the caller lets it read one).
+
+ExaBGP only speaks the protocol: it keeps no Loc-RIB, picks no best path and drops no loops, so the
+node agent feeds every parsed UPDATE through `Rib.update`, session changes through `peer_up` /
+`peer_down` / `end_of_rib`, and takes `drain_changes()` to the route programmer (and `reflect()` to
+ExaBGP when the node is a route reflector). The rules implemented are written down in
+docs/bgp-rib.md; the comments here say why where the code is not self-explanatory.
+
+Keys: a peer is identified by its address (the neighbour's IP as ExaBGP reports it), a prefix by its
+normalised network text (`bgp.types.normalize_prefix`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from bgp.types import DEFAULT_LOCAL_PREF, ORIGIN_RANK, Announcement, BestRoute, Path, PeerSpec, normalize_prefix
+
+__all__ = [
+    "REJECT_AS_LOOP",
+    "REJECT_CLUSTER_LOOP",
+    "REJECT_ORIGINATOR",
+    "Rib",
+    "RibCounters",
+    "select_best",
+]
+
+REJECT_AS_LOOP = "as_path_loop"
+"""Own AS in AS_PATH (RFC 4271 9.1.2): our own announcement came back, e.g. FRR reflecting it over eBGP."""
+REJECT_ORIGINATOR = "originator_id"
+"""ORIGINATOR_ID equals our router id (RFC 4456 8): a reflector sent our own route back to us."""
+REJECT_CLUSTER_LOOP = "cluster_list_loop"
+"""Our cluster id in CLUSTER_LIST (RFC 4456 8): the route already went through our cluster."""
+
+_UNKNOWN_ID = 1 << 128  # sorts after every real router id / address
+
+
+def _id_key(text: str | None) -> int:
+    """Numeric order of a router id or address (RFC 4271 compares BGP identifiers as numbers, so
+    "10.0.0.9" < "10.0.0.10"); unknown or unparsable ids sort last so a known id always wins."""
+    if not text:
+        return _UNKNOWN_ID
+    try:
+        return int(ipaddress.ip_address(text))
+    except ValueError:
+        return _UNKNOWN_ID
+
+
+def _local_pref(path: Path) -> int:
+    return DEFAULT_LOCAL_PREF if path.local_pref is None else path.local_pref
+
+
+def _tie_break_key(path: Path) -> tuple[int, int, int]:
+    """Steps after the multipath set is fixed: lowest router id (ORIGINATOR_ID stands in for it on
+    reflected routes, RFC 4456 9), shortest CLUSTER_LIST (RFC 4456 9), lowest peer address."""
+    return (
+        _id_key(path.originator_id or path.peer_router_id or path.peer_address),
+        len(path.cluster_list),
+        _id_key(path.peer_address),
+    )
+
+
+def select_best(paths: Iterable[Path]) -> BestRoute | None:
+    """The decision process over one prefix's candidate paths; None when there are none.
+
+    Filtering, one attribute at a time, keeps the result a function of the *set* of paths (never of
+    the order they arrived in), which a pairwise "compare with the current best" loop cannot promise
+    once MED is compared only within a neighbour AS (that comparison is not transitive).
+
+    1. highest LOCAL_PREF (absent = 100); 2. shortest AS_PATH; 3. lowest ORIGIN (igp < egp <
+    incomplete); 4. lowest MED among paths from the same neighbour AS (absent = 0; paths from
+    different neighbour ASes all survive this step - "deterministic MED"); 5. eBGP over iBGP.
+    The survivors are the multipath (ECMP) set; 6. the best of them by lowest router id /
+    ORIGINATOR_ID, then shortest CLUSTER_LIST, then lowest peer address.
+    """
+    cands = list(paths)
+    if not cands:
+        return None
+    top = max(_local_pref(p) for p in cands)
+    cands = [p for p in cands if _local_pref(p) == top]
+    shortest = min(len(p.as_path) for p in cands)
+    cands = [p for p in cands if len(p.as_path) == shortest]
+    origin = min(ORIGIN_RANK[p.origin] for p in cands)
+    cands = [p for p in cands if ORIGIN_RANK[p.origin] == origin]
+    lowest_med: dict[int | None, int] = {}
+    for p in cands:
+        med = p.med or 0
+        key = p.neighbour_as
+        if key not in lowest_med or med < lowest_med[key]:
+            lowest_med[key] = med
+    cands = [p for p in cands if (p.med or 0) == lowest_med[p.neighbour_as]]
+    if any(not p.ibgp for p in cands):
+        cands = [p for p in cands if not p.ibgp]
+    cands.sort(key=_tie_break_key)
+    best = cands[0]
+    next_hops = tuple(sorted({p.next_hop for p in cands}, key=lambda nh: (_id_key(nh), nh)))
+    return BestRoute(prefix=best.prefix, next_hops=next_hops, path=best, paths=tuple(cands))
+
+
+@dataclass(slots=True)
+class _Session:
+    """What the RIB knows about one neighbour: its spec (AS, RR client), router id, state, GR timer."""
+
+    spec: PeerSpec | None
+    router_id: str = ""
+    up: bool = False
+    restart_time: float | None = None
+    stale_deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RibCounters:
+    """Numbers for metrics and `node status`: paths held per peer, rejections per reason, sizes."""
+
+    paths_per_peer: dict[str, int]
+    stale_per_peer: dict[str, int]
+    rejected: dict[str, int]
+    prefixes: int
+    paths: int
+
+
+@dataclass(slots=True)
+class _Reflected:
+    """What reflect() last told each target about one prefix, so changes become re-announcements and
+    targets that drop out of the set get a withdraw."""
+
+    by_target: dict[str, Announcement] = field(default_factory=dict)
+
+
+class Rib:
+    """Adj-RIB-In per peer plus the Loc-RIB (best route per prefix) derived from it.
+
+    `cluster_id` makes this RIB a route reflector's (enables the CLUSTER_LIST loop check and
+    `reflect()`); Tabby nodes with Node.spec.bgp.routeReflectorClusterID pass it.
+    """
+
+    def __init__(self, local_as: int, router_id: str, cluster_id: str | None = None) -> None:
+        self.local_as = local_as
+        self.router_id = router_id
+        self.cluster_id = cluster_id
+        self._sessions: dict[str, _Session] = {}
+        self._adj_in: dict[str, dict[str, Path]] = {}
+        self._by_prefix: dict[str, dict[str, Path]] = {}
+        self._best: dict[str, BestRoute] = {}
+        # prefix -> best route as of the last drain_changes(), recorded when the prefix first changes
+        self._pending: dict[str, BestRoute | None] = {}
+        self._rejected: Counter[str] = Counter()
+        self._reflected: dict[str, _Reflected] = {}
+
+    # ------------------------------------------------------------------ sessions
+
+    def peer_up(self, peer: PeerSpec, router_id: str = "", *, now: float | None = None) -> None:
+        """A session reached Established. Paths kept stale from a graceful restart stay until the peer
+        refreshes them or sends End-of-RIB; their timer restarts now (the restart time covered getting
+        the session back; the peer now needs time to re-send its table)."""
+        sess = self._sessions.get(peer.address)
+        if sess is None:
+            sess = self._sessions[peer.address] = _Session(spec=peer)
+        sess.spec = peer
+        sess.router_id = router_id
+        sess.up = True
+        if sess.stale_deadline is not None and sess.restart_time is not None:
+            sess.stale_deadline = self._now(now) + sess.restart_time
+
+    def peer_down(
+        self, peer: str, graceful: bool = False, restart_time: float | None = None, *, now: float | None = None
+    ) -> None:
+        """A session went down. ExaBGP sends no withdrawals for it, so without graceful restart every
+        path of the peer goes now; with it (negotiated, restart_time > 0) they are kept, marked stale,
+        until `end_of_rib(peer)` or the deadline passes in `sweep_expired`."""
+        sess = self._sessions.setdefault(peer, _Session(spec=None))
+        sess.up = False
+        self._forget_reflected_to(peer)
+        if graceful and restart_time and restart_time > 0 and self._adj_in.get(peer):
+            sess.restart_time = restart_time
+            sess.stale_deadline = self._now(now) + restart_time
+            for prefix, path in list(self._adj_in[peer].items()):
+                if not path.stale:
+                    self._store(peer, replace(path, stale=True))
+                    self._recompute(prefix)
+            return
+        sess.restart_time = None
+        sess.stale_deadline = None
+        self._drop_peer_paths(peer, only_stale=False)
+
+    def end_of_rib(self, peer: str) -> None:
+        """The peer finished re-sending its table: whatever is still stale was withdrawn while it was away."""
+        self._drop_peer_paths(peer, only_stale=True)
+        sess = self._sessions.get(peer)
+        if sess is not None:
+            sess.stale_deadline = None
+            sess.restart_time = None
+
+    def sweep_expired(self, now: float | None = None) -> list[str]:
+        """Drop the stale paths of every peer whose graceful-restart deadline has passed; returns those peers."""
+        t = self._now(now)
+        swept = []
+        for address, sess in self._sessions.items():
+            if sess.stale_deadline is not None and sess.stale_deadline <= t:
+                swept.append(address)
+        for address in swept:
+            self.end_of_rib(address)
+        return sorted(swept, key=_id_key)
+
+    def stale_deadline(self, peer: str) -> float | None:
+        """When the peer's stale paths will be swept (None: it has none waiting)."""
+        sess = self._sessions.get(peer)
+        return sess.stale_deadline if sess else None
+
+    def next_deadline(self) -> float | None:
+        """The earliest graceful-restart deadline, for the caller's timer."""
+        deadlines = [s.stale_deadline for s in self._sessions.values() if s.stale_deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def forget_peer(self, peer: str) -> None:
+        """The peer was removed from the configuration: drop its paths (stale or not) and its session."""
+        self._drop_peer_paths(peer, only_stale=False)
+        self._forget_reflected_to(peer)
+        self._sessions.pop(peer, None)
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, peer: str, announce: Iterable[Path] = (), withdraw: Iterable[str] = ()) -> None:
+        """Apply one UPDATE from `peer`: withdrawals first, then announcements (an UPDATE may withdraw
+        and re-announce a prefix; the announcement is the newer state). A new path implicitly replaces
+        the peer's previous path for the prefix, also when the new one is rejected by a loop check
+        (treat-as-withdraw), so a looping replacement never leaves an outdated path behind."""
+        for raw in withdraw:
+            prefix = normalize_prefix(raw)
+            if prefix in self._adj_in.get(peer, {}):
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+        for path in announce:
+            path = self._from_session(peer, path)
+            reason = self._loop_reason(path)
+            if reason is not None:
+                self._rejected[reason] += 1
+                if path.prefix in self._adj_in.get(peer, {}):
+                    self._remove(peer, path.prefix)
+                    self._recompute(path.prefix)
+                continue
+            self._store(peer, path)
+            self._recompute(path.prefix)
+
+    def _from_session(self, peer: str, path: Path) -> Path:
+        """The path as the RIB keeps it: normalised prefix, session facts from the session (not from the
+        sender), never stale (a refreshed path is fresh)."""
+        sess = self._sessions.get(peer)
+        changes: dict[str, object] = {"prefix": normalize_prefix(path.prefix), "peer_address": peer, "stale": False}
+        if sess is not None and sess.spec is not None:
+            changes["peer_as"] = sess.spec.peer_as
+            changes["ibgp"] = sess.spec.peer_as == self.local_as
+        elif path.peer_as:
+            changes["ibgp"] = path.peer_as == self.local_as
+        if sess is not None and sess.router_id:
+            changes["peer_router_id"] = sess.router_id
+        return replace(path, **changes)  # type: ignore[arg-type]
+
+    def _loop_reason(self, path: Path) -> str | None:
+        """Which loop rule drops the path, if any (checked on input, before it can become best).
+
+        The AS_PATH rule applies to iBGP too: a reflected path holding our AS left the AS and came back.
+        """
+        if self.local_as in path.as_path:
+            return REJECT_AS_LOOP
+        if path.originator_id is not None and path.originator_id == self.router_id:
+            return REJECT_ORIGINATOR
+        if self.cluster_id is not None and self.cluster_id in path.cluster_list:
+            return REJECT_CLUSTER_LOOP
+        return None
+
+    # ------------------------------------------------------------------ storage
+
+    def _store(self, peer: str, path: Path) -> None:
+        self._adj_in.setdefault(peer, {})[path.prefix] = path
+        self._by_prefix.setdefault(path.prefix, {})[peer] = path
+
+    def _remove(self, peer: str, prefix: str) -> None:
+        peer_paths = self._adj_in.get(peer)
+        if peer_paths is not None:
+            peer_paths.pop(prefix, None)
+            if not peer_paths:
+                del self._adj_in[peer]
+        holders = self._by_prefix.get(prefix)
+        if holders is not None:
+            holders.pop(peer, None)
+            if not holders:
+                del self._by_prefix[prefix]
+
+    def _drop_peer_paths(self, peer: str, only_stale: bool) -> None:
+        for prefix, path in list(self._adj_in.get(peer, {}).items()):
+            if path.stale or not only_stale:
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+
+    def _recompute(self, prefix: str) -> None:
+        old = self._best.get(prefix)
+        new = select_best(self._by_prefix.get(prefix, {}).values())
+        if new == old:
+            return
+        if prefix not in self._pending:
+            self._pending[prefix] = old
+        if new is None:
+            del self._best[prefix]
+        else:
+            self._best[prefix] = new
+
+    @staticmethod
+    def _now(now: float | None) -> float:
+        return time.monotonic() if now is None else now
+
+    # ------------------------------------------------------------------ reading
+
+    def best(self) -> dict[str, BestRoute]:
+        """The Loc-RIB: prefix -> best route (a copy; the route programmer may keep it)."""
+        return dict(self._best)
+
+    def best_for(self, prefix: str) -> BestRoute | None:
+        """The best route for one prefix, or None."""
+        return self._best.get(normalize_prefix(prefix))
+
+    def drain_changes(self) -> dict[str, BestRoute | None]:
+        """Prefixes whose best route differs from the last drain: prefix -> new best (None: gone).
+
+        A prefix that changed and changed back in between is not reported, so the route programmer
+        only touches the kernel for real differences.
+        """
+        out: dict[str, BestRoute | None] = {}
+        for prefix, before in self._pending.items():
+            now = self._best.get(prefix)
+            if now != before:
+                out[prefix] = now
+        self._pending.clear()
+        return out
+
+    def adj_rib_in(self, peer: str) -> dict[str, Path]:
+        """The paths held from one peer (after loop checks), stale ones included."""
+        return dict(self._adj_in.get(peer, {}))
+
+    def paths(self, prefix: str) -> list[Path]:
+        """Every candidate path for a prefix, in peer address order."""
+        holders = self._by_prefix.get(normalize_prefix(prefix), {})
+        return [holders[p] for p in sorted(holders, key=_id_key)]
+
+    def counters(self) -> RibCounters:
+        """Sizes and rejection counts (rejections are cumulative since the RIB was created)."""
+        per_peer = {peer: len(paths) for peer, paths in self._adj_in.items()}
+        stale = {peer: sum(1 for p in paths.values() if p.stale) for peer, paths in self._adj_in.items()}
+        return RibCounters(
+            paths_per_peer=per_peer,
+            stale_per_peer={k: v for k, v in stale.items() if v},
+            rejected=dict(self._rejected),
+            prefixes=len(self._best),
+            paths=sum(per_peer.values()),
+        )
+
+    # ------------------------------------------------------------------ route reflection
+
+    def _targets(self, best: BestRoute) -> list[str]:
+        """RFC 4456 6: who hears a route. From a client: every other client and every non-client iBGP
+        peer; from a non-client iBGP peer: clients only; from eBGP: every iBGP peer. Never the peer it
+        came from nor the client whose router id is the route's ORIGINATOR_ID. Only established
+        sessions; eBGP peers get nothing (a Tabby reflector is not a transit router)."""
+        path = best.path
+        source = self._sessions.get(path.peer_address)
+        source_client = bool(source and source.spec and source.spec.route_reflector_client)
+        originator = path.originator_id or path.peer_router_id
+        out = []
+        for address, sess in self._sessions.items():
+            if not sess.up or sess.spec is None or address == path.peer_address or not sess.spec.ibgp:
+                continue
+            if originator and sess.router_id == originator:
+                continue
+            client = sess.spec.route_reflector_client
+            if path.ibgp and not source_client and not client:
+                continue
+            out.append(address)
+        return sorted(out, key=_id_key)
+
+    def _reflected_announcement(self, best: BestRoute) -> Announcement:
+        """The route as sent on: original next hop and attributes; for iBGP-learned routes ORIGINATOR_ID
+        (kept, or the advertising peer's router id) and our cluster id prepended to CLUSTER_LIST.
+        eBGP-learned routes are plain iBGP advertisements, which carry neither attribute."""
+        p = best.path
+        originator: str | None = None
+        cluster_list: tuple[str, ...] = ()
+        if p.ibgp:
+            originator = p.originator_id or p.peer_router_id or p.peer_address
+            cluster_list = ((self.cluster_id,) if self.cluster_id else ()) + p.cluster_list
+        return Announcement(
+            prefix=p.prefix,
+            next_hop=p.next_hop,
+            communities=p.communities,
+            large_communities=p.large_communities,
+            local_pref=_local_pref(p),
+            med=p.med,
+            origin=p.origin,
+            as_path=p.as_path,
+            originator_id=originator,
+            cluster_list=cluster_list,
+        )
+
+    def _wanted(self, prefix: str) -> dict[str, Announcement]:
+        best = self._best.get(prefix)
+        if best is None or self.cluster_id is None:
+            return {}
+        ann = self._reflected_announcement(best)
+        return {target: ann for target in self._targets(best)}
+
+    def reflect(self, changes: Mapping[str, BestRoute | None]) -> list[tuple[str, Announcement]]:
+        """What to send to which neighbour after `changes` (from drain_changes): (target peer, announcement)
+        pairs, withdrawals (withdraw=True) for targets that no longer get the prefix. Empty unless this
+        RIB has a cluster id. Reads the current Loc-RIB, so only the keys of `changes` matter."""
+        out: list[tuple[str, Announcement]] = []
+        for prefix in sorted(changes, key=lambda p: ipaddress.ip_network(p)):
+            wanted = self._wanted(prefix)
+            state = self._reflected.setdefault(prefix, _Reflected())
+            for target in sorted(set(state.by_target) - set(wanted), key=_id_key):
+                out.append((target, Announcement(prefix=prefix, withdraw=True)))
+                del state.by_target[target]
+            for target, ann in wanted.items():
+                if state.by_target.get(target) != ann:
+                    out.append((target, ann))
+                    state.by_target[target] = ann
+            if not state.by_target:
+                del self._reflected[prefix]
+        return out
+
+    def reflect_to(self, peer: str) -> list[Announcement]:
+        """The full reflected table for a peer whose session just came up (after `peer_up`)."""
+        out = []
+        for prefix in sorted(self._best, key=lambda p: ipaddress.ip_network(p)):
+            ann = self._wanted(prefix).get(peer)
+            if ann is not None:
+                self._reflected.setdefault(prefix, _Reflected()).by_target[peer] = ann
+                out.append(ann)
+        return out
+
+    def _forget_reflected_to(self, peer: str) -> None:
+        """A down session has no routes from us: a later reflect() must not withdraw to it."""
+        for prefix in list(self._reflected):
+            state = self._reflected[prefix]
+            state.by_target.pop(peer, None)
+            if not state.by_target:
+                del self._reflected[prefix]

@@ -1,0 +1,402 @@
+"""RIB: decision process step by step, ECMP, loop checks, withdrawals, graceful restart, change feed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, select_best
+from bgp.types import GLOBAL, MESH, Path, PeerSpec
+
+LOCAL_AS = 64512
+P = "10.65.0.0/26"
+
+
+def ibgp(address: str, rr_client: bool = False) -> PeerSpec:
+    return PeerSpec(
+        address=address,
+        peer_as=LOCAL_AS,
+        local_as=LOCAL_AS,
+        type=MESH,
+        name=address,
+        route_reflector_client=rr_client,
+    )
+
+
+def ebgp(address: str, asn: int = 65000) -> PeerSpec:
+    return PeerSpec(address=address, peer_as=asn, local_as=LOCAL_AS, type=GLOBAL, name=address)
+
+
+def path(peer: str, **kw: object) -> Path:
+    kw.setdefault("prefix", P)
+    kw.setdefault("next_hop", peer)
+    return Path(peer_address=peer, **kw)  # type: ignore[arg-type]
+
+
+def rib_with(*peers: PeerSpec, router_id: str = "10.0.0.1", cluster_id: str | None = None) -> Rib:
+    rib = Rib(LOCAL_AS, router_id, cluster_id)
+    for spec in peers:
+        rib.peer_up(spec, router_id=spec.address)
+    return rib
+
+
+# ---------------------------------------------------------------- decision process, one step per case
+
+# Each case: two paths that differ in exactly the attribute of one step; the first one must win
+# whatever order they arrive in.
+DECISION_CASES = [
+    pytest.param(
+        (ibgp("10.0.0.9"), {"local_pref": 200}),
+        (ibgp("10.0.0.2"), {"local_pref": 100}),
+        id="1-highest-local-pref",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"local_pref": 100}),
+        (ibgp("10.0.0.2"), {"local_pref": 90}),
+        id="1-absent-local-pref-is-100",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"as_path": (65001,)}),
+        (ibgp("10.0.0.2"), {"as_path": (65001, 65002)}),
+        id="2-shortest-as-path",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"origin": "egp"}),
+        (ibgp("10.0.0.2"), {"origin": "incomplete"}),
+        id="3-lowest-origin",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"as_path": (65001,), "med": 10}),
+        (ibgp("10.0.0.2"), {"as_path": (65001,), "med": 20}),
+        id="4-lowest-med-same-neighbour-as",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"as_path": (65001,)}),
+        (ibgp("10.0.0.2"), {"as_path": (65001,), "med": 5}),
+        id="4-absent-med-is-0",
+    ),
+    pytest.param(
+        (ebgp("10.0.0.9"), {"as_path": (65000,)}),
+        (ibgp("10.0.0.2"), {"as_path": (65000,)}),
+        id="5-ebgp-over-ibgp",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.2"), {"next_hop": "10.0.0.2", "med": 0}),
+        (ibgp("10.0.0.9"), {"next_hop": "10.0.0.2", "med": 0}),
+        id="6-lowest-router-id",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"originator_id": "10.0.0.3"}),
+        (ibgp("10.0.0.2"), {"originator_id": "10.0.0.4"}),
+        id="6-originator-id-stands-for-router-id",
+    ),
+    pytest.param(
+        (ibgp("10.0.0.9"), {"originator_id": "10.0.0.3", "cluster_list": ("1.1.1.1",)}),
+        (ibgp("10.0.0.2"), {"originator_id": "10.0.0.3", "cluster_list": ("1.1.1.1", "2.2.2.2")}),
+        id="6-shorter-cluster-list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("winner", "loser"), DECISION_CASES)
+@pytest.mark.parametrize("winner_first", [True, False])
+def test_decision_step(
+    winner: tuple[PeerSpec, dict[str, object]], loser: tuple[PeerSpec, dict[str, object]], winner_first: bool
+) -> None:
+    rib = rib_with(winner[0], loser[0])
+    # next hops differ unless the case pins them; ECMP must not hide the decision
+    order = [winner, loser] if winner_first else [loser, winner]
+    for spec, attrs in order:
+        rib.update(spec.address, [path(spec.address, **attrs)])
+    best = rib.best()[P]
+    assert best.path.peer_address == winner[0].address
+
+
+def test_lowest_peer_address_breaks_the_last_tie() -> None:
+    # same router id (unknown) from two sessions: the peer address decides
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_up(ibgp("10.0.0.7"))
+    rib.peer_up(ibgp("10.0.0.5"))
+    rib.update("10.0.0.7", [path("10.0.0.7", next_hop="10.9.9.9")])
+    rib.update("10.0.0.5", [path("10.0.0.5", next_hop="10.9.9.9")])
+    assert rib.best()[P].path.peer_address == "10.0.0.5"
+
+
+def test_router_ids_compare_as_numbers_not_text() -> None:
+    rib = rib_with(ibgp("10.0.0.10"), ibgp("10.0.0.9"))
+    rib.update("10.0.0.10", [path("10.0.0.10", local_pref=100, next_hop="1.1.1.1")])
+    rib.update("10.0.0.9", [path("10.0.0.9", local_pref=100, next_hop="1.1.1.1")])
+    assert rib.best()[P].path.peer_address == "10.0.0.9"
+
+
+def test_med_is_not_compared_across_neighbour_ases() -> None:
+    # A (AS 65001, MED 50) and B (AS 65002, MED 10): both survive the MED step, ECMP over both.
+    rib = rib_with(ebgp("10.0.0.2", 65001), ebgp("10.0.0.3", 65002))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65001,), med=50)])
+    rib.update("10.0.0.3", [path("10.0.0.3", as_path=(65002,), med=10)])
+    best = rib.best()[P]
+    assert best.next_hops == ("10.0.0.2", "10.0.0.3")
+    assert best.path.peer_address == "10.0.0.2"  # router id decides the single best
+
+
+def test_deterministic_med_is_order_independent() -> None:
+    # The classic non-transitive trio: pairwise comparison would depend on arrival order.
+    paths = [
+        path("10.0.0.2", as_path=(65001,), med=20, next_hop="10.1.0.2"),
+        path("10.0.0.3", as_path=(65002,), med=5, next_hop="10.1.0.3"),
+        path("10.0.0.4", as_path=(65001,), med=10, next_hop="10.1.0.4"),
+    ]
+    results = set()
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]):
+        best = select_best([paths[i] for i in order])
+        assert best is not None
+        results.add((best.path, best.next_hops))
+    assert len(results) == 1
+    (_, next_hops) = results.pop()
+    assert next_hops == ("10.1.0.3", "10.1.0.4")  # MED 20 lost inside AS 65001 only
+
+
+# ---------------------------------------------------------------- ECMP
+
+
+def test_ecmp_equal_paths_give_multipath_next_hops() -> None:
+    rib = rib_with(ibgp("10.0.0.3"), ibgp("10.0.0.2"), ibgp("10.0.0.4"))
+    for peer in ("10.0.0.3", "10.0.0.2", "10.0.0.4"):
+        rib.update(peer, [path(peer)])
+    best = rib.best()[P]
+    assert best.next_hops == ("10.0.0.2", "10.0.0.3", "10.0.0.4")
+    assert best.path.peer_address == "10.0.0.2"
+    assert len(best.paths) == 3
+
+
+def test_ecmp_excludes_paths_that_lose_a_step() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"), ibgp("10.0.0.4"))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65001,))])
+    rib.update("10.0.0.3", [path("10.0.0.3", as_path=(65002,))])
+    rib.update("10.0.0.4", [path("10.0.0.4", as_path=(65001, 65003))])
+    assert rib.best()[P].next_hops == ("10.0.0.2", "10.0.0.3")
+
+
+def test_ecmp_ebgp_paths_exclude_ibgp_paths() -> None:
+    rib = rib_with(ebgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65000,))])
+    rib.update("10.0.0.3", [path("10.0.0.3", as_path=(65000,))])
+    assert rib.best()[P].next_hops == ("10.0.0.2",)
+
+
+def test_ecmp_same_next_hop_appears_once() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", next_hop="10.0.0.9")])
+    rib.update("10.0.0.3", [path("10.0.0.3", next_hop="10.0.0.9")])
+    assert rib.best()[P].next_hops == ("10.0.0.9",)
+
+
+# ---------------------------------------------------------------- loop checks
+
+
+def test_own_as_in_as_path_rejected_from_ebgp() -> None:
+    rib = rib_with(ebgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65000, LOCAL_AS))])
+    assert rib.best() == {}
+    assert rib.counters().rejected == {REJECT_AS_LOOP: 1}
+
+
+def test_own_as_in_as_path_rejected_from_ibgp_too() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65000, LOCAL_AS, 65001))])
+    assert rib.best() == {}
+    assert rib.counters().rejected == {REJECT_AS_LOOP: 1}
+
+
+def test_own_router_id_as_originator_rejected() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), router_id="10.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2", originator_id="10.0.0.1")])
+    assert rib.best() == {}
+    assert rib.counters().rejected == {REJECT_ORIGINATOR: 1}
+
+
+def test_own_cluster_id_in_cluster_list_rejected() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), cluster_id="1.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2", originator_id="10.0.0.7", cluster_list=("2.0.0.2", "1.0.0.1"))])
+    assert rib.best() == {}
+    assert rib.counters().rejected == {REJECT_CLUSTER_LOOP: 1}
+
+
+def test_cluster_list_not_checked_without_cluster_id() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", originator_id="10.0.0.7", cluster_list=("1.0.0.1",))])
+    assert P in rib.best()
+
+
+def test_rejected_replacement_removes_the_previous_path() -> None:
+    rib = rib_with(ebgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65000,))])
+    assert P in rib.best()
+    rib.update("10.0.0.2", [path("10.0.0.2", as_path=(65000, LOCAL_AS))])
+    assert rib.best() == {}
+    assert rib.adj_rib_in("10.0.0.2") == {}
+
+
+# ---------------------------------------------------------------- updates and withdrawals
+
+
+def test_withdraw_falls_back_to_next_best() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200)])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    rib.update("10.0.0.2", withdraw=[P])
+    assert rib.best()[P].path.peer_address == "10.0.0.3"
+    rib.update("10.0.0.3", withdraw=[P])
+    assert rib.best() == {}
+    assert rib.counters().paths == 0
+
+
+def test_withdraw_of_unknown_prefix_is_harmless() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", withdraw=["10.99.0.0/24"])
+    assert rib.drain_changes() == {}
+
+
+def test_new_path_from_same_peer_replaces_old() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", next_hop="10.0.0.2")])
+    rib.update("10.0.0.2", [path("10.0.0.2", next_hop="10.0.0.8")])
+    assert rib.best()[P].next_hops == ("10.0.0.8",)
+    assert rib.counters().paths == 1
+
+
+def test_withdraw_and_announce_in_one_update_keeps_the_announcement() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")], withdraw=[P])
+    assert P in rib.best()
+
+
+def test_prefixes_are_normalised() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix="10.65.0.5")])
+    assert "10.65.0.5/32" in rib.best()
+    rib.update("10.0.0.2", withdraw=["10.65.0.5/32"])
+    assert rib.best() == {}
+
+
+def test_session_facts_come_from_the_session_not_the_path() -> None:
+    rib = rib_with(ebgp("10.0.0.2", 65000))
+    rib.update("10.0.0.2", [Path(prefix=P, next_hop="10.0.0.2", as_path=(65000,), ibgp=True, stale=True)])
+    best = rib.best()[P].path
+    assert (best.peer_address, best.peer_as, best.ibgp, best.stale) == ("10.0.0.2", 65000, False, False)
+    assert best.peer_router_id == "10.0.0.2"
+
+
+def test_peer_down_without_graceful_restart_removes_its_paths() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2"), path("10.0.0.2", prefix="10.65.1.0/26")])
+    rib.update("10.0.0.3", [path("10.0.0.3", local_pref=50)])
+    rib.drain_changes()
+    rib.peer_down("10.0.0.2")
+    changes = rib.drain_changes()
+    assert changes["10.65.1.0/26"] is None
+    assert changes[P] is not None and changes[P].path.peer_address == "10.0.0.3"
+    assert rib.adj_rib_in("10.0.0.2") == {}
+
+
+# ---------------------------------------------------------------- graceful restart
+
+
+def gr_rib() -> Rib:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2"), path("10.0.0.2", prefix="10.65.1.0/26")])
+    return rib
+
+
+def test_graceful_down_keeps_paths_stale_and_routes_programmed() -> None:
+    rib = gr_rib()
+    rib.drain_changes()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    assert set(rib.best()) == {P, "10.65.1.0/26"}
+    assert all(p.stale for p in rib.adj_rib_in("10.0.0.2").values())
+    assert rib.stale_deadline("10.0.0.2") == 1120.0
+    assert rib.next_deadline() == 1120.0
+    assert rib.counters().stale_per_peer == {"10.0.0.2": 2}
+    # next hops did not change: the route programmer has nothing to redo beyond attributes
+    assert all(c is not None and c.next_hops == ("10.0.0.2",) for c in rib.drain_changes().values())
+
+
+def test_graceful_restart_refresh_then_eor_sweeps_only_unrefreshed() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1010.0)
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert not rib.adj_rib_in("10.0.0.2")[P].stale
+    rib.drain_changes()
+    rib.end_of_rib("10.0.0.2")
+    assert set(rib.best()) == {P}
+    assert rib.drain_changes() == {"10.65.1.0/26": None}
+    assert rib.stale_deadline("10.0.0.2") is None
+
+
+def test_graceful_restart_expiry_sweeps_stale_paths() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    assert rib.sweep_expired(now=1119.0) == []
+    assert len(rib.best()) == 2
+    assert rib.sweep_expired(now=1120.0) == ["10.0.0.2"]
+    assert rib.best() == {}
+    assert rib.next_deadline() is None
+
+
+def test_peer_up_restarts_the_stale_timer() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1100.0)
+    assert rib.stale_deadline("10.0.0.2") == 1220.0
+    assert rib.sweep_expired(now=1150.0) == []
+
+
+def test_graceful_down_with_zero_restart_time_removes_at_once() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=0)
+    assert rib.best() == {}
+
+
+def test_forget_peer_drops_stale_paths_too() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=0.0)
+    rib.forget_peer("10.0.0.2")
+    assert rib.best() == {}
+    assert rib.next_deadline() is None
+
+
+def test_stale_path_loses_nothing_in_the_decision() -> None:
+    # A stale path keeps forwarding (that is the point of graceful restart) and still competes.
+    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200)])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    rib.peer_down("10.0.0.2", graceful=True, restart_time=60, now=0.0)
+    assert rib.best()[P].path.peer_address == "10.0.0.2"
+
+
+# ---------------------------------------------------------------- change feed and counters
+
+
+def test_drain_changes_reports_net_differences_only() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    first = rib.drain_changes()
+    assert list(first) == [P] and first[P] is not None
+    assert rib.drain_changes() == {}
+    rib.update("10.0.0.2", withdraw=[P])
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert rib.drain_changes() == {}  # changed and changed back
+
+
+def test_counters() -> None:
+    rib = rib_with(ibgp("10.0.0.2"), ebgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2"), path("10.0.0.2", prefix="10.65.1.0/26")])
+    rib.update(
+        "10.0.0.3", [path("10.0.0.3", as_path=(65000,)), path("10.0.0.3", prefix="10.7.0.0/16", as_path=(1, LOCAL_AS))]
+    )
+    c = rib.counters()
+    assert c.paths_per_peer == {"10.0.0.2": 2, "10.0.0.3": 1}
+    assert c.rejected == {REJECT_AS_LOOP: 1}
+    assert (c.prefixes, c.paths) == (2, 3)
+    assert [p.peer_address for p in rib.paths(P)] == ["10.0.0.2", "10.0.0.3"]
+    assert rib.best_for("10.65.1.0/26") is not None
