@@ -237,7 +237,14 @@ def _empty_headers(cls: type[Resource], fmt: str) -> list[str]:
 
 
 def _sample(cls: type[Resource], parse_resource: Any) -> Resource:
-    for spec in ({}, {"cidr": "10.0.0.0/16"}, {"node": "x"}):
+    """A throw-away valid instance of ``cls``, only to learn its column headers."""
+    samples: tuple[dict[str, Any], ...] = (
+        {},
+        {"cidr": "10.0.0.0/16"},
+        {"peerIP": "192.0.2.1", "asNumber": 64512},
+        {"node": "x"},
+    )
+    for spec in samples:
         try:
             doc: dict[str, Any] = {"apiVersion": cls.GROUP_VERSION, "kind": cls.KIND, "metadata": {"name": "default"}}
             if spec:
