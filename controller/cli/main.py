@@ -17,6 +17,7 @@ import click
 
 from controller.cli.context import CliState, user_problems
 from controller.cli.ipam import ipam
+from controller.cli.node import node
 from controller.cli.resources import COMMANDS
 from controller.cli.version import version
 
@@ -84,7 +85,7 @@ def cli(
     logs.configure(level=obj.log_level, fmt=log_format)
 
 
-for _command in (*COMMANDS, ipam, version):
+for _command in (*COMMANDS, ipam, version, node):
     cli.add_command(_command)
 
 

@@ -15,6 +15,7 @@ from datamodel.resources.errors import ResourceError
 from datamodel.resources.ipamconfig import IPAMConfiguration
 from datamodel.resources.ippool import IPPool
 from datamodel.resources.node import Node
+from datamodel.resources.workloadendpoint import WorkloadEndpoint
 
 KINDS: list[type[Resource]] = [
     IPPool,
@@ -22,6 +23,7 @@ KINDS: list[type[Resource]] = [
     Node,
     BGPConfiguration,
     BGPPeer,
+    WorkloadEndpoint,
 ]
 
 # Older spellings of `kind:` accepted in documents and rewritten to the current one.

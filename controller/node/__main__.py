@@ -1,0 +1,46 @@
+"""``python -m controller.node`` / ``tabby-node``: run the node agent, configured by the environment.
+
+User mistakes (a bad variable) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(
+            "usage: tabby-node\n\nRuns the Tabby node agent. Settings come from the environment: NODENAME, IP,\n"
+            "IP_AUTODETECTION_METHOD, AS, ETCD_ENDPOINTS (and ETCD_*), TABBY_RUN_DIR, TABBY_NETNS,\n"
+            "TABBY_RESYNC_INTERVAL, TABBY_MTU, VXLAN_TUNNEL_MAC, TABBY_LOG_LEVEL, TABBY_LOG_FORMAT.\n"
+            "See docs/node-agent.md."
+        )
+        return 0
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from controller import logs
+    from controller.node.config import NodeConfig, NodeConfigError
+
+    try:
+        config = NodeConfig.from_env()
+    except NodeConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(level=config.log_level, fmt=config.log_format)
+    from controller.node.agent import run_agent
+
+    try:
+        asyncio.run(run_agent(config))
+    except KeyboardInterrupt:
+        return 130
+    except PermissionError as exc:
+        print(f"Error: {exc.filename or ''}: {exc.strerror} (the node agent must run as root)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
