@@ -1,0 +1,1 @@
+"""The CNI plugin executables ``tabby`` and ``tabby-ipam`` (thin clients of the node agent)."""

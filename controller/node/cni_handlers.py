@@ -1,0 +1,520 @@
+"""CNI ADD / DEL / CHECK / GC / STATUS as the node agent performs them.
+
+Why here and not in the plugin: the plugin is a short-lived process that must start in a few
+milliseconds; the agent already holds the datastore connection, the IPAM caches, the snapshot
+and the route programmer. The plugin validates what it can without help and forwards; this
+module does the work and answers with a CNI result or a :class:`CNIError` (the spec's codes).
+
+Rules (docs/cni.md): handle ``<network>.<containerID>``; every etcd step is bounded by
+``TABBY_CNI_TIMEOUT`` (5 s) and answers code 11 "try again later" when etcd does not answer;
+ADD cleans up leftovers of an earlier half-done ADD first; DEL is idempotent and succeeds when
+the pod's namespace is already gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from datamodel.resources.workloadendpoint import WorkloadEndpoint, workload_endpoint_name
+from datastore import DatastoreError, Delete, Put, mod_is
+from datastore.keys import resource_key
+from felix_like.routes import WorkloadInfo
+from felix_like.workload import (
+    GATEWAY_V4,
+    NetnsGone,
+    WorkloadSpec,
+    check_workload,
+    host_veth_name,
+    setup_workload,
+    teardown_workload,
+)
+from ipam.errors import IPAMError, NoPoolsError, PoolsExhausted
+
+if TYPE_CHECKING:
+    from controller.node.agent import Agent
+
+log = structlog.get_logger("tabby.node.cni")
+T = TypeVar("T")
+
+# CNI spec error codes
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
+# plugin-specific (100+)
+IPAM_FAILURE = 100
+CHECK_FAILED = 101
+INTERNAL = 199
+
+ANNOTATION_HANDLE = "tabby.io/handle"
+ANNOTATION_NETWORK = "tabby.io/network"
+
+
+class CNIError(Exception):
+    """A CNI error result: ``code`` from the spec, ``msg`` one line, ``details`` more context."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        self.code = code
+        self.msg = msg
+        self.details = details
+        super().__init__(msg)
+
+    def to_json(self, cni_version: str) -> dict[str, Any]:
+        return {"cniVersion": cni_version, "code": self.code, "msg": self.msg, "details": self.details}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request: the command, CNI_* variables and the network configuration."""
+
+    command: str
+    env: Mapping[str, str]
+    config: Mapping[str, Any]
+    mode: str  # "tabby" (full plugin) or "tabby-ipam" (IPAM only)
+
+    @property
+    def cni_version(self) -> str:
+        return str(self.config.get("cniVersion") or "1.0.0")
+
+    @property
+    def network(self) -> str:
+        return str(self.config.get("name") or "")
+
+    @property
+    def container_id(self) -> str:
+        return self.env.get("CNI_CONTAINERID", "")
+
+    @property
+    def ifname(self) -> str:
+        return self.env.get("CNI_IFNAME", "")
+
+    @property
+    def netns(self) -> str:
+        return self.env.get("CNI_NETNS", "")
+
+    @property
+    def handle(self) -> str:
+        return f"{self.network}.{self.container_id}"
+
+    def args(self) -> dict[str, str]:
+        return parse_cni_args(self.env.get("CNI_ARGS", ""))
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """``K=V;K=V`` -> dict; a part without ``=`` is an error (code 4)."""
+    out: dict[str, str] = {}
+    for part in raw.split(";"):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise CNIError(INVALID_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE", f"CNI_ARGS={raw!r}")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the workload is: names and labels derived from CNI_ARGS and the configuration."""
+
+    orchestrator: str
+    namespace: str
+    pod: str | None
+    host_ifname: str
+    wep_name: str
+    labels: dict[str, str]
+
+    @property
+    def wep_key(self) -> str:
+        return resource_key("workloadendpoints", self.wep_name, self.namespace)
+
+
+def identity(req: Request, node: str) -> Identity:
+    """Calico's naming: k8s pods by namespace/pod, other containers by container ID."""
+    args = req.args()
+    pod = args.get("K8S_POD_NAME") or None
+    namespace = args.get("K8S_POD_NAMESPACE") or "default"
+    orchestrator = "k8s" if pod else "cni"
+    labels: dict[str, str] = {}
+    for source in (req.config.get("labels"), (req.config.get("runtimeConfig") or {}).get("labels"),
+                   (req.config.get("args") or {}).get("labels") if isinstance(req.config.get("args"), dict)
+                   else None):
+        if isinstance(source, dict):
+            labels.update({str(k): str(v) for k, v in source.items()})
+        elif isinstance(source, list):  # [{"key": k, "value": v}] as CNI's labels convention
+            for item in source:
+                if isinstance(item, dict) and "key" in item:
+                    labels[str(item["key"])] = str(item.get("value", ""))
+    labels["projectcalico.org/namespace"] = namespace
+    labels["projectcalico.org/orchestrator"] = orchestrator
+    host_ifname = host_veth_name(namespace=namespace, pod=pod, container_id=req.container_id)
+    wep_name = workload_endpoint_name(
+        node, orchestrator=orchestrator, endpoint=req.ifname or "eth0", pod=pod, container_id=req.container_id
+    )
+    return Identity(orchestrator, namespace, pod, host_ifname, wep_name, labels)
+
+
+class CNIHandlers:
+    """The CNI commands against one agent's state."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.node = agent.config.nodename
+        self.timeout = agent.config.cni_timeout
+        # One request at a time per container: a runtime retrying ADD while DEL runs must not interleave.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def bounded(self, what: str, coro: Awaitable[T], deadline: float) -> T:
+        """Run an etcd step within what is left of the request's time; code 11 when etcd is away."""
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(coro, left)
+        except TimeoutError:
+            raise CNIError(
+                TRY_AGAIN_LATER,
+                f"etcd did not answer within {self.timeout:.0f}s while trying to {what}; try again later",
+                f"endpoints: {', '.join(self.agent.config.etcd.endpoints)}",
+            ) from None
+        except (NoPoolsError, PoolsExhausted) as exc:
+            raise CNIError(IPAM_FAILURE, f"could not {what}: {exc}") from None
+        except IPAMError as exc:
+            raise CNIError(IPAM_FAILURE, f"could not {what}: {exc}") from None
+        except DatastoreError as exc:
+            raise CNIError(TRY_AGAIN_LATER, f"could not {what}: {exc}; try again later") from None
+        finally:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+
+    async def ready(self, deadline: float) -> None:
+        """The first full snapshot and the node address are needed before any ADD."""
+        agent = self.agent
+        if agent.dataplane is not None and agent.dataplane.started:
+            return
+        try:
+            await asyncio.wait_for(agent.ready.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            why = agent.not_ready_reason()
+            raise CNIError(TRY_AGAIN_LATER, f"the tabby node agent of {self.node} is not ready: {why}") from None
+
+    def lock(self, container_id: str) -> asyncio.Lock:
+        lock = self._locks.get(container_id)
+        if lock is None:
+            lock = self._locks[container_id] = asyncio.Lock()
+        return lock
+
+    async def handle(self, req: Request) -> dict[str, Any]:
+        if req.command == "STATUS":
+            return await self.status(req)
+        if req.command == "GC":
+            return await self.gc(req)
+        if not req.network:
+            raise CNIError(INVALID_CONFIG, "network configuration has no 'name'")
+        if req.command not in ("ADD", "DEL", "CHECK"):
+            raise CNIError(INVALID_ENV, f"CNI_COMMAND: unknown command {req.command!r}")
+        async with self.lock(req.container_id):
+            if req.mode == "tabby-ipam":
+                return await self.ipam_only(req)
+            if req.command == "ADD":
+                return await self.add(req)
+            if req.command == "DEL":
+                return await self.delete(req)
+            return await self.check(req)
+
+    # -- ADD ---------------------------------------------------------------------------------
+    def _families(self, req: Request) -> tuple[int, int]:
+        ipam = req.config.get("ipam") or {}
+        v4 = str(ipam.get("assign_ipv4", "true")).lower() != "false"
+        v6 = str(ipam.get("assign_ipv6", "false")).lower() == "true"
+        if not v4 and not v6:
+            raise CNIError(INVALID_CONFIG, "ipam: assign_ipv4 and assign_ipv6 are both false: nothing to assign")
+        return int(v4), int(v6)
+
+    def _pools(self, req: Request) -> list[str] | None:
+        ipam = req.config.get("ipam") or {}
+        wanted = [*(ipam.get("ipv4_pools") or []), *(ipam.get("ipv6_pools") or [])]
+        return [str(p) for p in wanted] or None
+
+    async def _assign(self, req: Request, ident: Identity | None, deadline: float) -> tuple[list[str], list[str]]:
+        """Release leftovers of an earlier attempt under the same handle, then allocate."""
+        ipam = self.agent.ipam
+        num_v4, num_v6 = self._families(req)
+        stale = await self.bounded("release leftovers of an earlier ADD", ipam.release_by_handle(req.handle), deadline)
+        if stale:
+            log.info("cni.leftover_released", node=self.node, handle=req.handle, ips=stale)
+        attrs = {"node": self.node}
+        if ident is not None:
+            attrs.update({"namespace": ident.namespace, "pod": ident.pod or "", "container": req.container_id})
+        result = await self.bounded(
+            "allocate an address",
+            ipam.auto_assign(
+                node=self.node, handle_id=req.handle, num_v4=num_v4, num_v6=num_v6, attrs=attrs,
+                pools=self._pools(req),
+            ),
+            deadline,
+        )
+        return list(result.v4), list(result.v6)
+
+    async def ipam_only(self, req: Request) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        if req.command == "ADD":
+            await self.ready(deadline)
+            v4, v6 = await self._assign(req, None, deadline)
+            ips = [{"address": _host_cidr(ip)} for ip in (*v4, *v6)]
+            routes = ([{"dst": "0.0.0.0/0"}] if v4 else []) + ([{"dst": "::/0"}] if v6 else [])
+            log.info("cni.ipam_add", node=self.node, handle=req.handle, ips=[i["address"] for i in ips])
+            return {"cniVersion": req.cni_version, "ips": ips, "routes": routes, "dns": {}}
+        if req.command == "DEL":
+            released = await self.bounded("release addresses", self.agent.ipam.release_by_handle(req.handle), deadline)
+            log.info("cni.ipam_del", node=self.node, handle=req.handle, ips=released)
+            return {}
+        have = await self.bounded("read addresses", self.agent.ipam.ips_by_handle(req.handle), deadline)
+        if not have:
+            raise CNIError(CHECK_FAILED, f"handle {req.handle} holds no address")
+        return {}
+
+    async def add(self, req: Request) -> dict[str, Any]:
+        start = time.monotonic()
+        deadline = start + self.timeout
+        agent = self.agent
+        await self.ready(deadline)
+        ident = identity(req, self.node)
+        bound = log.bind(node=self.node, pod=ident.pod or req.container_id, handle=req.handle)
+        # A different sandbox of the same pod (the runtime re-created it): free its handle too.
+        old = agent.snapshot.values.get(ident.wep_key)
+        if isinstance(old, dict):
+            old_handle = (old.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_HANDLE)
+            if old_handle and old_handle != req.handle:
+                await self.bounded("release the previous sandbox's addresses",
+                                   agent.ipam.release_by_handle(old_handle), deadline)
+        v4, v6 = await self._assign(req, ident, deadline)
+        try:
+            mtu = agent.pod_mtu()
+            spec = WorkloadSpec(
+                host_ifname=ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname, mtu=mtu,
+                ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6],
+            )
+            try:
+                made = await asyncio.to_thread(setup_workload, agent.config.netns, spec)
+            except NetnsGone as exc:
+                raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
+            except OSError as exc:
+                raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
+            dp = agent.dataplane
+            assert dp is not None
+            dp.gone_interfaces.discard(ident.host_ifname)
+            for ip in (*v4, *v6):
+                dp.extra_workloads[_bare(ip)] = WorkloadInfo(ip=_bare(ip), interface=ident.host_ifname)
+            dp.apply_now()
+            wep = self._wep(req, ident, v4, v6, made.pod_mac)
+            await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
+        except BaseException:
+            await self._undo_add(req, ident, v4 + v6)
+            raise
+        bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname,
+                   ms=round((time.monotonic() - start) * 1000, 1))
+        ips = [{"address": _host_cidr(ip), "gateway": GATEWAY_V4, "interface": 1} for ip in v4]
+        ips += [{"address": _host_cidr(ip), "interface": 1} for ip in v6]
+        routes = ([{"dst": "0.0.0.0/0", "gw": GATEWAY_V4}] if v4 else []) + ([{"dst": "::/0"}] if v6 else [])
+        return {
+            "cniVersion": req.cni_version,
+            "interfaces": [
+                {"name": ident.host_ifname, "mac": made.host_mac},
+                {"name": req.ifname, "mac": made.pod_mac, "sandbox": req.netns},
+            ],
+            "ips": ips,
+            "routes": routes,
+            "dns": req.config.get("dns") or {},
+        }
+
+    async def _undo_add(self, req: Request, ident: Identity, ips: list[str]) -> None:
+        """A failed ADD leaves nothing behind (veth, route, addresses) as far as it can."""
+        agent = self.agent
+        try:
+            await asyncio.to_thread(teardown_workload, agent.config.netns, ident.host_ifname)
+        except Exception:
+            log.warning("cni.undo_failed", node=self.node, step="veth", interface=ident.host_ifname, exc_info=True)
+        if agent.dataplane is not None:
+            for ip in ips:
+                agent.dataplane.extra_workloads.pop(_bare(ip), None)
+            agent.dataplane.apply_now()
+        try:
+            await asyncio.wait_for(agent.ipam.release_by_handle(req.handle), self.timeout)
+        except Exception:
+            log.warning("cni.undo_failed", node=self.node, step="release", handle=req.handle)
+
+    def _wep(self, req: Request, ident: Identity, v4: list[str], v6: list[str], mac: str) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "orchestrator": ident.orchestrator,
+            "node": self.node,
+            "containerID": req.container_id,
+            "endpoint": req.ifname,
+            "ipNetworks": [_host_cidr(ip) for ip in (*v4, *v6)],
+            "interfaceName": ident.host_ifname,
+            "mac": mac,
+            "profiles": [f"kns.{ident.namespace}"] if ident.orchestrator == "k8s" else [],
+        }
+        if ident.pod:
+            spec["pod"] = ident.pod
+            spec["workload"] = ident.pod
+        else:
+            spec["workload"] = req.container_id
+        doc = {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "WorkloadEndpoint",
+            "metadata": {
+                "name": ident.wep_name,
+                "namespace": ident.namespace,
+                "labels": ident.labels,
+                "annotations": {ANNOTATION_HANDLE: req.handle, ANNOTATION_NETWORK: req.network},
+                "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            "spec": spec,
+        }
+        try:
+            return WorkloadEndpoint.model_validate(doc).to_dict()
+        except Exception as exc:
+            raise CNIError(INVALID_CONFIG, f"workload endpoint would be invalid: {str(exc).splitlines()[0]}",
+                           str(exc)) from None
+
+    async def _put_wep(self, key: str, doc: dict[str, Any]) -> None:
+        ds = self.agent.ds
+        for _ in range(10):
+            current = await ds.get(key)
+            rev = current.mod_revision if current is not None else 0
+            res = await ds.txn([mod_is(key, rev)], [Put(key, doc)])
+            if res.succeeded:
+                return
+        raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being written")
+
+    async def _delete_wep(self, key: str, container_id: str) -> bool:
+        """Delete the WEP only while it still belongs to this container (a new sandbox may own it)."""
+        ds = self.agent.ds
+        for _ in range(10):
+            current = await ds.get(key)
+            if current is None:
+                return False
+            spec = (current.json().get("spec") or {})
+            if spec.get("containerID") not in (None, container_id):
+                return False
+            res = await ds.txn([mod_is(key, current.mod_revision)], [Delete(key)])
+            if res.succeeded:
+                return True
+        raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being deleted")
+
+    # -- DEL ---------------------------------------------------------------------------------
+    async def delete(self, req: Request) -> dict[str, Any]:
+        start = time.monotonic()
+        deadline = start + self.timeout
+        agent = self.agent
+        ident = identity(req, self.node)
+        found = agent.snapshot.find_wep(req.container_id, req.ifname or None)
+        keys = {ident.wep_key}
+        interfaces = {ident.host_ifname}
+        if found is not None:
+            keys.add(found[0])
+            name = (found[1].get("spec") or {}).get("interfaceName")
+            if name:
+                interfaces.add(name)
+        for name in sorted(interfaces):
+            # A new sandbox of the same pod may already use this veth name: only delete ours.
+            if found is None or name == (found[1].get("spec") or {}).get("interfaceName") or name == ident.host_ifname:
+                await asyncio.to_thread(teardown_workload, agent.config.netns, name)
+        if agent.dataplane is not None:
+            agent.dataplane.gone_interfaces.update(interfaces)
+            for ip, wl in list(agent.dataplane.extra_workloads.items()):
+                if wl.interface in interfaces:
+                    del agent.dataplane.extra_workloads[ip]
+            agent.dataplane.apply_now()
+        released = await self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline)
+        for key in sorted(keys):
+            await self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
+        log.info("cni.deleted", node=self.node, pod=ident.pod or req.container_id, handle=req.handle,
+                 ips=released, ms=round((time.monotonic() - start) * 1000, 1))
+        return {}
+
+    # -- CHECK -------------------------------------------------------------------------------
+    async def check(self, req: Request) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        agent = self.agent
+        await self.ready(deadline)
+        ident = identity(req, self.node)
+        found = agent.snapshot.find_wep(req.container_id, req.ifname or None)
+        if found is None:
+            raise CNIError(UNKNOWN_CONTAINER, f"no WorkloadEndpoint for container {req.container_id} on {self.node}")
+        spec = found[1].get("spec") or {}
+        nets = list(spec.get("ipNetworks") or [])
+        have = await self.bounded("read the container's addresses", agent.ipam.ips_by_handle(req.handle), deadline)
+        problems: list[str] = []
+        if sorted(_bare(i) for i in have) != sorted(_bare(n) for n in nets):
+            problems.append(f"IPAM handle {req.handle} holds {sorted(have)}, the endpoint says {nets}")
+        wl = WorkloadSpec(
+            host_ifname=spec.get("interfaceName") or ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname,
+            mtu=0, ipv4=[n for n in nets if ":" not in n], ipv6=[n for n in nets if ":" in n],
+        )
+        problems += await asyncio.to_thread(check_workload, agent.config.netns, wl)
+        if agent.dataplane is not None:
+            for net in nets:
+                if not agent.dataplane.has_route(_host_cidr(net)):
+                    problems.append(f"route {_host_cidr(net)} dev {wl.host_ifname} is missing")
+        prev = req.config.get("prevResult") or {}
+        prev_ips = sorted(str(i.get("address")) for i in prev.get("ips") or [] if isinstance(i, dict))
+        if prev_ips and prev_ips != sorted(_host_cidr(n) for n in nets):
+            problems.append(f"prevResult has {prev_ips}, the endpoint has {nets}")
+        if problems:
+            raise CNIError(CHECK_FAILED, problems[0], "; ".join(problems))
+        return {}
+
+    # -- GC / STATUS (CNI 1.1) ----------------------------------------------------------------
+    async def gc(self, req: Request) -> dict[str, Any]:
+        """Remove this network's attachments on this node that the runtime no longer lists."""
+        deadline = time.monotonic() + self.timeout
+        await self.ready(deadline)
+        valid = {
+            (str(a.get("containerID")), str(a.get("ifname")))
+            for a in req.config.get("cni.dev/valid-attachments") or []
+            if isinstance(a, dict)
+        }
+        removed = []
+        for _key, wep in list(self.agent.snapshot.local_weps().items()):
+            ann = (wep.get("metadata") or {}).get("annotations") or {}
+            spec = wep.get("spec") or {}
+            if ann.get(ANNOTATION_NETWORK) != req.network:
+                continue
+            if (str(spec.get("containerID")), str(spec.get("endpoint"))) in valid:
+                continue
+            env = {"CNI_CONTAINERID": str(spec.get("containerID")), "CNI_IFNAME": str(spec.get("endpoint")),
+                   "CNI_NETNS": ""}
+            await self.delete(Request("DEL", env, req.config, req.mode))
+            removed.append(spec.get("containerID"))
+        log.info("cni.gc", node=self.node, removed=removed)
+        return {}
+
+    async def status(self, req: Request) -> dict[str, Any]:
+        reason = self.agent.not_ready_reason()
+        if reason:
+            raise CNIError(NOT_AVAILABLE, f"the tabby node agent of {self.node} is not ready: {reason}")
+        return {}
+
+
+def _bare(ip: str) -> str:
+    return str(ipaddress.ip_interface(ip).ip)
+
+
+def _host_cidr(ip: str) -> str:
+    addr = ipaddress.ip_interface(ip).ip
+    return f"{addr}/{addr.max_prefixlen}"
