@@ -34,10 +34,17 @@ class Netns:
             ["ip", "-n", self.name, *args], check=check, capture_output=True, text=True, timeout=TIMEOUT_S
         )
 
+    @property
+    def enter(self) -> list[str]:
+        """Command prefix running a program in this namespace.
+
+        nsenter rather than ``ip netns exec``: the latter remounts /sys, which fails in the UML
+        guest (hostfs root) and is not needed here (/proc/sys/net follows the network namespace).
+        """
+        return ["nsenter", f"--net=/run/netns/{self.name}"]
+
     def exec(self, *cmd: str, check: bool = True, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.name, *cmd], check=check, capture_output=True, text=True, timeout=timeout
-        )
+        return subprocess.run([*self.enter, *cmd], check=check, capture_output=True, text=True, timeout=timeout)
 
     def sysctl(self, key: str, value: str) -> None:
         self.exec("sysctl", "-q", "-w", f"{key}={value}")
@@ -139,7 +146,7 @@ class Lab:
     def tcp_peer(self, server: Netns, client: Netns, listen_ip: str, port: int, timeout: float = 8.0) -> str:
         """Connect from ``client`` to ``listen_ip:port`` in ``server``; return the peer address the server saw."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", server.name, sys.executable, "-c", _TCP_SERVER, listen_ip, str(port), str(timeout)],
+            [*server.enter, sys.executable, "-c", _TCP_SERVER, listen_ip, str(port), str(timeout)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
