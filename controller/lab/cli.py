@@ -25,6 +25,7 @@ from controller.lab import graph as graph_mod
 from controller.lab import kinds, netns
 from controller.lab.deploy import READY_TIMEOUT, Lab, deploy_lab, destroy_lab, inspect_lab, load_lab
 from controller.lab.errors import LabError
+from controller.lab.state import LabState
 from controller.lab.topology import Topology, load_topology
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,8 +122,17 @@ def deploy(topo: str | None, reconfigure: bool, timeout: float) -> None:
     """Build the lab and wait until every node's processes are up."""
     topology = _topology(topo)
     console = Console(stderr=True)
-    with ProgressReporter(console) as reporter:
-        handle = deploy_lab(topology, reconfigure=reconfigure, reporter=reporter, ready_timeout=timeout)
+    try:
+        with ProgressReporter(console) as reporter:
+            handle = deploy_lab(topology, reconfigure=reconfigure, reporter=reporter, ready_timeout=timeout)
+    except LabError as exc:
+        half_built = _half_built(topology)
+        for line in exc.problems:
+            click.echo(f"error: {line}", err=True)
+        if half_built:
+            click.echo(f"hint: the half-built lab stays for its logs ({half_built}); remove it with "
+                       f"`tabbyctl lab destroy -t {topology.path} --cleanup`", err=True)
+        sys.exit(1)
     _print_table(handle.inspect())
     if handle.exec_failures:
         console.print(f"{len(handle.exec_failures)} exec command(s) failed (see warnings above)", highlight=False)
@@ -143,6 +153,15 @@ def destroy(topo: str | None, cleanup: bool) -> None:
     else:
         click.echo(f"lab {topology.name}: destroyed ({len(report.namespaces)} namespaces, "
                    f"{report.killed} processes)", err=True)
+
+
+def _half_built(topology: Topology) -> Path | None:
+    """The lab directory when this deploy left a partial lab (state recorded, never finished)."""
+    try:
+        state = LabState.load(topology.name)
+    except LabError:
+        return None
+    return state.dir / "nodes" if state is not None and state.status == "deploying" else None
 
 
 def _print_table(rows: list[dict[str, str]]) -> None:

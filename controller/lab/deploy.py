@@ -202,7 +202,7 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         state = LabState(name=topo.name, topology=str(topo.path))
         state.save()
         lab = Lab(topo, state)
-        for warning in topo.warnings:
+        for warning in [*topo.warnings, *_ignored_binds(topo)]:
             state.record_warning(warning)
             reporter.warn(warning)
         started = time.monotonic()
@@ -220,6 +220,16 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         log.info("lab deployed", lab=topo.name, nodes=len(topo.nodes), links=len(topo.links),
                  seconds=round(time.monotonic() - started, 2))
         return lab
+
+
+CONFIG_BIND_DIRS = ("/etc/frr/", "/etc/bird/", "/etc/bird.conf", "/usr/local/etc/bird.conf", "/etc/gobgp/")
+
+
+def _ignored_binds(topo: Topology) -> list[str]:
+    """Binds other than router configs cannot be honoured without a mount namespace: say so."""
+    return [f"node {node.name}: bind {bind.source} -> {bind.target} is ignored (nodes see the host's filesystem)"
+            for node in topo.nodes.values() for bind in node.binds
+            if not bind.target.startswith(CONFIG_BIND_DIRS)]
 
 
 def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> None:

@@ -90,6 +90,7 @@ def test_a_daemon_that_dies_fails_the_deploy_naming_the_node(make_lab: Callable[
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: node bird1: bird exited"), proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "hint: the half-built lab stays for its logs" in proc.stderr and "--cleanup" in proc.stderr
     # the half-built lab is still there for inspection until destroyed (the fixture checks it all goes)
     topo = load_topology(run.path)
     wait_for("state recorded", lambda: LabState.load(topo.name) is not None, timeout=5)
