@@ -19,8 +19,6 @@ from controller.lab.topology import Bind, Node
         ("pierky/bird:2.0.12", "bird"),
         ("jauderho/gobgp:v3.10.0", "gobgp"),
         ("quay.io/coreos/etcd:v3.4", "etcd"),
-        ("tabby/node", "tabby-node (placeholder)"),
-        ("tabby/node:dev", "tabby-node (placeholder)"),
         ("alpine:3", "linux"),
         ("nicolaka/netshoot", "linux"),
     ],
@@ -29,17 +27,29 @@ def test_builtin_mapping(image: str, handler: str) -> None:
     assert handler_for(image).name == handler
 
 
+@pytest.mark.parametrize("image", ["tabby/node", "tabby/node:dev"])
+def test_tabby_node_is_the_agent_or_its_placeholder(image: str) -> None:
+    # the node-agent package registers the real handler; without it the lab keeps a plain namespace
+    assert handler_for(image).name in ("tabby-node", "tabby-node (placeholder)")
+    assert handler_for(image) is not handler_for("alpine")
+
+
+def test_placeholder_is_builtin() -> None:
+    assert any(p == "tabby/node" and isinstance(h, kinds.TabbyNodePlaceholder) for p, h in kinds._BUILTIN)
+
+
 def test_registered_handler_wins_and_can_be_removed() -> None:
     class Agent(ImageHandler):
-        name = "tabby-node"
+        name = "test-agent"
 
+    before = handler_for("tabby/node:v1")
     register_image("tabby/node*", Agent())
     try:
-        assert handler_for("tabby/node:v1").name == "tabby-node"
-        assert handler_for("TABBY/NODE").name == "tabby-node"
+        assert handler_for("tabby/node:v1").name == "test-agent"
+        assert handler_for("TABBY/NODE").name == "test-agent"
     finally:
         unregister_image("tabby/node*")
-    assert handler_for("tabby/node:v1").name == "tabby-node (placeholder)"
+    assert handler_for("tabby/node:v1") is before
 
 
 def node(image: str, netns: str = "clab-x-r1", binds: tuple[Bind, ...] = ()) -> Node:
