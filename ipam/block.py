@@ -93,6 +93,12 @@ class Block:
 
     def copy(self) -> Block:
         """An independent copy: callers mutate a copy and keep the original until the write lands."""
+        b = self._copy()
+        if "network" in self.__dict__:
+            b.__dict__["network"] = self.__dict__["network"]  # parsed once per block, not per write
+        return b
+
+    def _copy(self) -> Block:
         return Block(
             cidr=self.cidr,
             allocations=list(self.allocations),

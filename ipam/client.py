@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -38,13 +39,13 @@ from datastore.keys import (
     IPAM,
     affinity_key,
     affinity_prefix,
-    block_key,
     handle_key,
     key_to_cidr,
     parse_affinity_key,
     resource_key,
     resource_prefix,
 )
+from datastore.keys import block_key as _block_key
 from ipam.block import ATTR_NODE, ATTR_TYPE, Block, BlockFormatError, block_cidr_for, block_search_order, host_affinity
 from ipam.check import LEAKED_IP, CheckReport, analyse
 from ipam.errors import InvalidHandle, IPAlreadyAllocated, IPAMError, IPNotInPool, NoPoolsError, PoolsExhausted
@@ -68,6 +69,12 @@ from ipam.model import (
 )
 
 log = structlog.get_logger("tabby.ipam")
+
+
+@lru_cache(maxsize=65536)
+def block_key(cidr: str) -> str:
+    """datastore.keys.block_key, cached: it parses the CIDR, and the hot path asks for few keys."""
+    return _block_key(cidr)
 
 IPAM_CONFIG_KEY = resource_key("ipamconfigurations", "default")
 POOLS_PREFIX = resource_prefix("ippools")
@@ -101,6 +108,8 @@ class IPAMClient:
         self._affine: dict[str, list[str]] = {}
         self._handles: OrderedDict[str, tuple[dict[str, int], int]] = OrderedDict()
         self._node_locks: dict[str, asyncio.Lock] = {}
+        # (version, node, wanted, use) -> (pools list it was computed from, labels dict, result)
+        self._selected: dict[tuple[Any, ...], tuple[list[Pool], dict[str, str] | None, list[Pool]]] = {}
 
     # ================================================================================
     # cached reads
@@ -113,6 +122,7 @@ class IPAMClient:
         self._blocks.clear()
         self._affine.clear()
         self._handles.clear()
+        self._selected.clear()
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.cache_ttl
@@ -267,6 +277,22 @@ class IPAMClient:
     async def _select_pools(
         self, version: int, node: str, wanted: Sequence[str] | None, use: str, *, fresh: bool = False
     ) -> list[Pool]:
+        """The pools a request may use; memoised for as long as the cached pools and labels are fresh."""
+        memo_key = (version, node, tuple(wanted) if wanted else None, use)
+        if not fresh and self._pools is not None and self._fresh(self._pools[0]):
+            hit = self._selected.get(memo_key)
+            labels = self._labels.get(node)
+            if hit is not None and hit[0] is self._pools[1] and (wanted or (labels and labels[1] is hit[1])):
+                return hit[2]
+        chosen = await self._select_pools_uncached(version, node, wanted, use, fresh=fresh)
+        assert self._pools is not None
+        labels = self._labels.get(node)
+        self._selected[memo_key] = (self._pools[1], labels[1] if labels else None, chosen)
+        return chosen
+
+    async def _select_pools_uncached(
+        self, version: int, node: str, wanted: Sequence[str] | None, use: str, *, fresh: bool = False
+    ) -> list[Pool]:
         pools = await self._all_pools(fresh=fresh)
         if wanted:
             chosen: list[Pool] = []
@@ -274,7 +300,7 @@ class IPAMClient:
                 pool = _find_pool(pools, want)
                 if pool is None:
                     if not fresh:
-                        return await self._select_pools(version, node, wanted, use, fresh=True)
+                        return await self._select_pools_uncached(version, node, wanted, use, fresh=True)
                     raise NoPoolsError(f"the requested IP pool {want!r} does not exist")
                 if pool.version != version:
                     continue
@@ -292,7 +318,7 @@ class IPAMClient:
                   and p.matches(labels)]
         if not chosen:
             if not fresh:
-                return await self._select_pools(version, node, wanted, use, fresh=True)
+                return await self._select_pools_uncached(version, node, wanted, use, fresh=True)
             raise NoPoolsError(
                 f"no enabled IPv{version} IP pool with allowedUses {use} selects node {node!r}"
                 " (create one, or check the pools' nodeSelector and the node's labels)"
@@ -736,9 +762,7 @@ class IPAMClient:
                     self._add_target(by_block, cidr, addr, handle_id, sequence_numbers)
         if not by_block:
             return missing
-        released, refused = await self._release(by_block)
-        if released:
-            log.debug("ipam.ips_released", ips=released, handle=handle_id)
+        _, refused = await self._release(by_block)
         return missing + refused
 
     @staticmethod
@@ -881,8 +905,6 @@ class IPAMClient:
                 return released_all
             released, _ = await self._release(by_block)
             released_all.extend(released)
-            if released:
-                log.debug("ipam.handle_released", handle=handle_id, ips=released)
             # Loop: if the handle still names addresses (it grew meanwhile), release those too.
         raise IPAMError(f"handle {handle_id}: kept changing while being released")
 

@@ -12,7 +12,7 @@ import ipaddress
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from datamodel.selector import SelectorError, parse_selector
@@ -58,8 +58,7 @@ class Pool:
             return False
 
     def contains(self, cidr_or_ip: str) -> bool:
-        net = ipaddress.ip_network(cidr_or_ip, strict=False)
-        return net.version == self.network.version and net.subnet_of(self.network)  # type: ignore[arg-type]
+        return _contains(self.cidr, cidr_or_ip)
 
     @classmethod
     def from_resource(cls, doc: dict[str, Any]) -> Pool:
@@ -77,6 +76,14 @@ class Pool:
             ipip_mode=spec.get("ipipMode") or "Never",
             vxlan_mode=spec.get("vxlanMode") or "Never",
         )
+
+
+@lru_cache(maxsize=65536)
+def _contains(pool_cidr: str, cidr_or_ip: str) -> bool:
+    """Cached: the allocation path asks the same few pool/block questions over and over."""
+    pool = ipaddress.ip_network(pool_cidr)
+    net = ipaddress.ip_network(cidr_or_ip, strict=False)
+    return net.version == pool.version and net.subnet_of(pool)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
