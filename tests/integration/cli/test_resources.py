@@ -409,3 +409,49 @@ def test_concurrent_creates_of_overlapping_pools_never_overlap(
     for i, a in enumerate(parsed):
         for b in parsed[i + 1 :]:
             assert not a.overlaps(b), nets
+
+
+WEP = """\
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: node1-k8s-pod--a-eth0
+spec:
+  node: node1
+  pod: pod-a
+  ipNetworks: [10.0.0.5/32]
+  interfaceName: tab0123456789a
+"""
+
+
+def test_namespaced_resources(ctl: Any, write: Callable[[str, str], str]) -> None:
+    path = write("wep.yaml", WEP)
+    assert ctl("create", "-f", path).rc == 0  # no namespace: "default", as calicoctl
+    assert ctl("create", "-f", path, "-n", "ns1").rc == 0  # -n places a document that names none
+    res = ctl("create", "-f", path, "-n", "ns1")
+    assert res.rc == 1 and res.err_lines == [
+        "Error: resource already exists: WorkloadEndpoint ns1/node1-k8s-pod--a-eth0"
+    ]
+
+    table = ctl("get", "wep").out.splitlines()
+    assert table[0].split() == ["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
+    assert [line.split()[0] for line in table[1:]] == ["default"]
+    assert [line.split()[0] for line in ctl("get", "weps", "-n", "ns1").out.splitlines()[1:]] == ["ns1"]
+    assert [line.split()[0] for line in ctl("get", "workloadendpoints", "-A").out.splitlines()[1:]] == [
+        "default",
+        "ns1",
+    ]
+    one = yaml.safe_load(ctl("get", "wep", "node1-k8s-pod--a-eth0", "-n", "ns1", "-o", "yaml").out)
+    assert one["metadata"]["namespace"] == "ns1" and one["spec"]["ipNetworks"] == ["10.0.0.5/32"]
+    listing = json.loads(ctl("get", "wep", "-A", "-o", "json").out)
+    assert listing["kind"] == "WorkloadEndpointList" and len(listing["items"]) == 2
+
+    other = WEP.replace("metadata:\n", "metadata:\n  namespace: ns2\n")
+    res = ctl("create", "-f", write("other.yaml", other), "-n", "ns3")
+    assert res.rc == 1 and "does not match --namespace 'ns3'" in res.err
+
+    assert ctl("label", "wep", "node1-k8s-pod--a-eth0", "-n", "ns1", "app=web").rc == 0
+    labels = json.loads(ctl("get", "wep", "node1-k8s-pod--a-eth0", "-n", "ns1", "-o", "json").out)["metadata"]
+    assert labels["labels"] == {"app": "web"}
+    assert ctl("delete", "wep", "node1-k8s-pod--a-eth0", "-n", "ns1").rc == 0
+    assert len(json.loads(ctl("get", "wep", "-A", "-o", "json").out)["items"]) == 1
