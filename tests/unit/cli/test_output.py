@@ -107,3 +107,21 @@ def test_logs_json_lines_with_consistent_keys() -> None:
 def test_logs_reject_unknown_level() -> None:
     with pytest.raises(ValueError, match="log level"):
         logs.configure(level="chatty")
+
+
+def test_unexpected_exception_is_one_line_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.cli import main as cli_main
+    from controller.cli import version as version_cmd
+
+    def boom() -> str:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(version_cmd, "client_version", boom)
+    assert cli_main.main(["version"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["internal error: RuntimeError: boom", "Rerun with --log-level debug to see the traceback."]
+    assert cli_main.main(["--log-level", "debug", "version"]) == 1
+    err_text = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err_text and "internal error: RuntimeError: boom" in err_text
