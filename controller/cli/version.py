@@ -12,8 +12,8 @@ import click
 
 from controller.cli.context import datastore_options, state
 
-#: Where a cluster records the Tabby version that set it up (Calico's ClusterInformation).
-CLUSTER_INFO_KEY = "resources/v3/clusterinformations/default"
+#: Calico's ClusterInformation resource, where a cluster records the version that set it up.
+CLUSTER_INFO = ("clusterinformations", "default")
 #: Seconds ``version`` waits for etcd before printing "unknown".
 VERSION_TIMEOUT = 2.0
 
@@ -28,7 +28,9 @@ def client_version() -> str:
 
 
 async def _cluster_version(ds: Any) -> str:
-    kv = await ds.get(CLUSTER_INFO_KEY)
+    from datastore.keys import resource_key
+
+    kv = await ds.get(resource_key(*CLUSTER_INFO))
     if kv is None:
         return "unknown"
     try:
