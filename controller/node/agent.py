@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 import signal
 import time
@@ -38,19 +37,13 @@ from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchResync, m
 from datastore.keys import resource_key
 from datastore.watch import watch_prefix
 from felix_like.routes import RouteInputs, WorkloadInfo
+from felix_like.vxlan import derive_vtep_mac
 from felix_like.workload import enable_forwarding
 from ipam import IPAMClient
 
 log = structlog.get_logger("tabby.node.agent")
 
 DETECT_LOG_EVERY = 60.0
-
-
-def vtep_mac(nodename: str) -> str:
-    """A stable, locally administered unicast MAC derived from the node name (Calico does likewise)."""
-    digest = bytearray(hashlib.sha1(nodename.encode()).digest()[:6])
-    digest[0] = (digest[0] & 0xFE) | 0x02
-    return ":".join(f"{b:02x}" for b in digest)
 
 
 class Agent:
@@ -83,7 +76,8 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._tunnel_dirty = asyncio.Event()
         self._registered = False
-        self.etcd_ok = False
+        self._managers: Any = None
+        self._tunnels_at = 0.0
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
@@ -156,6 +150,7 @@ class Agent:
             self.config.netns, self.route_inputs, resync_interval=self.config.resync_interval,
             node=self.config.nodename,
         )
+        self.dataplane.managers.append(self.apply_tunnels)
         self._tasks.append(asyncio.create_task(self._tunnels(), name="agent-tunnels"))
         await self._watch()
 
@@ -264,7 +259,7 @@ class Agent:
                     spec.get("ipv4VXLANTunnelAddr")
                 if has:
                     await asyncio.wait_for(self.ipam.release_by_handle(f"{kind}-tunnel-addr-{node}"), 30)
-        mac = self.config.vxlan_mac or vtep_mac(node)
+        mac = self.config.vxlan_mac or derive_vtep_mac(node)
 
         def mutate(doc: dict[str, Any]) -> None:
             spec = doc.setdefault("spec", {})
@@ -283,6 +278,22 @@ class Agent:
                 spec.pop("vxlanTunnelMACAddr", None)
 
         await self.update_node(mutate, "tunnel addresses")
+
+    async def apply_tunnels(self) -> bool:
+        """Tunnel devices and NAT from the snapshot; only when their inputs changed (or periodically)."""
+        from controller.node.tunnels import TunnelManagers, tunnel_inputs
+
+        if self._managers is None:
+            self._managers = TunnelManagers(self.config.netns)
+        inputs = tunnel_inputs(
+            self.config.nodename, self.snapshot.nodes(), self.snapshot.pools(), self.snapshot.encapsulations(),
+            self.local_ip, self.interface,
+        )
+        now = time.monotonic()
+        if inputs == self._managers.last and now - self._tunnels_at < self.config.resync_interval:
+            return False
+        self._tunnels_at = now
+        return await asyncio.to_thread(self._managers.apply, inputs, self.config.nodename)
 
     # -- watch ----------------------------------------------------------------------------------
     async def _watch(self) -> None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -50,7 +49,8 @@ class Dataplane:
         #: Host interfaces deleted by CNI DEL whose WorkloadEndpoint may still be in the snapshot.
         self.gone_interfaces: set[str] = set()
         self.started = False
-        self.managers: list[Any] = []
+        #: Async callables run on each coalesced pass (tunnels, NAT); True asks for a route resync.
+        self.managers: list[Callable[[], Awaitable[bool]]] = []
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,6 +64,9 @@ class Dataplane:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """First full resync (call only once the first full snapshot is in), then the loops."""
+        for manager in self.managers:  # tunnel devices first: routes through them need them
+            with contextlib.suppress(Exception):
+                await manager()
         result = self.programmer.full_resync(self.desired())
         self._after(result)
         self.started = True
@@ -123,7 +126,8 @@ class Dataplane:
                 result = self.programmer.apply_delta(self.desired())
                 self._after(result)
                 for manager in self.managers:
-                    await manager()
+                    if await manager():
+                        self._after(self.programmer.full_resync(self.desired()))
             except Exception:
                 self._log.exception("dataplane.apply_failed")
                 await asyncio.sleep(RETRY_AFTER_FAILURE)

@@ -158,3 +158,26 @@ def test_two_nodes_native_routing_and_repair(node_lab: NodeLab, etcd_env: dict[s
     else:
         raise AssertionError(f"routes not restored: {routes(node_lab, a)}")
     assert node_lab.ping(pa.netns, pb.ip)
+
+
+def test_two_nodes_vxlan(node_lab: NodeLab, etcd_env: dict[str, str]) -> None:
+    """vxlanMode Always: the agents allocate VTEP addresses, create vxlan.tabby and route through it."""
+    apply_pool(etcd_env, vxlanMode="Always")
+    node_lab.add_nodes(2)
+    a, b = node_lab.nodes
+    node_lab.set_address(a)
+    node_lab.set_address(b)
+    node_lab.start_agent(a)
+    node_lab.start_agent(b)
+    pa = node_lab.add_pod(a, "va")
+    pb = node_lab.add_pod(b, "vb")
+    deadline = time.monotonic() + 10
+    while "vxlan.tabby" not in routes(node_lab, a) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "dev vxlan.tabby onlink" in routes(node_lab, a), routes(node_lab, a)
+    mtu = in_ns(pa.netns, "cat", "/sys/class/net/eth0/mtu", check=False).stdout.strip()
+    link = in_ns(pa.netns, "ip", "-o", "link", "show", "eth0").stdout
+    assert "mtu 1450" in link, (mtu, link)
+    assert node_lab.ping(pa.netns, pb.ip, count=2), routes(node_lab, a)
+    node = json.loads(tabbyctl(etcd_env, "get", "node", a, "-o", "json").stdout)
+    assert node["spec"]["ipv4VXLANTunnelAddr"] and node["spec"]["vxlanTunnelMACAddr"]
