@@ -431,6 +431,11 @@ class Rib:
                 del self._reflected[prefix]
         return out
 
+    def reflect_all(self) -> list[tuple[str, Announcement]]:
+        """Re-evaluate every prefix (after a peer's client flag or the configuration changed): what
+        `reflect` would send if every prefix had changed, withdrawals included."""
+        return self.reflect(dict.fromkeys(set(self._best) | set(self._reflected)))
+
     def reflect_to(self, peer: str) -> list[Announcement]:
         """The full reflected table for a peer whose session just came up (after `peer_up`)."""
         out = []

@@ -106,3 +106,23 @@ def test_best_is_always_one_of_the_multipath_set_and_survived_loop_checks(table:
         assert AS not in best.path.as_path
         assert best.path.originator_id != "10.0.0.100"
         assert "224.0.0.1" not in best.path.cluster_list
+
+
+@settings(max_examples=100, deadline=None)
+@given(table=tables, down=st.sampled_from(PEERS), data=st.data())
+def test_graceful_restart_refresh_and_eor_restores_the_refreshed_state(
+    table: dict, down: str, data: st.DataObject
+) -> None:
+    """After a graceful restart the peer re-sends some of its paths and End-of-RIB: the RIB equals
+    one that saw only the re-sent paths from that peer, whatever was stale in between."""
+    own = sorted((k, v) for k, v in table.items() if k[0] == down)
+    resent = data.draw(st.lists(st.sampled_from(own), unique_by=lambda kv: kv[0]) if own else st.just([]))
+    a, b = new_rib(), new_rib()
+    load(a, sorted(table.items()))
+    a.peer_down(down, graceful=True, restart_time=120, now=0.0)
+    a.peer_up(peer_spec(down), router_id=down, now=10.0)
+    load(a, resent)
+    a.end_of_rib(down)
+    load(b, sorted((k, v) for k, v in table.items() if k[0] != down) + resent)
+    assert a.best() == b.best()
+    assert a.counters().stale_per_peer == {}

@@ -147,3 +147,13 @@ def test_not_a_reflector_reflects_nothing() -> None:
     rib.peer_up(spec(C3), router_id=C3)
     rib.update(C2, [Path(prefix=P, next_hop=C2)])
     assert step(rib) == []
+
+
+def test_reflect_all_after_a_peer_stops_being_a_client() -> None:
+    rib = reflector()
+    rib.update(RR2, [Path(prefix=P, next_hop="10.0.0.7", originator_id="10.0.0.7")])
+    assert targets(step(rib)) == {C1, C2, C3}
+    rib.peer_up(spec(C3, client=False), router_id=C3)  # reconfigured: C3 is a non-client now
+    sent = rib.reflect_all()
+    assert sent == [(C3, Announcement(prefix=P, withdraw=True))]
+    assert rib.reflect_all() == []
