@@ -1,0 +1,133 @@
+"""The CNI plugin run as a runtime runs it (subprocess, env + stdin): malformed configurations and
+environments are each answered with the spec's error JSON (cniVersion, code, msg, details) naming
+the problem, and a non-zero exit; VERSION is answered without an agent; start-up stays small."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PLUGIN = ROOT / "controller" / "cni" / "plugin.py"
+GOOD = {"cniVersion": "1.0.0", "name": "net", "type": "tabby", "ipam": {"type": "tabby-ipam"}}
+
+
+def run(env: dict[str, str], stdin: str, mode: str = "tabby", run_root: str = "/nonexistent-tabby") -> tuple[int, dict]:
+    full = {"PATH": os.environ.get("PATH", ""), "TABBY_RUN_ROOT": run_root, **env}
+    proc = subprocess.run([sys.executable, "-I", "-S", str(PLUGIN), mode], input=stdin, env=full,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.stderr == "", proc.stderr  # no traceback, ever
+    return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {})
+
+
+def add_env(**over: str) -> dict[str, str]:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+    env.update(over)
+    return {k: v for k, v in env.items() if v != "<unset>"}
+
+
+CASES = [
+    # (id, env, stdin, mode, expected code, words in msg)
+    ("missing CNI_COMMAND", add_env(CNI_COMMAND="<unset>"), json.dumps(GOOD), "tabby", 4, "CNI_COMMAND"),
+    ("unknown command", add_env(CNI_COMMAND="FROB"), json.dumps(GOOD), "tabby", 4, "FROB"),
+    ("bad JSON", add_env(), "{not json", "tabby", 6, "JSON"),
+    ("empty stdin", add_env(), "", "tabby", 6, "stdin"),
+    ("JSON not an object", add_env(), "[1, 2]", "tabby", 6, "object"),
+    ("missing cniVersion", add_env(), json.dumps({**GOOD, "cniVersion": None}), "tabby", 7, "cniVersion"),
+    ("unsupported cniVersion", add_env(), json.dumps({**GOOD, "cniVersion": "0.1.0"}), "tabby", 1, "0.1.0"),
+    ("missing name", add_env(), json.dumps({**GOOD, "name": ""}), "tabby", 7, "name"),
+    ("wrong type", add_env(), json.dumps({**GOOD, "type": "bridge"}), "tabby", 7, "bridge"),
+    ("wrong ipam type", add_env(), json.dumps({**GOOD, "ipam": {"type": "host-local"}}), "tabby-ipam", 7,
+     "host-local"),
+    ("missing CNI_CONTAINERID", add_env(CNI_CONTAINERID="<unset>"), json.dumps(GOOD), "tabby", 4, "CNI_CONTAINERID"),
+    ("bad CNI_CONTAINERID", add_env(CNI_CONTAINERID="a b/c"), json.dumps(GOOD), "tabby", 4, "CNI_CONTAINERID"),
+    ("missing CNI_NETNS for ADD", add_env(CNI_NETNS="<unset>"), json.dumps(GOOD), "tabby", 4, "CNI_NETNS"),
+    ("CNI_NETNS does not exist", add_env(CNI_NETNS="/run/netns/tabby-no-such"), json.dumps(GOOD), "tabby", 3,
+     "CNI_NETNS"),
+    ("missing CNI_IFNAME", add_env(CNI_IFNAME="<unset>"), json.dumps(GOOD), "tabby", 4, "CNI_IFNAME"),
+    ("CNI_IFNAME too long", add_env(CNI_IFNAME="eth0123456789abcdef"), json.dumps(GOOD), "tabby", 4, "CNI_IFNAME"),
+    ("bad CNI_ARGS", add_env(CNI_ARGS="K8S_POD_NAME"), json.dumps(GOOD), "tabby", 4, "CNI_ARGS"),
+    ("labels not an object", add_env(), json.dumps({**GOOD, "labels": "x"}), "tabby", 7, "labels"),
+    ("bad timeout", add_env(), json.dumps({**GOOD, "timeout": -1}), "tabby", 7, "timeout"),
+    ("GC needs 1.1.0", add_env(CNI_COMMAND="GC"), json.dumps(GOOD), "tabby", 1, "1.1.0"),
+    ("no agent socket", add_env(), json.dumps(GOOD), "tabby", 11, "/nonexistent-tabby"),
+    ("no agent for nodename", add_env(), json.dumps({**GOOD, "nodename": "n7"}), "tabby", 11,
+     "/nonexistent-tabby/n7/agent.sock"),
+]
+
+
+@pytest.mark.parametrize(("env", "stdin", "mode", "code", "word"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_spec_error(env: dict[str, str], stdin: str, mode: str, code: int, word: str) -> None:
+    rc, out = run(env, stdin, mode)
+    assert rc != 0
+    assert set(out) == {"cniVersion", "code", "msg", "details"}, out
+    assert out["code"] == code, out
+    assert word in out["msg"], out
+    assert isinstance(out["cniVersion"], str) and out["cniVersion"]
+
+
+def test_version_without_agent() -> None:
+    rc, out = run({"CNI_COMMAND": "VERSION"}, "")
+    assert rc == 0 and out["cniVersion"] and "1.0.0" in out["supportedVersions"]
+
+
+def test_plugin_imports_only_stdlib_and_starts_fast() -> None:
+    text = PLUGIN.read_text()
+    imports = {line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"json", "os", "socket", "sys"}, imports
+    best = min(_timed_version() for _ in range(5))
+    assert best < 0.25, best  # typically ~20-30 ms; generous bound for loaded CI machines
+
+
+def _timed_version() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-I", "-S", str(PLUGIN)], env={"CNI_COMMAND": "VERSION"}, capture_output=True,
+                   check=True, timeout=10)
+    return time.perf_counter() - start
+
+
+def test_forwards_to_agent_socket_and_relays_errors(tmp_path: Path) -> None:
+    """A fake agent on the socket named by the netconf: request shape in, result/error out."""
+    path = tmp_path / "agent.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    seen: list[dict] = []
+    replies = [
+        {"result": {"ips": [{"address": "10.0.0.5/32", "gateway": "169.254.1.1", "interface": 1}]}},
+        {"error": {"cniVersion": "1.0.0", "code": 11, "msg": "etcd unreachable", "details": "x"}},
+    ]
+
+    def serve() -> None:
+        for reply in replies:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                seen.append(json.loads(data))
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conf = {**GOOD, "agent_socket": str(path)}
+    rc, out = run(add_env(CNI_ARGS="K8S_POD_NAME=p"), json.dumps(conf))
+    assert rc == 0 and out["cniVersion"] == "1.0.0" and out["ips"][0]["address"] == "10.0.0.5/32"
+    assert seen[0]["command"] == "ADD" and seen[0]["mode"] == "tabby"
+    assert seen[0]["env"]["CNI_ARGS"] == "K8S_POD_NAME=p" and seen[0]["config"]["name"] == "net"
+    rc, out = run(add_env(), json.dumps(conf))
+    assert rc == 1 and out == {"cniVersion": "1.0.0", "code": 11, "msg": "etcd unreachable", "details": "x"}
+    thread.join(5)
+    srv.close()
