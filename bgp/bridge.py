@@ -159,6 +159,7 @@ class BridgeStats:
 # parsing (pure)
 # ---------------------------------------------------------------------------------------------
 _IGNORED_TYPES = frozenset({"open", "keepalive", "refresh", "negotiated", "fsm", "signal", "operational", "packets"})
+_FREE_TEXT = frozenset({"reload in progress", "restart in progress", "shutdown in progress", "shutdown"})
 _ACK_DONE = "done"
 _ACK_ERROR = "error"
 
@@ -202,7 +203,7 @@ def _as_path(value: Any) -> tuple[int, ...]:
         return tuple(_int(a, "as-path element") for a in value)
     segments = _dict(value, "as-path")
     out: list[int] = []
-    for key in sorted(segments, key=lambda k: int(k) if k.isdigit() else -1):
+    for key in sorted(segments, key=lambda k: int(k) if k.isascii() and k.isdigit() else -1):
         seg = _dict(segments[key], "as-path segment")
         out.extend(_int(a, "as-path element") for a in _list(seg.get("value"), "as-path segment value"))
     return tuple(out)
@@ -213,8 +214,8 @@ def _communities(value: Any, parts: int, what: str) -> tuple[str, ...]:
     for item in _list(value, what):
         if isinstance(item, list) and len(item) == parts:
             out.append(":".join(str(_int(x, what)) for x in item))
-        elif isinstance(item, str) and item.count(":") == parts - 1:
-            out.append(":".join(str(_int(int(x), what)) for x in item.split(":") if x.isdigit()))
+        elif isinstance(item, str) and re.fullmatch(rf"\d{{1,10}}(:\d{{1,10}}){{{parts - 1}}}", item, re.ASCII):
+            out.append(":".join(str(_int(int(x), what)) for x in item.split(":")))
         else:
             raise BadLine(f"{what} element {item!r:.40} is not {parts} numbers")
     return tuple(out)
@@ -290,8 +291,8 @@ def parse_line(line: str) -> Event | str | None:
     if text in (_ACK_DONE, _ACK_ERROR):
         return text
     if not text.startswith("{"):
-        # ExaBGP answers some commands with free text ("reload in progress"); nothing else starts with a letter
-        if text.isprintable() and len(text) < 200 and text[0].isalpha():
+        # ExaBGP answers a few commands with free text before the ack; only those are expected
+        if text in _FREE_TEXT:
             return None
         raise BadLine("not JSON and not an ack")
     try:
