@@ -256,3 +256,74 @@ def _exec_passthrough(handle: Lab, node: str, argv: list[str], timeout: float | 
         return subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:
         raise LabError(f"node {node}: {' '.join(argv)} timed out after {timeout}s") from None
+
+
+# --------------------------------------------------------------------------- pods
+
+
+@lab.group()
+def pod() -> None:
+    """Pods: a network namespace plumbed by the real CNI plugin inside a Tabby node."""
+
+
+@pod.command(name="add")
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-n", "--namespace", default="default", show_default=True, help="the pod's Kubernetes namespace")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="a pod label (repeatable)")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
+              help="seconds to keep retrying while the agent says 'try again later'")
+@click.argument("node")
+@click.argument("name")
+@user_errors
+def pod_add(topo: str | None, namespace: str, labels: tuple[str, ...], timeout: float, node: str, name: str) -> None:
+    """Create pod NAME on NODE: a netns, then CNI ADD as a runtime would; prints the pod as JSON."""
+    from controller.lab import pods as pods_mod
+
+    record = pods_mod.add_pod(_topology(topo), node, name, namespace=namespace,
+                              labels=pods_mod.parse_labels(labels), timeout=timeout)
+    click.echo(json.dumps(record.summary()))
+
+
+@pod.command(name="del")
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-n", "--namespace", default="default", show_default=True, help="the pod's Kubernetes namespace")
+@click.option("--force", is_flag=True, help="remove the pod's namespace even when CNI DEL fails")
+@click.argument("node")
+@click.argument("name")
+@user_errors
+def pod_del(topo: str | None, namespace: str, force: bool, node: str, name: str) -> None:
+    """Delete pod NAME on NODE: CNI DEL, then its namespace."""
+    from controller.lab import pods as pods_mod
+
+    record = pods_mod.del_pod(_topology(topo), node, name, namespace=namespace, force=force)
+    click.echo(f"pod {record.key} deleted from node {record.node}", err=True)
+
+
+@pod.command(name="list")
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@user_errors
+def pod_list(topo: str | None) -> None:
+    """The lab's pods as JSON (name, namespace, node, netns, ips, labels, status)."""
+    from controller.lab import pods as pods_mod
+
+    records = pods_mod.pods(load_lab(_topology(topo)))
+    click.echo(json.dumps([{**r.summary(), "labels": r.labels, "status": r.status} for r in records], indent=2))
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-c", "--count", type=click.IntRange(1, 10), default=2, show_default=True, help="pings per pair")
+@click.option("-W", "--wait", "wait", type=click.IntRange(1, 10), default=2, show_default=True,
+              help="seconds each ping waits for its answer")
+@user_errors
+def check(topo: str | None, count: int, wait: int) -> None:
+    """All-pairs ping between the lab's pods; JSON summary on stdout, exit 1 when a pair fails."""
+    from controller.lab import pods as pods_mod
+
+    report = pods_mod.check(_topology(topo), count=count, wait=wait)
+    click.echo(json.dumps(report, indent=2))
+    if report["failed"]:
+        click.echo(f"error: {report['pairs'] - report['ok']} of {report['pairs']} pod pairs cannot reach each other "
+                   f"(first: {report['failed'][0]['from']} -> {report['failed'][0]['to']} "
+                   f"{report['failed'][0]['ip']})", err=True)
+        sys.exit(1)

@@ -34,6 +34,7 @@ from controller.lab.topology import Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
 
+POD_NETNS_INFIX = "-pod-"  # pod namespaces: <node namespace>-pod-<name> (controller.lab.pods)
 READY_TIMEOUT = 60.0
 EXEC_TIMEOUT = 60.0
 MAX_WORKERS = 16
@@ -127,13 +128,13 @@ class Lab:
         return kinds.handler_for(n.image).exec_argv(n, self.state.node_dir(node), list(argv))
 
     def exec(self, node: str, argv: Sequence[str], *, timeout: float | None = 30.0, check: bool = False,
-             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+             input_text: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in ``node``'s namespace with the node's environment; output captured as text."""
         n = self.topology.node(node)
         full = netns.netns_argv(n.netns, self.exec_argv(node, argv))
         try:
             proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text,
-                                  env=kinds.node_env(n), check=False)
+                                  env=kinds.node_env(n), check=False, cwd=cwd)
         except subprocess.TimeoutExpired:
             raise LabError(f"node {node}: {shlex.join(argv)} timed out after {timeout}s") from None
         except FileNotFoundError:
@@ -307,6 +308,8 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
         ctx = kinds.NodeContext(topology=topo, node=node, state=state)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         handler = handlers[node.name]
+        for path in handler.host_paths(node):  # e.g. an agent's run directory: destroy removes it
+            state.record_path(path)
         try:
             handler.start(ctx)
             handler.wait_ready(ctx, timeout)
@@ -321,7 +324,11 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
 
 
 def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
-    """containerlab's ``exec``: each node's commands in order; a failure is reported, not fatal."""
+    """containerlab's ``exec``: each node's commands in order; a failure is reported, not fatal.
+
+    They run in the topology file's directory, so a relative path in an ``exec`` (``tabbyctl apply
+    -f lab/pools.yaml``) names the file beside the topology, as a relative bind source does.
+    """
     nodes = [n for n in lab.nodes.values() if n.exec]
     reporter.phase("exec", sum(len(n.exec) for n in nodes))
     failures: list[str] = []
@@ -330,7 +337,7 @@ def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
         for command in node.exec:
             argv = shlex.split(command)
             try:
-                proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT)
+                proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT, cwd=lab.topology.directory.resolve())
             except LabError as exc:
                 failures.append(exc.problems[0])
             else:
@@ -389,6 +396,9 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
     paths: list[str] = list(state.paths) if state else []
     if cleanup:
         namespaces += [ns for ns in topo.netns_names() if ns not in namespaces]
+        # pods (``lab pod add``) are recorded before they are made; the sweep covers a lost record
+        pod_prefixes = tuple(f"{node.netns}{POD_NETNS_INFIX}" for node in topo.nodes.values())
+        namespaces += [ns for ns in netns.list_netns() if ns.startswith(pod_prefixes) and ns not in namespaces]
         for node in topo.nodes.values():
             paths += [str(p) for p in kinds.handler_for(node.image).host_paths(node) if str(p) not in paths]
     report.was_deployed = state is not None

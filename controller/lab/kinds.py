@@ -22,6 +22,7 @@ import pwd
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,12 @@ from controller.lab.topology import Node, Topology
 
 log = structlog.get_logger(__name__)
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The project's own programs (tabbyctl, tabby-node) sit beside the interpreter in its virtualenv;
+# a node sees them on PATH as it would inside a tabby image.
+_PROJECT_BIN = str(Path(sys.executable).parent)
 BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PATH": SYSTEM_PATH if _PROJECT_BIN in SYSTEM_PATH.split(":") else f"{SYSTEM_PATH}:{_PROJECT_BIN}",
     "HOME": "/root",
     "LANG": "C.UTF-8",
 }

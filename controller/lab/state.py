@@ -84,6 +84,8 @@ class LabState:
     paths: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: pods made by ``lab pod add`` (see ``pods.PodRecord``): plain dicts so old state files still load
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -145,6 +147,17 @@ class LabState:
     def record_warning(self, message: str) -> None:
         with self._lock:
             self.warnings.append(message)
+            self.save()
+
+    def record_pod(self, pod: dict[str, Any]) -> None:
+        """Add or replace the pod with the same ``key`` (callers hold ``lab_lock`` and reloaded the state)."""
+        with self._lock:
+            self.pods = [p for p in self.pods if p.get("key") != pod.get("key")] + [pod]
+            self.save()
+
+    def forget_pod(self, key: str) -> None:
+        with self._lock:
+            self.pods = [p for p in self.pods if p.get("key") != key]
             self.save()
 
     def set_status(self, status: str) -> None:
