@@ -385,9 +385,13 @@ def test_kind_for_name_unknown_lists_valid_types() -> None:
 
 def test_registry_metadata() -> None:
     kinds = all_kinds()
-    assert {c.KIND for c in kinds} == {"IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer"}
-    assert {c.PLURAL for c in kinds} == {"ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers"}
-    assert not any(c.NAMESPACED for c in kinds)
+    assert {c.KIND for c in kinds} == {
+        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint"
+    }
+    assert {c.PLURAL for c in kinds} == {
+        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints"
+    }
+    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint"}
 
 
 def test_multi_document_yaml_with_empty_documents() -> None:
