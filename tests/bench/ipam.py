@@ -12,8 +12,9 @@ stderr; the last stdout line is one JSON object (design.md §4 benchmark contrac
 Every IPAM allocation and every release is one etcd transaction (block + handle), so
 ``ours`` counts IPAM operations (allocations + releases) per second against baseline
 transactions per second. The same 8 processes alternate between the two loads in short
-synchronised windows (ours, baseline, ours, ...); ``ratio`` is the median of the paired
-window ratios (``pair_ratios``), ``ratio_mean`` the ratio of the overall means.
+synchronised windows (ours, baseline, ours, ...); ``ratio`` is the ratio of the overall
+means (the conservative figure); ``ratio_pair_median``, the median of the paired window
+ratios, is reported beside it because one disturbed window on a shared host drags the mean.
 ``allocations_per_s`` and ``ratio_allocations_only`` (allocations alone, against the same
 baseline) are reported too. Afterwards every block is
 scanned: ``duplicates`` (addresses allocated twice) must be 0 and ``check`` must be clean.
@@ -218,9 +219,9 @@ def main() -> None:
     baseline = sum(per_window["baseline"]) / pairs
     ratio_mean = ours / baseline if baseline else 0.0
     pair_ratios = [round(o / b, 3) for o, b in zip(per_window["ours"], per_window["baseline"], strict=True)]
-    # Headline: the median of the paired (adjacent-window) ratios. On a shared host one
-    # disturbed window drags the mean; the median of pairs does not. Both are reported.
-    ratio = statistics.median(pair_ratios)
+    # Headline: the ratio of the means. The median of the paired (adjacent-window) ratios
+    # resists a single disturbed window; it is reported too, but does not decide "pass".
+    ratio = ratio_mean
     progress(f"    ours per window {[round(x) for x in per_window['ours']]}, "
              f"baseline per window {[round(x) for x in per_window['baseline']]}")
     result = {
@@ -235,7 +236,7 @@ def main() -> None:
         "pass": bool(ratio >= TARGET and scanned["duplicates"] == 0 and scanned["check_ok"]),
         "allocations_per_s": round(ours / 2, 1),
         "ratio_allocations_only": round((ours / 2) / baseline, 3) if baseline else 0.0,
-        "ratio_mean": round(ratio_mean, 3),
+        "ratio_pair_median": round(statistics.median(pair_ratios), 3),
         "pair_ratios": pair_ratios,
         "alloc_p50_ms": round(statistics.median(lat["ours"]) * 1000, 3) if lat["ours"] else None,
         "alloc_p99_ms": round(pct(lat["ours"], 0.99) * 1000, 3),
