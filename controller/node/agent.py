@@ -324,6 +324,14 @@ async def run_agent(config: NodeConfig) -> None:
     """Run until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("agent.signal", node=config.nodename, signal=signal.Signals(signum).name)
+        loop.call_soon_threadsafe(stop.set)
+
+    # Not loop.add_signal_handler: that routes signals through a wakeup fd which children forked
+    # by libraries (pyroute2 forks to open sockets in a namespace) inherit, so a signal delivered
+    # to such a child would stop the agent. A plain handler runs only in the process it hit.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     await Agent(config).run(stop)

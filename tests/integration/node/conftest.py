@@ -184,9 +184,17 @@ class NodeLab:
         code, out = self.plugin(node, "ADD", container_id=pod.container_id, netns=f"/run/netns/{ns}",
                                 args=f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}")
         if expect_ok:
-            assert code == 0, out
+            assert code == 0, (out, self.debug(node))
         pod.result = out
         return pod
+
+    def debug(self, node: str) -> str:
+        """What the plugin could have found, for failure messages."""
+        by_netns = self.run_root / "by-netns"
+        links = {p.name: os.readlink(p) for p in by_netns.iterdir()} if by_netns.exists() else {}
+        inode = in_ns(self.nodes[node], "stat", "-L", "-c", "%i", "/proc/self/ns/net", check=False).stdout.strip()
+        agent = self.agents.get(node)
+        return f"netns inode {inode}, by-netns {links}, agent log tail: {agent.log_text()[-1500:] if agent else ''}"
 
     def pod_args(self, pod: Pod, namespace: str = "default") -> str:
         return f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod.name}"
