@@ -254,7 +254,8 @@ def test_ctr_run_with_tabby_cni(tabby_lab: Callable[..., TabbyLab], containerd_i
     # after --rm containerd called DEL: no WorkloadEndpoint, the address is free, IPAM is consistent
     weps = items(lab.tabbyctl_json("native1", "get", "workloadendpoints", "-A"))
     assert [w["metadata"]["name"] for w in weps if w["spec"].get("node") == "native1"] == [], weps
-    show = lab.exec("native1", "tabbyctl", "ipam", "show", "--ip", address.split("/")[0])
-    assert show.returncode == 0 and show.stdout.splitlines()[0] == f"{address.split('/')[0]} is not assigned", show.stdout
+    ip = address.split("/")[0]
+    show = lab.exec("native1", "tabbyctl", "ipam", "show", "--ip", ip)
+    assert show.returncode == 0 and show.stdout.splitlines()[0] == f"{ip} is not assigned", show.stdout
     check = lab.exec("native1", "tabbyctl", "ipam", "check")
     assert check.returncode == 0, check.stdout + check.stderr
