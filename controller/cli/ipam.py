@@ -20,13 +20,14 @@ from controller.cli.context import UserError, datastore_options, state
 
 
 async def live_in_use(ds: Any) -> Mapping[str, str] | None:
-    """Addresses live workloads use (ip -> handle id), or None when nobody can tell yet.
+    """Addresses live workloads use (ip -> handle id): WorkloadEndpoints and Node tunnel addresses.
 
-    Seam for the node agent: once WorkloadEndpoints are recorded in etcd, return their
-    ``ipNetworks`` mapped to each endpoint's IPAM handle (``<network>.<containerID>``). Until
-    then ``ipam check`` cannot judge leaks (allocated but unused) and says so.
+    Node agents record every workload they plumb as a WorkloadEndpoint carrying its IPAM handle,
+    so an allocation that no endpoint or tunnel explains is a leak candidate.
     """
-    return None
+    from controller.node.inuse import live_allocations
+
+    return await live_allocations(ds)
 
 
 @click.group()

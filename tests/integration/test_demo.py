@@ -17,3 +17,4 @@ def test_demo_runs_clean() -> None:
     assert "found 0 problems" in proc.stdout
     assert "Traceback" not in proc.stderr
     assert "node-1: 70 IPv4" in proc.stdout
+    assert "found 1 problem" in proc.stdout  # the deliberately unrecorded pod is found as a leak
