@@ -67,11 +67,36 @@ def test_ipam_show_ip(ctl: Any, allocated: list[str]) -> None:
     assert res.rc == 1 and len(res.err_lines) == 1 and "not an IP address" in res.err
 
 
-def test_ipam_check_clean_then_broken(ctl: Any, allocated: list[str], run_ds: Any, tmp_path: Path) -> None:
+def wep_doc(i: int, ip: str) -> dict[str, Any]:
+    """The WorkloadEndpoint a node agent records for pod-<i> (its IPAM handle in the annotation)."""
+    return {
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "WorkloadEndpoint",
+        "metadata": {
+            "name": f"node1-k8s-pod--{i}-eth0",
+            "namespace": "default",
+            "annotations": {"tabby.io/handle": f"net.c{i}", "tabby.io/network": "net"},
+        },
+        "spec": {"orchestrator": "k8s", "node": "node1", "pod": f"pod-{i}", "containerID": f"c{i}",
+                 "endpoint": "eth0", "ipNetworks": [f"{ip}/32"]},
+    }
+
+
+def test_ipam_check_leaks_then_clean_then_broken(ctl: Any, allocated: list[str], run_ds: Any, tmp_path: Path) -> None:
+    # No workload recorded yet: every allocation is a leak candidate, exit 1.
+    res = ctl("ipam", "check")
+    assert res.rc == 1, res.out + res.err
+    assert res.out.count("allocated-not-in-use") == 5
+    assert "Check complete; found 5 problems." in res.out
+
+    async def record(ds: Any) -> None:
+        for i, ip in enumerate(allocated):
+            await ds.put(resource_key("workloadendpoints", f"node1-k8s-pod--{i}-eth0", "default"), wep_doc(i, ip))
+
+    run_ds(record)
     res = ctl("ipam", "check")
     assert res.rc == 0, res.out + res.err
     assert "Check complete; found 0 problems." in res.out
-    assert "leaks) were not judged" in res.out
 
     async def damage(ds: Any) -> None:
         # A handle that holds no address anywhere, and a pool deleted behind IPAM's back.
