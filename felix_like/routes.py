@@ -17,7 +17,9 @@ Rules (see docs/dataplane.md for the table):
 * an IP borrowed by a remote node from a block that is not that node's (ours or a third node's)
   -> ``/32`` towards the borrower with the same encapsulation rule;
 * BGP-learned prefixes (optional) -> ``via <next hop> dev <nic>`` when the next hop is on the
-  local subnet; they never override a route calculated from the datastore.
+  local subnet, ``via <next hop> dev tunl0 onlink`` inside an IPIP pool (Always, or CrossSubnet
+  with the next hop elsewhere), as Calico's BIRD does; they never override a route calculated
+  from the datastore.
 
 Routes that cannot be built (remote node without a known address, VXLAN peer without VTEP
 address, native route to a node outside the local subnet, which needs a BGP router) are skipped
@@ -274,7 +276,19 @@ class _Calculator:
             net = ipaddress.ip_network(learned.cidr, strict=False)
             hop = ipaddress.ip_address(learned.next_hop)
             local_addr = self.local_v6 if hop.version == 6 else self.local_v4
-            if local_addr is None or hop not in local_addr.network or hop.version != net.version:
+            on_subnet = local_addr is not None and hop in local_addr.network and hop.version == net.version
+            pool = self.pool_for(net)
+            ipip = pool.ipip_mode if pool else EncapMode.NEVER
+            if hop.version == 4 and net.version == 4 and (
+                ipip == EncapMode.ALWAYS or (ipip == EncapMode.CROSS_SUBNET and not on_subnet)
+            ):
+                # Calico's BIRD sends routes of IPIP pools through tunl0 (onlink: the next hop is a node
+                # address, not a neighbour on the tunnel).
+                self.offer(
+                    net, _PRIO_LEARNED, str(hop), Route(str(net), RouteType.UNICAST, str(hop), IPIP_DEVICE, True, 0)
+                )
+                continue
+            if not on_subnet:
                 self.skip(net, f"BGP next hop {hop} is not on the local subnet")
                 continue
             self.offer(

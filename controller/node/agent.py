@@ -8,10 +8,13 @@ Start-up order and why:
 3. register the Node (compare-on-revision, retried while etcd is away);
 4. the watch over the whole prefix; the first full snapshot starts the dataplane (full resync);
    later events only mark it dirty (coalesced deltas);
-5. tunnel addresses whenever the pools ask for them.
+5. tunnel addresses whenever the pools ask for them;
+6. with CALICO_NETWORKING_BACKEND=bird (the default): BGP (controller/node/bgp.py) once the first
+   snapshot is in; the kernel's BGP routes of a previous agent are kept until the RIB is refilled.
 
 SIGTERM stops the tasks and leaves the dataplane as it is (routes keep forwarding; the next
-agent's first full resync adopts them). etcd going away changes nothing in the kernel.
+agent's first full resync adopts them) and ExaBGP running with its sessions (the next agent
+adopts it). etcd going away changes nothing in the kernel.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import structlog
 
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
+from controller.node.bgp import NodeBgp, backend_inputs, disabled_status
 from controller.node.cni_handlers import CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
@@ -78,6 +82,8 @@ class Agent:
         self._registered = False
         self._managers: Any = None
         self._tunnels_at = 0.0
+        #: BGP (ExaBGP + RIB) with the ``bird`` backend only.
+        self.bgp: NodeBgp | None = NodeBgp(self) if config.bgp_enabled else None
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
@@ -90,7 +96,17 @@ class Agent:
         return ""
 
     async def handle(self, req: Request) -> dict[str, Any]:
+        if req.command == "BGP_STATUS":
+            return self.bgp_status()
         return await self.handlers.handle(req)
+
+    def bgp_status(self) -> dict[str, Any]:
+        """Sessions, counters and metrics for `tabbyctl node status` (answered before readiness too)."""
+        out = disabled_status(self.config.networking_backend) if self.bgp is None else self.bgp.status()
+        out["node"] = self.config.nodename
+        out["ready"] = not self.not_ready_reason()
+        out["not_ready_reason"] = self.not_ready_reason()
+        return out
 
     # -- derived state ---------------------------------------------------------------------------
     @property
@@ -107,6 +123,8 @@ class Agent:
 
     def route_inputs(self, extra: dict[str, WorkloadInfo], gone: set[str]) -> RouteInputs:
         inputs = self.snapshot.route_inputs(self.local_ip, self.interface, extra)
+        learned = self.bgp.learned_routes() if self.bgp is not None else ()
+        inputs = backend_inputs(inputs, self.config.networking_backend, learned)
         if gone:
             inputs = replace(inputs, workloads=tuple(w for w in inputs.workloads if w.interface not in gone))
         return inputs
@@ -130,6 +148,8 @@ class Agent:
 
     async def close(self) -> None:
         await self.api.stop()
+        if self.bgp is not None:
+            await self.bgp.stop()  # ExaBGP keeps running: sessions and announcements survive a restart
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -146,6 +166,8 @@ class Agent:
         if self.config.ip != "none":
             self.detected = await self.detect()
         await self.register()
+        if self.bgp is not None:
+            await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
         self.dataplane = Dataplane(
             self.config.netns, self.route_inputs, resync_interval=self.config.resync_interval,
             node=self.config.nodename,
@@ -305,12 +327,18 @@ class Agent:
                 if not self.dataplane.started:
                     await self.dataplane.start()
                     self.ready.set()
-                    self.log.info("agent.ready")
+                    self.log.info("agent.ready", backend=self.config.networking_backend)
+                    if self.bgp is not None:
+                        await self.bgp.start()
                 else:
                     self.dataplane.mark_dirty()
+                    if self.bgp is not None:
+                        self.bgp.mark_dirty()
                 self._tunnel_dirty.set()
                 continue
             assert isinstance(item, WatchEvent)
+            if self.bgp is not None and self.bgp.started and self.bgp.interested(item.kv.key):
+                self.bgp.mark_dirty()
             if change.routes and self.dataplane is not None:
                 self.dataplane.mark_dirty()
             if change.pools:

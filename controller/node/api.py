@@ -2,7 +2,7 @@
 
 Wire format (docs/cni.md)::
 
-    -> {"command": "ADD"|"DEL"|"CHECK"|"GC"|"STATUS", "env": {CNI_* ...}, "config": {...},
+    -> {"command": "ADD"|"DEL"|"CHECK"|"GC"|"STATUS"|"BGP_STATUS", "env": {CNI_* ...}, "config": {...},
         "mode": "tabby"|"tabby-ipam"}\n
     <- {"result": {...}}\n     or     {"error": {"cniVersion", "code", "msg", "details"}}\n
 
@@ -29,7 +29,7 @@ log = structlog.get_logger("tabby.node.api")
 
 MAX_REQUEST = 1 << 20
 READ_TIMEOUT = 5.0
-COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "BGP_STATUS")
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 

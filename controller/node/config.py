@@ -20,6 +20,11 @@ from datastore import ConfigError, EtcdConfig
 RUN_ROOT_ENV = "TABBY_RUN_ROOT"
 DEFAULT_RUN_ROOT = "/run/tabby"
 DEFAULT_RESYNC_INTERVAL = 90.0
+BACKEND_ENV = "CALICO_NETWORKING_BACKEND"
+BACKENDS = ("bird", "vxlan", "none")
+"""calico-node's values: ``bird`` = BGP on (Tabby runs ExaBGP, the name is kept so users' manifests work),
+``vxlan`` = no BGP, every remote route from the datastore, ``none`` = no inter-node routing."""
+DEFAULT_BGP_STARTUP_HOLD = 60.0
 AUTODETECT_KINDS = ("first-found", "interface", "can-reach", "cidr", "skip-interface")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -58,6 +63,13 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "console"
     cni_timeout: float = 5.0
+    networking_backend: str = "bird"
+    bgp_startup_hold: float = DEFAULT_BGP_STARTUP_HOLD
+
+    @property
+    def bgp_enabled(self) -> bool:
+        """BGP runs only with the ``bird`` backend (calico-node's default)."""
+        return self.networking_backend == "bird"
 
     @property
     def socket_path(self) -> Path:
@@ -114,6 +126,10 @@ class NodeConfig:
         fmt = (env.get("TABBY_LOG_FORMAT") or "console").strip().lower()
         if fmt not in ("console", "json"):
             raise NodeConfigError(f"TABBY_LOG_FORMAT: must be console or json, got {fmt!r}")
+        backend = (env.get(BACKEND_ENV) or "bird").strip().lower()
+        if backend not in BACKENDS:
+            raise NodeConfigError(f"{BACKEND_ENV}: must be bird (BGP), vxlan or none, got {backend!r}")
+        hold = _positive_float(env, "TABBY_BGP_STARTUP_HOLD", DEFAULT_BGP_STARTUP_HOLD)
         return cls(
             nodename=nodename,
             etcd=etcd,
@@ -129,6 +145,8 @@ class NodeConfig:
             log_level=level,
             log_format=fmt,
             cni_timeout=cni_timeout,
+            networking_backend=backend,
+            bgp_startup_hold=hold,
         )
 
 

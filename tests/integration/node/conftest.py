@@ -37,6 +37,20 @@ def in_ns(ns: str, *argv: str, check: bool = True, timeout: float = 20) -> subpr
     return sh("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
 
 
+def kill_netns_processes(ns: str) -> None:
+    """SIGKILL every process living in a namespace (``ip netns pids``) and wait, bounded, until gone."""
+    pids = [int(p) for p in sh("ip", "netns", "pids", ns, check=False).stdout.split() if p.isdigit()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.05)
+
+
 @dataclass
 class AgentProc:
     name: str
@@ -125,6 +139,9 @@ class NodeLab:
             "NODENAME": name, "TABBY_NETNS": self.nodes[name], "TABBY_RUN_ROOT": str(self.run_root),
             "TABBY_LOG_FORMAT": "json", "TABBY_LOG_LEVEL": "info", "IP_AUTODETECTION_METHOD": "interface=eth0",
             "PYTHONPATH": str(ROOT),
+            # These tests are about CNI and datastore-driven routes: no BGP, every remote block from the
+            # datastore. BGP agents are tested in tests/integration/bgp/test_agent_bgp*.py.
+            "CALICO_NETWORKING_BACKEND": "vxlan",
         })
         env.update(extra)
         return env
@@ -209,6 +226,8 @@ class NodeLab:
     def cleanup(self) -> None:
         for agent in self.agents.values():
             agent.stop(signal.SIGKILL)
+        for ns in self.nodes.values():
+            kill_netns_processes(ns)  # ExaBGP outlives its agent by design
         for pod in self.pods:
             sh("ip", "netns", "del", pod.netns, check=False)
         for ns in [*self.nodes.values(), *self.extra_ns]:

@@ -1,0 +1,591 @@
+"""BGP inside the node agent: one ExaBGP (bgp.speaker.Speaker) fed from the snapshot, its events fed
+into the RIB (bgp.rib.Rib), the RIB's best routes fed to the route programmer as LearnedRoutes.
+
+Why this shape (Calico's ``bird`` backend, with ExaBGP + our own RIB instead of BIRD):
+
+- sessions and announcements are recalculated from the whole snapshot on every relevant change,
+  coalesced (a block claim is several keys); ``Speaker.apply`` reloads ExaBGP only when the rendered
+  config differs, so a peer added or removed touches only that session;
+- ExaBGP keeps no RIB: every UPDATE, state change and End-of-RIB goes through ``Rib`` (loop checks,
+  best path, graceful restart), and ``drain_changes()`` gives the prefixes whose best route changed;
+- remote blocks of native/IPIP pools are routed ONLY from BGP in this mode (the agent drops them from
+  the datastore route inputs); VXLAN pools stay datastore-driven, as in Calico;
+- an agent restart must not flap anything: ExaBGP outlives the agent (adopted by the next one), and
+  for a start-up window the new agent keeps the BGP routes it finds in the kernel ("provisional")
+  and only announces/withdraws deltas, until every peer has re-sent its table (End-of-RIB, or a few
+  seconds after a replayed session came up and a ROUTE-REFRESH was sent) or the hold time passed.
+
+Graceful restart: ExaBGP 5.0's ``state`` message does not say whether the peer negotiated graceful
+restart, so a dropped session keeps its paths stale for the restart time we configured for it
+(``PeerSpec.graceful_restart``; None/0 = flush at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from bgp.announce import compute_announcements, diff
+from bgp.bridge import Disconnected, EndOfRib, Event, PeerState, Update
+from bgp.peers import compute_peers, speaker_spec
+from bgp.rib import Rib
+from bgp.speaker import Speaker
+from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
+from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node, ResourceError, parse_resource
+from datastore.keys import resource_prefix
+from felix_like.netlink import RouteSocket, RouteType
+from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
+
+if TYPE_CHECKING:
+    from controller.node.agent import Agent
+
+log = structlog.get_logger("tabby.node.bgp")
+
+DEBOUNCE = 0.05
+TICK = 0.5
+SETTLE_AFTER_UP = 5.0
+"""After a replayed (adopted) session came up and ROUTE-REFRESH was sent, how long the peer has to
+re-send its table before the start-up window may close (a LAN answers in milliseconds)."""
+
+BGPCONFIGS = resource_prefix("bgpconfigurations")
+BGPPEERS = resource_prefix("bgppeers")
+POOLS = resource_prefix("ippools")
+NODES = resource_prefix("nodes")
+WATCHED = (BGPCONFIGS, BGPPEERS, POOLS, NODES)
+
+
+@dataclass
+class PeerCounters:
+    """Per-peer numbers that are not in the RIB: updates and End-of-RIBs seen, when it came up."""
+
+    updates: int = 0
+    withdrawals: int = 0
+    eors: int = 0
+    up_at: float | None = None
+
+
+class NodeBgp:
+    """The agent's BGP half. ``start()`` once the first snapshot is in; ``mark_dirty()`` on changes."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        cfg = agent.config
+        self.log = log.bind(node=cfg.nodename)
+        self.speaker = Speaker(cfg.netns, cfg.run_dir / "bgp", on_event=self._on_event)
+        self.rib: Rib | None = None
+        self.spec: SpeakerSpec | None = None
+        self.peers: dict[str, PeerSpec] = {}
+        self.learned: dict[str, LearnedRoute] = {}
+        self.counters: dict[str, PeerCounters] = {}
+        self.ecmp_routes = 0
+        self.started = False
+        self._own: set[Announcement] = set()
+        self._reflected: dict[tuple[str, str], Announcement] = {}
+        self._up: set[str] = set()
+        self._eor: set[str] = set()
+        self._provisional: dict[str, LearnedRoute] = {}
+        self._settled = False
+        self._hold_until = time.monotonic() + cfg.bgp_startup_hold
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._parsed: dict[str, tuple[int, Any]] = {}
+
+    # -- start-up ----------------------------------------------------------------------------
+    def capture_kernel_routes(self, interface: str) -> None:
+        """Keep the BGP routes a previous agent left in the kernel (proto tabby, via a gateway on the NIC
+        or tunl0) until the RIB has been refilled: without this the first full resync would delete them
+        and an agent restart would cut traffic to every other node."""
+        try:
+            with RouteSocket(self.agent.config.netns) as nl:
+                routes = nl.dump_routes()
+        except OSError as exc:
+            self.log.warning("bgp.kernel_dump_failed", error=str(exc))
+            return
+        for route in routes:
+            if route.type != RouteType.UNICAST or not route.gateway or route.device not in (interface, IPIP_DEVICE):
+                continue
+            self._provisional[route.dst] = LearnedRoute(cidr=route.dst, next_hop=route.gateway)
+        if self._provisional:
+            self.log.info("bgp.provisional_routes", count=len(self._provisional),
+                          hold_s=self.agent.config.bgp_startup_hold)
+
+    async def start(self) -> None:
+        """Begin: first calculation now, then the coalescing loop and the timer (GR sweep, start-up window)."""
+        self.started = True
+        await self.refresh()
+        self._tasks.append(asyncio.create_task(self._loop(), name="bgp-refresh"))
+        self._tasks.append(asyncio.create_task(self._tick(), name="bgp-timer"))
+
+    async def stop(self) -> None:
+        """Stop the agent's side; ExaBGP keeps running with its sessions (the next agent adopts it)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.speaker.stop(keep_exabgp=True)
+
+    def mark_dirty(self) -> None:
+        """The snapshot changed in a way that may change peers or announcements (coalesced)."""
+        self._dirty.set()
+
+    @staticmethod
+    def interested(key: str) -> bool:
+        """Keys whose change may change sessions or announcements (blocks: announcements)."""
+        from datastore.keys import BLOCKS
+
+        return key.startswith(WATCHED) or key.startswith(BLOCKS)
+
+    # -- calculation ---------------------------------------------------------------------------
+    def _resources(self, prefix: str) -> list[Any]:
+        """Validated resources under ``prefix`` (cached per key revision: validation is the costly part)."""
+        snap = self.agent.snapshot
+        out = []
+        for key, value in snap.values.items():
+            if not key.startswith(prefix) or not isinstance(value, dict):
+                continue
+            rev = snap.revisions.get(key, 0)
+            cached = self._parsed.get(key)
+            if cached is None or cached[0] != rev:
+                try:
+                    cached = (rev, parse_resource(value, key))
+                except (ResourceError, ValueError, TypeError) as exc:
+                    self.log.warning("bgp.bad_resource", key=key, error=str(exc)[:300])
+                    cached = (rev, None)
+                self._parsed[key] = cached
+            if cached[1] is not None:
+                out.append(cached[1])
+        return out
+
+    def _inputs(self) -> tuple[Node | None, list[Node], list[BGPConfiguration], list[BGPPeer], list[IPPool]]:
+        nodes = [n for n in self._resources(NODES) if isinstance(n, Node)]
+        local = next((n for n in nodes if n.name == self.agent.config.nodename), None)
+        configs = [c for c in self._resources(BGPCONFIGS) if isinstance(c, BGPConfiguration)]
+        peers = [p for p in self._resources(BGPPEERS) if isinstance(p, BGPPeer)]
+        pools = [p for p in self._resources(POOLS) if isinstance(p, IPPool)]
+        return local, nodes, configs, peers, pools
+
+    def own_prefixes(self, pools: list[IPPool], configs: list[BGPConfiguration]) -> set[Announcement]:
+        """Blocks affine to us, IPs we borrowed, service CIDRs (bgp.announce decides the policy)."""
+        node = self.agent.config.nodename
+        blocks = [cidr for cidr, block in self.agent.snapshot.blocks().items()
+                  if block.get("affinity") == f"host:{node}"]
+        inputs = self.agent.snapshot.route_inputs(self.agent.local_ip, self.agent.interface)
+        mine = {b.cidr for b in inputs.blocks if b.affinity == node}
+        borrowed = [b.ip for b in inputs.borrowed if b.node == node and not _inside(b.ip, mine)]
+        return compute_announcements(node, blocks, borrowed, pools, configs)
+
+    async def refresh(self) -> None:
+        """Recompute sessions and announcements from the snapshot; apply what changed."""
+        async with self._lock:
+            local, nodes, configs, bgp_peers, pools = self._inputs()
+            if local is None:
+                return
+            spec = speaker_spec(local, configs)
+            if spec is None:
+                return  # no IPv4 BGP address (yet): nothing to run
+            peers = compute_peers(local, nodes, configs, bgp_peers)
+            if spec != self.spec or peers != list(self.peers.values()):
+                await self._apply_sessions(spec, peers)
+            own = self.own_prefixes(pools, configs)
+            if own != self._own:
+                announce, withdraw = diff(self._own, own)
+                self._own = own
+                self.log.info("bgp.announcements", announce=[a.prefix for a in announce],
+                              withdraw=[a.prefix for a in withdraw], total=len(own))
+                if self._settled:
+                    await self._push_all()
+                else:
+                    for ann in announce:
+                        await self.speaker.announce(ann)
+                    for ann in withdraw:
+                        await self.speaker.withdraw(ann.prefix)
+            await self._after_rib()
+
+    async def _apply_sessions(self, spec: SpeakerSpec, peers: list[PeerSpec]) -> None:
+        old = self.peers
+        self.peers = {p.address: p for p in peers}
+        if self.rib is None or (self.rib.local_as, self.rib.router_id) != (spec.local_as, spec.router_id):
+            if self.rib is not None:
+                self.log.info("bgp.rib_reset", reason="local AS or router id changed")
+                for prefix in list(self.learned):
+                    self.learned.pop(prefix)
+                self._up.clear()
+            self.rib = Rib(spec.local_as, spec.router_id, spec.cluster_id)
+        rib = self.rib
+        cluster_changed = rib.cluster_id != spec.cluster_id
+        rib.cluster_id = spec.cluster_id
+        for address in set(old) - set(self.peers):
+            rib.forget_peer(address)
+            self._up.discard(address)
+            self.counters.pop(address, None)
+            for key in [k for k in self._reflected if k[0] == address]:
+                del self._reflected[key]
+        changed = [a for a in self.peers if a in old and old[a] != self.peers[a]]
+        for address in changed:
+            if address in self._up:
+                rib.peer_up(self.peers[address], _router_id(self.peers[address]))
+        self.spec = spec
+        result = await self.speaker.apply(spec, peers)
+        self.log.info("bgp.sessions_applied", result=result, peers=sorted(self.peers),
+                      added=sorted(set(self.peers) - set(old)), removed=sorted(set(old) - set(self.peers)),
+                      cluster_id=spec.cluster_id or "")
+        if changed or cluster_changed:
+            await self._send_reflected(rib.reflect_all())
+
+    async def _push_all(self) -> None:
+        """The complete desired set (own routes to everyone + reflected routes per peer) to the speaker."""
+        items: list[Announcement | tuple[str | None, Announcement]] = list(self._own)
+        items += [(peer, ann) for (peer, _), ann in self._reflected.items()]
+        await self.speaker.replace_announcements(items)
+
+    async def _send_reflected(self, pairs: Iterable[tuple[str, Announcement]]) -> None:
+        for target, ann in pairs:
+            key = (target, normalize_prefix(ann.prefix))
+            if ann.withdraw:
+                if self._reflected.pop(key, None) is not None:
+                    await self.speaker.withdraw(ann.prefix, target)
+            else:
+                self._reflected[key] = ann
+                await self.speaker.announce(ann, target)
+
+    # -- events --------------------------------------------------------------------------------
+    async def _on_event(self, event: Event) -> None:
+        """Bridge events after the Speaker acted on them (it already re-announced and sent EoR on `up`)."""
+        rib = self.rib
+        if rib is None:
+            return
+        if isinstance(event, PeerState):
+            spec = self.peers.get(event.peer)
+            if spec is None:
+                return
+            counters = self.counters.setdefault(event.peer, PeerCounters())
+            if event.state == "up":
+                rib.peer_up(spec, _router_id(spec))
+                self._up.add(event.peer)
+                counters.up_at = time.monotonic()
+                if event.replayed:
+                    self._eor.discard(event.peer)
+                if rib.cluster_id is not None:
+                    await self._reflect_to(event.peer)
+            elif event.state == "down" and event.peer in self._up:
+                # only a session that was up: a failed reconnect also says `down`, and re-marking would
+                # push the stale deadline out on every attempt
+                self._peer_down(event.peer, spec, event.reason or "session down")
+        elif isinstance(event, Update):
+            counters = self.counters.setdefault(event.peer, PeerCounters())
+            counters.updates += 1
+            counters.withdrawals += len(event.withdraws)
+            rib.update(event.peer, event.announces, event.withdraws)
+        elif isinstance(event, EndOfRib):
+            self.counters.setdefault(event.peer, PeerCounters()).eors += 1
+            self._eor.add(event.peer)
+            rib.end_of_rib(event.peer)
+        elif isinstance(event, Disconnected):
+            # ExaBGP (or its relay) went away: no `down` lines will come for its sessions. Keep the
+            # paths stale (the peers re-send them and End-of-RIB once the new ExaBGP is up).
+            for address in sorted(self._up):
+                spec = self.peers.get(address)
+                if spec is not None:
+                    self._peer_down(address, spec, f"ExaBGP link lost: {event.reason}")
+        else:
+            return
+        await self._after_rib()
+
+    def _peer_down(self, address: str, spec: PeerSpec, why: str) -> None:
+        assert self.rib is not None
+        restart = spec.graceful_restart or 0
+        self.rib.peer_down(address, graceful=restart > 0, restart_time=restart)
+        self._up.discard(address)
+        self._eor.discard(address)
+        counters = self.counters.get(address)
+        if counters is not None:
+            counters.up_at = None
+        self.log.info("bgp.peer_down", peer=address, graceful=restart > 0, restart_s=restart, reason=why,
+                      stale=self.rib.counters().stale_per_peer.get(address, 0))
+
+    async def _reflect_to(self, peer: str) -> None:
+        """A session came up on a route reflector: its full reflected table; drop what it no longer gets."""
+        assert self.rib is not None
+        table = {normalize_prefix(a.prefix): a for a in self.rib.reflect_to(peer)}
+        for key in [k for k in self._reflected if k[0] == peer and k[1] not in table]:
+            del self._reflected[key]
+            await self.speaker.withdraw(key[1], peer)
+        for prefix, ann in table.items():
+            if self._reflected.get((peer, prefix)) != ann:
+                self._reflected[(peer, prefix)] = ann
+                await self.speaker.announce(ann, peer)
+
+    async def _after_rib(self) -> None:
+        """Best-route changes -> learned routes (dataplane, coalesced) and reflected announcements."""
+        rib = self.rib
+        if rib is None:
+            return
+        changes = rib.drain_changes()
+        if not changes:
+            return
+        for prefix, best in changes.items():
+            if best is None:
+                self.learned.pop(prefix, None)
+            else:
+                self.learned[prefix] = self._learned_route(best)
+        self.log.info("bgp.best_changed", changed=len(changes), learned=len(self.learned))
+        if self.agent.dataplane is not None:
+            self.agent.dataplane.mark_dirty()
+        if rib.cluster_id is not None:
+            await self._send_reflected(rib.reflect(changes))
+
+    def _learned_route(self, best: BestRoute) -> LearnedRoute:
+        """One next hop per prefix: the route programmer writes single-path routes only (felix_like's
+        netlink layer does not build RTA_MULTIPATH), so an ECMP set is programmed as its best path."""
+        if len(best.next_hops) > 1:
+            self.ecmp_routes += 1
+            self.log.info("bgp.ecmp_single_path", prefix=best.prefix, next_hops=list(best.next_hops),
+                          used=best.path.next_hop)
+        return LearnedRoute(cidr=best.prefix, next_hop=best.path.next_hop)
+
+    def learned_routes(self) -> tuple[LearnedRoute, ...]:
+        """What the route programmer gets: the RIB's best routes, plus provisional kernel routes during
+        the start-up window for prefixes the RIB does not know yet."""
+        out = dict(self._provisional)
+        out.update(self.learned)
+        return tuple(sorted(out.values(), key=lambda r: (r.cidr, r.next_hop)))
+
+    # -- loops --------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(DEBOUNCE)
+            self._dirty.clear()
+            try:
+                await self.refresh()
+            except Exception:
+                self.log.exception("bgp.refresh_failed")
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+
+    async def _tick(self) -> None:
+        """Graceful-restart sweep and the end of the start-up window, on a short timer."""
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                if self.rib is not None:
+                    swept = self.rib.sweep_expired()
+                    if swept:
+                        self.log.info("bgp.stale_swept", peers=swept)
+                        await self._after_rib()
+                if not self._settled and self._window_over():
+                    await self._settle()
+            except Exception:
+                self.log.exception("bgp.tick_failed")
+
+    def _window_over(self) -> bool:
+        if time.monotonic() >= self._hold_until:
+            return True
+        if not self.peers or self.spec is None:
+            return self.spec is not None
+        now = time.monotonic()
+        for address in self.peers:
+            counters = self.counters.get(address)
+            if address not in self._up or counters is None or counters.up_at is None:
+                return False
+            if address not in self._eor and now - counters.up_at < SETTLE_AFTER_UP:
+                return False
+        return True
+
+    async def _settle(self) -> None:
+        async with self._lock:
+            self._settled = True
+            dropped = len(self._provisional)
+            self._provisional.clear()
+            await self._push_all()
+            self.log.info("bgp.settled", provisional_dropped=dropped, learned=len(self.learned),
+                          announced=len(self._own))
+            if dropped and self.agent.dataplane is not None:
+                self.agent.dataplane.mark_dirty()
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Sessions, counters and Prometheus text for BGP_STATUS / `tabbyctl node status`."""
+        rib_counters = self.rib.counters() if self.rib is not None else None
+        sessions = []
+        for address, row in sorted(self.speaker.sessions.items(), key=lambda kv: _addr_key(kv[0])):
+            spec = self.peers.get(address)
+            counters = self.counters.get(address, PeerCounters())
+            sessions.append({
+                "peer_address": address,
+                "peer_type": row.type,
+                "name": row.name,
+                "peer_as": spec.peer_as if spec else None,
+                "state": "up" if row.state == "Established" else ("start" if row.state == "Idle" else "connect"),
+                "bgp_state": row.state,
+                "since": row.since,
+                "since_text": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.since)) if row.since else "",
+                "info": row.state if not row.info else f"{row.state} {row.info}".strip(),
+                "last_error": row.last_error,
+                "established_count": row.established_count,
+                "prefixes_received": rib_counters.paths_per_peer.get(address, 0) if rib_counters else 0,
+                "prefixes_stale": rib_counters.stale_per_peer.get(address, 0) if rib_counters else 0,
+                "updates_received": counters.updates,
+                "end_of_rib_received": counters.eors,
+            })
+        by_state: dict[str, int] = {}
+        for s in sessions:
+            by_state[s["bgp_state"]] = by_state.get(s["bgp_state"], 0) + 1
+        advertised = len(self._own)
+        counters_out = {
+            "sessions_by_state": by_state,
+            "prefixes_received": {s["peer_address"]: s["prefixes_received"] for s in sessions},
+            "prefixes_stale": {s["peer_address"]: s["prefixes_stale"] for s in sessions},
+            "prefixes_advertised": advertised,
+            "prefixes_reflected": len(self._reflected),
+            "rib_prefixes": rib_counters.prefixes if rib_counters else 0,
+            "rib_paths": rib_counters.paths if rib_counters else 0,
+            "rejected": dict(sorted((rib_counters.rejected if rib_counters else {}).items())),
+            "learned_routes": len(self.learned),
+            "provisional_routes": len(self._provisional),
+            "ecmp_single_path": self.ecmp_routes,
+            "exabgp_restarts": self.speaker.restarts,
+            "exabgp_reloads": self.speaker.reloads,
+        }
+        return {
+            "enabled": True,
+            "backend": self.agent.config.networking_backend,
+            "router_id": self.spec.router_id if self.spec else None,
+            "local_as": self.spec.local_as if self.spec else None,
+            "cluster_id": self.spec.cluster_id if self.spec else None,
+            "exabgp_pid": self.speaker.pid,
+            "settled": self._settled,
+            "sessions": sessions,
+            "counters": counters_out,
+            "learned": [{"prefix": r.cidr, "next_hop": r.next_hop} for r in self.learned_routes()],
+            "paths": self._paths(),
+            "metrics": metrics_text(self.agent.config.nodename, sessions, counters_out),
+        }
+
+    def _paths(self) -> list[dict[str, Any]]:
+        """Every path the RIB holds, with the attributes an operator debugs with (reflection included)."""
+        if self.rib is None:
+            return []
+        out = []
+        for address in sorted(self.peers, key=_addr_key):
+            for prefix, path in sorted(self.rib.adj_rib_in(address).items()):
+                best = self.rib.best_for(prefix)
+                out.append({
+                    "prefix": prefix, "peer": address, "next_hop": path.next_hop, "as_path": list(path.as_path),
+                    "local_pref": path.local_pref, "originator_id": path.originator_id,
+                    "cluster_list": list(path.cluster_list), "communities": list(path.communities),
+                    "stale": path.stale, "best": best is not None and best.path == path,
+                })
+        return out
+
+
+def disabled_status(backend: str) -> dict[str, Any]:
+    """BGP_STATUS when the backend runs no BGP (vxlan / none)."""
+    return {"enabled": False, "backend": backend, "sessions": [], "counters": {}, "learned": [], "paths": [],
+            "metrics": f'# TYPE tabby_bgp_enabled gauge\ntabby_bgp_enabled{{backend="{backend}"}} 0\n'}
+
+
+def _router_id(spec: PeerSpec) -> str:
+    """A Tabby node's router id is its address (speaker_spec); a router outside: unknown until OPEN
+    (ExaBGP does not report it), so the RIB falls back to the peer address in tie-breaks."""
+    return spec.address if spec.peer_node else ""
+
+
+def _inside(ip: str, cidrs: set[str]) -> bool:
+    addr = ipaddress.ip_address(ip.split("/")[0])
+    return any(addr in ipaddress.ip_network(c) for c in cidrs)
+
+
+def _addr_key(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(node: str, sessions: list[dict[str, Any]], counters: dict[str, Any]) -> str:
+    """Prometheus text exposition (version 0.0.4), written by hand: a handful of gauges and counters
+    does not justify a dependency."""
+    n = _label(node)
+    lines = [
+        "# HELP tabby_bgp_session_up 1 when the BGP session is Established.",
+        "# TYPE tabby_bgp_session_up gauge",
+    ]
+    for s in sessions:
+        lines.append(f'tabby_bgp_session_up{{node="{n}",peer="{_label(s["peer_address"])}",'
+                     f'type="{_label(s["peer_type"])}"}} {1 if s["bgp_state"] == "Established" else 0}')
+    lines += ["# HELP tabby_bgp_sessions Sessions by state.", "# TYPE tabby_bgp_sessions gauge"]
+    for state in ("Established", "Connect", "Idle"):
+        lines.append(f'tabby_bgp_sessions{{node="{n}",state="{state}"}} '
+                     f'{counters["sessions_by_state"].get(state, 0)}')
+    lines += ["# HELP tabby_bgp_prefixes_received Paths held from the peer (Adj-RIB-In, after loop checks).",
+              "# TYPE tabby_bgp_prefixes_received gauge"]
+    for s in sessions:
+        lines.append(f'tabby_bgp_prefixes_received{{node="{n}",peer="{_label(s["peer_address"])}"}} '
+                     f'{s["prefixes_received"]}')
+    lines += ["# HELP tabby_bgp_prefixes_stale Paths kept stale for graceful restart.",
+              "# TYPE tabby_bgp_prefixes_stale gauge"]
+    for s in sessions:
+        lines.append(f'tabby_bgp_prefixes_stale{{node="{n}",peer="{_label(s["peer_address"])}"}} '
+                     f'{s["prefixes_stale"]}')
+    lines += [
+        "# HELP tabby_bgp_prefixes_advertised Prefixes this node originates.",
+        "# TYPE tabby_bgp_prefixes_advertised gauge",
+        f'tabby_bgp_prefixes_advertised{{node="{n}"}} {counters["prefixes_advertised"]}',
+        "# HELP tabby_bgp_rib_prefixes Prefixes with a best route (Loc-RIB size).",
+        "# TYPE tabby_bgp_rib_prefixes gauge",
+        f'tabby_bgp_rib_prefixes{{node="{n}"}} {counters["rib_prefixes"]}',
+        "# HELP tabby_bgp_rib_paths Paths held over all peers.",
+        "# TYPE tabby_bgp_rib_paths gauge",
+        f'tabby_bgp_rib_paths{{node="{n}"}} {counters["rib_paths"]}',
+        "# HELP tabby_bgp_rejected_total Paths rejected on input, by reason.",
+        "# TYPE tabby_bgp_rejected_total counter",
+    ]
+    for reason in ("as_path_loop", "originator_id", "cluster_list_loop"):
+        lines.append(f'tabby_bgp_rejected_total{{node="{n}",reason="{reason}"}} '
+                     f'{counters["rejected"].get(reason, 0)}')
+    lines += [
+        "# HELP tabby_bgp_exabgp_restarts_total ExaBGP restarts by the agent.",
+        "# TYPE tabby_bgp_exabgp_restarts_total counter",
+        f'tabby_bgp_exabgp_restarts_total{{node="{n}"}} {counters["exabgp_restarts"]}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def backend_inputs(inputs: RouteInputs, backend: str, learned: tuple[LearnedRoute, ...] = ()) -> RouteInputs:
+    """The route inputs one networking backend programs (pure).
+
+    ``vxlan``: unchanged (every remote block from the datastore). ``bird``: remote blocks and borrowed
+    /32s of native/IPIP pools come only from BGP (``learned``), VXLAN pools stay datastore-driven, as
+    in Calico where BIRD programs the former and Felix the latter. ``none``: no inter-node routes at all
+    (local workloads and our own blackholes only).
+    """
+    if backend == "vxlan":
+        return inputs
+    local = inputs.local_node.name
+    if backend == "none":
+        return replace(inputs, blocks=tuple(b for b in inputs.blocks if b.affinity == local), borrowed=(),
+                       learned=())
+    vxlan_pools = [ipaddress.ip_network(p.cidr) for p in inputs.pools if p.vxlan_mode != EncapMode.NEVER]
+
+    def datastore_driven(cidr: str) -> bool:
+        net = ipaddress.ip_network(cidr, strict=False)
+        return any(net.version == p.version and net.subnet_of(p) for p in vxlan_pools)  # type: ignore[arg-type]
+
+    return replace(
+        inputs,
+        blocks=tuple(b for b in inputs.blocks if b.affinity == local or datastore_driven(b.cidr)),
+        borrowed=tuple(b for b in inputs.borrowed if b.node == local or datastore_driven(b.ip)),
+        learned=learned,
+    )
