@@ -110,7 +110,7 @@ class NodeBgp:
             self.log.warning("bgp.kernel_dump_failed", error=str(exc))
             return
         for route in routes:
-            if route.type != RouteType.UNICAST or not route.gateway or route.device not in (interface, IPIP_DEVICE):
+            if route.type != RouteType.UNICAST or not route.gateway or route.oif not in (interface, IPIP_DEVICE):
                 continue
             self._provisional[route.dst] = LearnedRoute(cidr=route.dst, next_hop=route.gateway)
         if self._provisional:
