@@ -178,7 +178,7 @@ def call_plugin(lab: Lab, pod: PodRecord, command: str, conf: dict[str, Any]) ->
         **kinds.node_env(node),
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": pod.container_id,
-        "CNI_NETNS": str(netns.NETNS_DIR / pod.netns),
+        "CNI_NETNS": f"/var/run/netns/{pod.netns}",  # as runtimes pass it (/var/run -> /run)
         "CNI_IFNAME": "eth0",
         "CNI_ARGS": f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}",
         "CNI_PATH": CNI_PATH,
