@@ -87,11 +87,17 @@ def _since(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(ts))
 
 
+def _centre(text: str, width: int) -> str:
+    """tablewriter's centring: the odd space goes to the right (str.center puts it on the left)."""
+    left = (width - len(text)) // 2
+    return " " * left + text + " " * (width - len(text) - left)
+
+
 def render_table(header: list[str], rows: list[list[str]]) -> str:
     """calicoctl's box (Go tablewriter defaults): +---+ borders, centred upper-case header, cells left."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [border, "|" + "|".join(f" {h.center(w)} " for h, w in zip(header, widths, strict=True)) + "|", border]
+    out = [border, "|" + "|".join(f" {_centre(h, w)} " for h, w in zip(header, widths, strict=True)) + "|", border]
     for row in rows:
         out.append("|" + "|".join(f" {c.ljust(w)} " for c, w in zip(row, widths, strict=True)) + "|")
     out.append(border)
