@@ -131,19 +131,24 @@ def tabby_leftovers(lab: TabbyLab) -> list[str]:
     return found
 
 
-def prepare_copy(tmp_path: Path, source: Path) -> TabbyLab:
-    """A renamed copy of ``source`` whose agents keep their run directories under ``tmp_path``."""
+def prepare_copy(tmp_path: Path, source: Path, env: dict[str, str] | None = None) -> TabbyLab:
+    """A renamed copy of ``source`` whose agents keep their run directories under ``tmp_path``.
+
+    ``env`` is merged into ``topology.defaults.env`` (e.g. another CALICO_NETWORKING_BACKEND).
+    """
     path = copy_lab(tmp_path, source)
     data = yaml.safe_load(path.read_text())
     run_root = tmp_path / "run"
-    data["topology"].setdefault("defaults", {}).setdefault("env", {})["TABBY_RUN_ROOT"] = str(run_root)
+    defaults_env = data["topology"].setdefault("defaults", {}).setdefault("env", {})
+    defaults_env.update(env or {})
+    defaults_env["TABBY_RUN_ROOT"] = str(run_root)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return TabbyLab(path=path, topo=load_topology(path), run_root=run_root)
 
 
 @pytest.fixture(name="tabby_lab")
 def tabby_lab_fixture(tmp_path: Path) -> Iterator[Callable[[Path], TabbyLab]]:
-    """``tabby_lab(example)`` deploys a copy through ``tabbyctl lab deploy``.
+    """``tabby_lab(example, env=None)`` deploys a copy through ``tabbyctl lab deploy``.
 
     Teardown, also after a failure: ``destroy --cleanup``; then no namespace (node or pod), no
     process, no agent run directory may be left, and the root namespace is as it was.
@@ -151,8 +156,8 @@ def tabby_lab_fixture(tmp_path: Path) -> Iterator[Callable[[Path], TabbyLab]]:
     labs: list[TabbyLab] = []
     before = root_namespace_snapshot()
 
-    def make(source: Path) -> TabbyLab:
-        lab = prepare_copy(tmp_path, source)
+    def make(source: Path, env: dict[str, str] | None = None) -> TabbyLab:
+        lab = prepare_copy(tmp_path, source, env)
         labs.append(lab)
         started = time.monotonic()
         proc = lab_cli("deploy", "-t", str(lab.path), timeout=180)

@@ -14,6 +14,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import pytest
+
 from controller.lab.state import LabState
 from tests.topology.conftest import EXAMPLES, lab_cli, netns_list
 from tests.topology.tabby_support import (  # noqa: F401 - tabby_lab_fixture provides the tabby_lab fixture
@@ -29,8 +31,10 @@ from tests.topology.tabby_support import (  # noqa: F401 - tabby_lab_fixture pro
 NODE_IP = {"native1": "10.10.1.11", "native2": "10.10.1.12"}
 
 
-def test_two_node_native(tabby_lab: Callable[..., TabbyLab]) -> None:
-    lab = tabby_lab(EXAMPLES / "two-node-native.clab.yml")
+@pytest.mark.parametrize("backend", ["vxlan", "bird"])
+def test_two_node_native(tabby_lab: Callable[..., TabbyLab], backend: str) -> None:
+    """``vxlan`` (the example's setting): remote blocks from the datastore; ``bird``: from the BGP mesh."""
+    lab = tabby_lab(EXAMPLES / "two-node-native.clab.yml", {"CALICO_NETWORKING_BACKEND": backend})
     lab.add_pod("native1", "web-1", "--label", "app=web")
     lab.add_pod("native1", "web-2")
     lab.add_pod("native2", "db-1", "--namespace", "shop", "--label", "app=db")
@@ -45,6 +49,12 @@ def test_two_node_native(tabby_lab: Callable[..., TabbyLab]) -> None:
             if pod["node"] == node:
                 expected[f"{lab.pod_ip(name)}/32"] = local_pod_route()
         lab.wait_routes(node, expected)
+
+    if backend == "bird":  # the routes above came over BGP: the mesh session is up on both sides
+        for node, peer in (("native1", "native2"), ("native2", "native1")):
+            status = lab.exec(node, "tabbyctl", "node", "status", "--nodename", node)
+            assert status.returncode == 0 and NODE_IP[peer] in status.stdout and "Established" in status.stdout, \
+                status.stdout + status.stderr
 
     # all pairs answer, in the documented JSON shape
     proc = lab.cli("check")
