@@ -482,6 +482,8 @@ class Speaker:
             log.warning("ExaBGP exited", code=code, ran_s=round(ran, 1), restart_in_s=delay, log=str(self.log_path))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+            if self.pid is not None:  # apply() started one during the backoff: supervise it, start no second
+                continue
             try:
                 await self._start()
                 self.restarts += 1
