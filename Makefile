@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod user-mode-linux util-linux containerd runc containernetworking-plugins busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv demo test test-unit test-integration lint bench clean
+.PHONY: setup system-deps venv demo demo-ipam test test-unit test-integration lint bench clean
 
 setup: system-deps venv
 
@@ -30,8 +30,14 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# The three-node-tor lab (namespaces, FRR, etcd, three BGP-routed Tabby nodes); it stays up afterwards
+# (docs/demo.md: explore it, then `tabbyctl lab destroy -t examples/three-node-tor.clab.yml --cleanup`).
 demo: setup
 	$(PY) -m controller.demo
+
+# The IPAM-only demo: a private etcd on loopback, no namespaces, nothing left behind.
+demo-ipam: setup
+	$(PY) -m controller.demo_ipam
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

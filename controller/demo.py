@@ -1,141 +1,247 @@
-"""`make demo`: the foundation end to end on one machine, with nothing but loopback.
+"""`make demo`: a BGP-routed Tabby rack on this machine, in network namespaces, left running to explore.
 
-Starts a private etcd on 127.0.0.1, applies calicoctl-style resources with `tabbyctl`,
-allocates addresses for three simulated nodes through the IPAM library (as node agents
-will), then shows what an operator would look at: pools, per-block usage, a consistency
-check. No address is put on any interface: allocation is bookkeeping in etcd.
+Deploys examples/three-node-tor.clab.yml with `tabbyctl lab` (etcd, an FRR top-of-rack router in
+AS 65001, three Tabby nodes in an iBGP full mesh in AS 64512), waits until every BGP session is
+Established on both ends, creates two pods per node through the real CNI plugin, then shows what
+an operator would look at: `tabbyctl node status` on each node, IPAM usage per block, the ToR's BGP
+table and the all-pairs pod reachability matrix. Everything lives in the lab's namespaces (nothing
+is added to the root namespace); the lab stays up afterwards and the last lines say how to explore
+and destroy it.
+
+Why every step goes through the `tabbyctl` CLI (not the Python API): the demo is also the walkthrough
+a user repeats by hand, so each command is printed before it runs. Re-running is safe: the deploy
+uses `--reconfigure`, which destroys a previous run of the same lab first. The IPAM-only demo that
+needs no root is `make demo-ipam` (controller/demo_ipam.py).
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
+import json
 import os
-import shutil
+import shlex
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-import yaml
 from rich.console import Console
-
-from controller.logs import configure as configure_logging
-from datastore import Datastore, EtcdConfig
+from rich.markup import escape
+from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "ipam-demo.yaml"
-PODS_PER_NODE = {"node-1": 70, "node-2": 12, "node-3": 5}
-console = Console(stderr=False, highlight=False)
+DEFAULT_TOPOLOGY = ROOT / "examples" / "three-node-tor.clab.yml"
+PODS_PER_NODE = ("web", "db")
+TOR_NETWORK_ADDRESS = "10.99.0.1"  # on the ToR's lo: "the rest of the data centre" (examples/three-node-tor)
+SESSION_TIMEOUT = 90.0
+console = Console(highlight=False, soft_wrap=True)
 
 
-def tabbyctl(env: dict[str, str], *args: str, ok_codes: tuple[int, ...] = (0,)) -> int:
-    exe = Path(sys.executable).parent / "tabbyctl"
-    console.print(f"\n[bold cyan]$ tabbyctl {' '.join(args)}[/]")
-    proc = subprocess.run([str(exe), *args], env=env, text=True, capture_output=True, check=False)
-    sys.stdout.write(proc.stdout)
-    sys.stdout.flush()
-    if proc.stderr:
-        sys.stderr.write(proc.stderr)
-    if proc.returncode not in ok_codes:
-        raise SystemExit(f"tabbyctl {' '.join(args)} failed with exit code {proc.returncode}")
-    return proc.returncode
+class DemoError(Exception):
+    """A step failed: one line for the user (the command's own output was already printed)."""
 
 
-def workload_yaml(node: str, pod: str, handle: str, ips: list[str]) -> dict[str, object]:
-    """The WorkloadEndpoint a node agent records for a pod it plumbed (Calico's name and fields)."""
-    from datamodel.resources.workloadendpoint import workload_endpoint_name
-
-    nets = [f"{ip}/{128 if ':' in ip else 32}" for ip in ips]
-    return {
-        "apiVersion": "projectcalico.org/v3",
-        "kind": "WorkloadEndpoint",
-        "metadata": {
-            "name": workload_endpoint_name(node, orchestrator="k8s", endpoint="eth0", pod=pod),
-            "namespace": "demo",
-            "labels": {"app": pod.rsplit("-", 1)[0], "projectcalico.org/namespace": "demo"},
-            "annotations": {"tabby.io/handle": handle, "tabby.io/network": "k8s-pod-network"},
-        },
-        "spec": {
-            "orchestrator": "k8s",
-            "node": node,
-            "pod": pod,
-            "workload": pod,
-            "containerID": handle.split(".", 1)[1],
-            "endpoint": "eth0",
-            "ipNetworks": nets,
-            "interfaceName": "tab" + handle.encode().hex()[:11],
-        },
-    }
-
-async def allocate(config: EtcdConfig) -> tuple[str, list[dict[str, object]]]:
-    """Allocate like three node agents would; return one pod address and the pods' endpoints."""
-    from ipam import IPAMClient
-
-    first = ""
-    workloads: list[dict[str, object]] = []
-    async with Datastore(config) as ds:
-        ipam = IPAMClient(ds)
-        for node, count in PODS_PER_NODE.items():
-            v4 = v6 = 0
-            for i in range(count):
-                handle = f"k8s-pod-network.{node}-pod-{i:03d}"
-                result = await ipam.auto_assign(
-                    node=node,
-                    handle_id=handle,
-                    num_v4=1,
-                    num_v6=1 if i < 3 else 0,
-                    attrs={"node": node, "namespace": "default", "pod": f"pod-{i:03d}"},
-                )
-                first = first or result.v4[0]
-                workloads.append(workload_yaml(node, f"web-{node[-1]}-{i:03d}", handle, result.v4 + result.v6))
-                v4 += len(result.v4)
-                v6 += len(result.v6)
-            tunnel = await ipam.assign_tunnel_address(node=node, kind="vxlan")
-            console.print(f"  {node}: {v4} IPv4 + {v6} IPv6 pod addresses, VXLAN tunnel address {tunnel}")
-        # A pod whose CNI DEL never arrived: its address stays allocated, nothing uses it.
-        leaked = await ipam.auto_assign(node="node-3", handle_id="k8s-pod-network.lost-container", num_v4=1)
-        console.print(f"  node-3: one more address, {leaked.v4[0]}, for a pod that is never recorded (a leak)")
-    return first, workloads
+def tabbyctl_path() -> str:
+    """The virtualenv's tabbyctl (next to this interpreter): `make demo` runs before anything is on PATH."""
+    return str(Path(sys.executable).parent / "tabbyctl")
 
 
-def main() -> int:
-    from controller.etcd_process import EtcdServer
-
-    configure_logging(level="warning")
-    workdir = Path(tempfile.mkdtemp(prefix="tabby-demo-"))
-    server = EtcdServer(workdir)
-    console.print("[bold]Tabby demo[/]: a private etcd on loopback, three simulated nodes, Calico-style IPAM")
-    server.start()
+def shown_path(path: Path) -> str:
+    """The topology as the user would type it: relative to the current directory when below it."""
     try:
-        env = dict(os.environ, ETCD_ENDPOINTS=server.endpoint, TABBY_ETCD_PREFIX="/tabby/")
-        console.print(f"etcd is up at {server.endpoint} (data in {workdir})")
-        tabbyctl(env, "apply", "-f", str(EXAMPLE))
-        tabbyctl(env, "get", "ippools", "-o", "wide")
-        tabbyctl(env, "get", "nodes", "-o", "wide")
-        console.print("\n[bold]Allocating addresses as three node agents would[/] (one etcd transaction each)")
-        pod_ip, workloads = asyncio.run(allocate(EtcdConfig(endpoints=(server.endpoint,))))
-        wep_file = workdir / "workloads.yaml"
-        wep_file.write_text(yaml.safe_dump_all(workloads, sort_keys=False))
-        console.print(f"\n[bold]Recording the {len(workloads)} pods as WorkloadEndpoints[/], as the agents do")
-        tabbyctl(env, "apply", "-f", str(wep_file))
-        tabbyctl(env, "ipam", "show", "--show-blocks")
-        tabbyctl(env, "ipam", "show", "--ip", pod_ip)
-        report = workdir / "report.json"
-        console.print("\n[bold]Checking IPAM[/]: the unrecorded address shows up as a leak (exit code 1)")
-        tabbyctl(env, "ipam", "check", "-o", str(report), ok_codes=(1,))
-        tabbyctl(env, "ipam", "release", "--from-report", str(report))
-        tabbyctl(env, "ipam", "check")
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class Demo:
+    """One run against one topology file; `lab(...)` runs `tabbyctl lab <cmd> -t FILE ...`."""
+
+    def __init__(self, topology: Path) -> None:
+        from controller.lab import load_topology
+        from controller.lab.pods import is_tabby_node, nodename
+
+        self.topology = topology.resolve()
+        self.shown = shown_path(topology)
+        self.topo = load_topology(topology)
+        self.tabby_nodes = [n.name for n in self.topo.nodes.values() if is_tabby_node(n)]
+        self.nodenames = {n: nodename(self.topo.nodes[n]) for n in self.tabby_nodes}
+        self.frr_nodes = [n.name for n in self.topo.nodes.values() if "frr" in n.image]
+        if not self.tabby_nodes or not self.frr_nodes:
+            raise DemoError(f"{self.shown}: the demo needs tabby/node nodes and an FRR router")
+
+    # ---- running commands ----------------------------------------------------------------------
+    def lab(self, cmd: str, *args: str, show: bool = True, echo: bool = True, timeout: float = 240,
+            ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+        """`tabbyctl lab CMD -t FILE ARGS` (CMD may be "pod add"): printed first (show), output passed on (echo)."""
+        argv = [tabbyctl_path(), "lab", *cmd.split(), "-t", str(self.topology), *args]
+        if show:
+            console.print(f"\n[bold cyan]$ tabbyctl lab {cmd} -t {escape(self.shown)} {escape(shlex.join(args))}[/]")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT)
+        if echo:
+            sys.stdout.write(proc.stdout)
+            sys.stdout.flush()
+        if proc.returncode not in ok:
+            sys.stderr.write(proc.stderr)
+            raise DemoError(f"tabbyctl lab {cmd} {shlex.join(args)} failed with exit code {proc.returncode}")
+        return proc
+
+    def exec_json(self, node: str, *argv: str) -> Any:
+        """A command's JSON output inside `node` (None when it fails or prints no JSON yet)."""
+        proc = self.lab("exec", node, "--", *argv, show=False, echo=False, ok=(0, 1, 2))
+        try:
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+        except ValueError:
+            return None
+
+    # ---- BGP views -----------------------------------------------------------------------------
+    def node_sessions(self, node: str) -> dict[str, str]:
+        """peer address -> bgp_state, from the agent's BGP_STATUS (`tabbyctl node status -o json`)."""
+        status = self.exec_json(node, "tabbyctl", "node", "status", "--nodename", self.nodenames[node], "-o", "json")
+        return {s["peer_address"]: s["bgp_state"] for s in (status or {}).get("sessions", [])}
+
+    def frr_sessions(self, node: str) -> dict[str, str]:
+        """peer address -> state, from FRR's `show bgp summary json`."""
+        summary = self.exec_json(node, "vtysh", "-c", "show bgp summary json") or {}
+        return {p: i.get("state", "?") for p, i in summary.get("ipv4Unicast", {}).get("peers", {}).items()}
+
+    def wait_sessions(self, timeout: float = SESSION_TIMEOUT) -> dict[str, dict[str, str]]:
+        """Until every node has a session with every other node and each router, all Established."""
+        want_node = len(self.tabby_nodes) - 1 + len(self.frr_nodes)
+        deadline = time.monotonic() + timeout
+        views: dict[str, dict[str, str]] = {}
+        with console.status("waiting for the BGP sessions (mesh + ToR) to be Established ..."):
+            while True:
+                views = {n: self.node_sessions(n) for n in self.tabby_nodes}
+                views |= {r: self.frr_sessions(r) for r in self.frr_nodes}
+                if all_established(views, want_node, len(self.tabby_nodes), self.frr_nodes):
+                    return views
+                if time.monotonic() > deadline:
+                    raise DemoError(f"BGP sessions not all Established after {timeout:.0f}s: {views}")
+                time.sleep(1)
+
+    # ---- the walkthrough -----------------------------------------------------------------------
+    def run(self) -> None:
+        console.rule("[bold]Tabby demo: a BGP-routed rack in network namespaces")
         console.print(
-            "\n[bold green]Done.[/] To explore by hand, start etcd and point tabbyctl at it:\n"
-            "  export ETCD_ENDPOINTS=http://127.0.0.1:2379\n"
-            "  .venv/bin/tabbyctl apply -f examples/ipam-demo.yaml\n"
-            "  .venv/bin/tabbyctl ipam show --show-blocks\n"
-            "The demo's etcd is stopped and its data removed now."
+            f"Topology {self.shown}: etcd, FRR ToR {', '.join(self.frr_nodes)} (AS 65001), Tabby nodes "
+            f"{', '.join(self.tabby_nodes)} (AS 64512, iBGP full mesh, eBGP to the ToR)."
         )
-        return 0
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        started = time.monotonic()
+        self.lab("deploy", "--reconfigure")
+        views = self.wait_sessions()
+        total = sum(len(v) for v in views.values())
+        console.print(f"[green]all {total} BGP session ends Established[/] "
+                      f"({time.monotonic() - started:.1f}s after the deploy began)")
+
+        console.rule("[bold]Pods: two per node, through the real CNI plugin")
+        pods = [json.loads(self.lab("pod add", node, f"{kind}-{i}", "--label", f"app={kind}").stdout)
+                for i, node in enumerate(self.tabby_nodes, 1) for kind in PODS_PER_NODE]
+
+        console.rule("[bold]BGP sessions as each node sees them")
+        for node in self.tabby_nodes:
+            self.lab("exec", node, "--", "tabbyctl", "node", "status")
+        console.rule("[bold]IPAM: one /26 block per node, affine to it")
+        self.lab("exec", self.tabby_nodes[0], "--", "tabbyctl", "ipam", "show", "--show-blocks")
+        console.rule("[bold]Routes: the ToR's BGP table and a node's kernel")
+        for router in self.frr_nodes:
+            self.lab("exec", router, "--", "vtysh", "-c", "show bgp ipv4 unicast")
+        self.lab("exec", self.tabby_nodes[0], "--", "ip", "route", "show", "proto", "81")
+
+        console.rule("[bold]Reachability: every pod pings every other pod")
+        proc = self.lab("check", echo=False, ok=(0, 1))
+        report = json.loads(proc.stdout)
+        console.print(matrix_table(report))
+        if report["failed"]:
+            raise DemoError(f"{len(report['failed'])} of {report['pairs']} pod pairs cannot reach each other: "
+                            f"{report['failed'][:3]}")
+        console.print(f"[bold green]all {report['pairs']} pod pairs reachable[/] ({report['pods']} pods on "
+                      f"{len(self.tabby_nodes)} nodes)")
+        self.ping_beyond_tor(pods[0])
+        console.print(f"[bold green]Done in {time.monotonic() - started:.0f}s.[/] The lab is still running.")
+        console.print(explore_text(self.shown, self.tabby_nodes, self.frr_nodes[0]))
+
+    def ping_beyond_tor(self, pod: dict[str, Any]) -> None:
+        """A pod reaches the ToR's own network: FRR learned the pod's block over eBGP and routes it back."""
+        ping = subprocess.run(["ip", "netns", "exec", pod["netns"], "ping", "-c", "2", "-W", "2",
+                               TOR_NETWORK_ADDRESS], capture_output=True, text=True, timeout=15, check=False)
+        verdict = "[green]ok[/]" if ping.returncode == 0 else "[red]no answer[/]"
+        console.print(f"pod {pod['name']} -> {TOR_NETWORK_ADDRESS} (behind the ToR, routed by FRR): {verdict}")
+
+
+def all_established(views: dict[str, dict[str, str]], want_node: int, want_router: int,
+                    routers: list[str]) -> bool:
+    """Each Tabby node has `want_node` sessions and each router `want_router`, every one Established."""
+    for name, sessions in views.items():
+        want = want_router if name in routers else want_node
+        if len(sessions) != want or any(state != "Established" for state in sessions.values()):
+            return False
+    return True
+
+
+def matrix_table(report: dict[str, Any]) -> Table:
+    """`lab check`'s matrix as a grid: rows ping, columns answer."""
+    names = list(report["matrix"])
+    table = Table(title=f"{report['ok']}/{report['pairs']} pairs ok", show_lines=False)
+    table.add_column("from \\ to", style="bold")
+    for name in names:
+        table.add_column(name, justify="center")
+    for src in names:
+        cells = []
+        for dst in names:
+            if src == dst:
+                cells.append("[dim]·[/]")
+            else:
+                cells.append("[green]✔[/]" if report["matrix"][src].get(dst) else "[bold red]✘[/]")
+        table.add_row(src, *cells)
+    return table
+
+
+def explore_text(topology: str, nodes: list[str], router: str) -> str:
+    """What to try next, and how to take it all down."""
+    first, second = nodes[0], nodes[1 % len(nodes)]
+    t = f"-t {topology}"
+    return (
+        "\nExplore (as root; `tabbyctl` is .venv/bin/tabbyctl):\n"
+        f"  tabbyctl lab inspect {t}\n"
+        f"  tabbyctl lab exec {t} {first} -- tabbyctl node status\n"
+        f"  tabbyctl lab exec {t} {first} -- ip route show proto 81\n"
+        f"  tabbyctl lab exec {t} {router} -- vtysh -c 'show bgp summary'\n"
+        f"  tabbyctl lab exec {t} {first} -- tabbyctl get bgppeers -o wide\n"
+        f"  tabbyctl lab pod add {t} {second} extra-1\n"
+        f"  tabbyctl lab check {t}\n"
+        f"  tabbyctl lab graph {t} -o three-node-tor.svg\n"
+        "Destroy:\n"
+        f"  tabbyctl lab destroy {t} --cleanup\n"
+        "More in docs/demo.md."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m controller.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("-t", "--topology", type=Path, default=DEFAULT_TOPOLOGY,
+                        help="the lab to deploy (default: examples/three-node-tor.clab.yml)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the demo builds network namespaces: run it as root (sudo make demo)", file=sys.stderr)
+        return 1
+    from controller.lab.errors import LabError
+
+    try:
+        Demo(args.topology).run()
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"(the lab is left as it is; remove it with: tabbyctl lab destroy -t {shown_path(args.topology)} "
+              "--cleanup)", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
+        print(f"error: {shlex.join(str(a) for a in exc.cmd)} did not finish in {exc.timeout:.0f}s", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
