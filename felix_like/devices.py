@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from felix_like.netns import iproute as _netns_iproute
 
 log = structlog.get_logger("tabby.felix_like.devices")
 
@@ -63,14 +64,12 @@ class TunnelResult:
         return bool(self.changes)
 
 
-@contextmanager
-def iproute(netns: str | None) -> Iterator[IPRoute]:
-    """A pyroute2 handle whose socket lives in ``netns`` (None: the caller's namespace); always closed."""
-    ipr = IPRoute(netns=netns) if netns else IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+def iproute(netns: str | None) -> AbstractContextManager[IPRoute]:
+    """A pyroute2 handle whose socket lives in ``netns`` (None: the caller's namespace); always closed.
+
+    Fork-free (see felix_like.netns): ``IPRoute(netns=...)`` forks, which crashes under gRPC threads.
+    """
+    return _netns_iproute(netns)
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:

@@ -29,19 +29,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netns import setns
 
+from felix_like.netns import NetnsGone, netns_path
+
 log = structlog.get_logger("tabby.felix_like.workload")
 
 T = TypeVar("T")
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 HOST_PREFIX = "tab"
-NETNS_DIR = "/run/netns"
-
-
-class NetnsGone(OSError):
-    """The namespace file does not exist (any more)."""
-
-
 class WorkloadError(Exception):
     """The kernel refused a step; the message says which one."""
 
@@ -55,10 +50,6 @@ def host_veth_name(*, namespace: str | None = None, pod: str | None = None, cont
     else:
         raise ValueError("host_veth_name needs a pod name or a container ID")
     return HOST_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:11]
-
-
-def netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.0) -> T:

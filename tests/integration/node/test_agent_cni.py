@@ -171,10 +171,13 @@ def test_two_nodes_vxlan(node_lab: NodeLab, etcd_env: dict[str, str]) -> None:
     node_lab.start_agent(b)
     pa = node_lab.add_pod(a, "va")
     pb = node_lab.add_pod(b, "vb")
+    # Both directions must be programmed before a ping can get a reply: wait for each node to
+    # route the other's block through vxlan.tabby (the agents converge independently).
     deadline = time.monotonic() + 10
-    while "vxlan.tabby" not in routes(node_lab, a) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not all("vxlan.tabby" in routes(node_lab, n) for n in (a, b)):
         time.sleep(0.2)
-    assert "dev vxlan.tabby onlink" in routes(node_lab, a), routes(node_lab, a)
+    for n in (a, b):
+        assert "dev vxlan.tabby onlink" in routes(node_lab, n), routes(node_lab, n)
     mtu = in_ns(pa.netns, "cat", "/sys/class/net/eth0/mtu", check=False).stdout.strip()
     link = in_ns(pa.netns, "ip", "-o", "link", "show", "eth0").stdout
     assert "mtu 1450" in link, (mtu, link)
