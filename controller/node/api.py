@@ -77,6 +77,7 @@ class ApiServer:
         os.chmod(self.path, 0o600)
         if self.alias is not None:
             self.alias.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            prune_dangling_aliases(self.alias.parent)
             tmp = self.alias.with_name(self.alias.name + ".tmp")
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -122,3 +123,18 @@ class ApiServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def prune_dangling_aliases(directory: Path) -> list[Path]:
+    """Remove by-netns links whose agent socket is gone (an agent killed with SIGKILL leaves them).
+
+    A dangling link would send the CNI plugin to a dead socket; nobody else can know its name,
+    since it is the inode of a namespace that may no longer exist.
+    """
+    removed = []
+    for link in directory.glob("*.sock"):
+        if link.is_symlink() and not link.exists():
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+                removed.append(link)
+    return removed
