@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict
-from datastore.keys import resource_key, resource_prefix
+from datastore.keys import guard_key, resource_key, resource_prefix
 
 if TYPE_CHECKING:
     from datamodel.resources import Resource
@@ -59,7 +59,6 @@ AllocationCounter = Callable[[str], Awaitable[int]]
 #: etcd's default --max-txn-ops is 128; one slot is kept for the guard key.
 MAX_TXN_OPS = 128
 MAX_TXN_RESOURCES = MAX_TXN_OPS - 1
-GUARDS = "resources/guards/"
 #: Kinds whose writes are checked against the rest of the collection (see module docstring).
 GUARDED_KINDS = frozenset({"IPPool"})
 DEFAULT_NAMESPACE = "default"
@@ -323,7 +322,7 @@ class ResourceStore:
         return list(await asyncio.gather(*(self.ds.get(k) for k in keys)))
 
     async def _guards(self, refs: Sequence[Ref]) -> dict[str, int]:
-        keys = sorted({GUARDS + r.cls.PLURAL for r in refs if r.cls.KIND in GUARDED_KINDS})
+        keys = sorted({guard_key(r.cls.PLURAL) for r in refs if r.cls.KIND in GUARDED_KINDS})
         kvs = await self._current(keys)
         return {k: (kv.mod_revision if kv else 0) for k, kv in zip(keys, kvs, strict=True)}
 

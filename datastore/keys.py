@@ -7,6 +7,8 @@ All keys are relative to the configured prefix (default ``/tabby/``)::
     ipam/v2/block/<cidr>                         one allocation block, "/" written as "-"
     ipam/v2/affinity/<node>/<cidr>               a node's claim on a block (pending|confirmed)
     ipam/v2/handle/<handle id>                   which IPs a handle (pod, tunnel) holds
+    resources/guards/<plural>                    bumped by every write of a collection whose members
+                                                 are checked against each other (IPPool overlaps)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 
 RESOURCES = "resources/v3/"
+GUARDS = "resources/guards/"
 IPAM = "ipam/v2/"
 BLOCKS = IPAM + "block/"
 AFFINITIES = IPAM + "affinity/"
@@ -59,3 +62,9 @@ def parse_affinity_key(key: str) -> tuple[str, str]:
 
 def handle_key(handle_id: str) -> str:
     return HANDLES + handle_id
+
+
+def guard_key(plural: str) -> str:
+    """The key every write of ``plural`` compares and bumps, so two racing writers cannot both pass a
+    collection-wide check (two overlapping IPPools created at once)."""
+    return GUARDS + plural

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datastore import KV, WatchEvent, WatchResync
-from datastore.keys import BLOCKS, HANDLES, key_to_cidr, resource_prefix
+from datastore.keys import BLOCKS, GUARDS, HANDLES, key_to_cidr, resource_prefix
 from felix_like.routes import (
     BlockInfo,
     BorrowedIP,
@@ -71,7 +71,7 @@ class Snapshot:
     # -- feeding ------------------------------------------------------------------------------
     def _interesting(self, key: str) -> bool:
         # Handles are many and the dataplane never needs them; everything else is small.
-        return not key.startswith(HANDLES) and not key.startswith("resources/guards/")
+        return not key.startswith(HANDLES) and not key.startswith(GUARDS)
 
     def _decode(self, kv: KV) -> Any:
         try:
