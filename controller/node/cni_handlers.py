@@ -31,6 +31,7 @@ from felix_like.workload import (
     NetnsGone,
     WorkloadSpec,
     check_workload,
+    enable_forwarding,
     host_veth_name,
     setup_workload,
     teardown_workload,
@@ -308,6 +309,12 @@ class CNIHandlers:
                 host_ifname=ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname, mtu=mtu,
                 ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6],
             )
+            if v6:
+                # The node must forward IPv6 for this pod (IPv4 forwarding is on since start): per-veth
+                # ``forwarding`` is not enough, the kernel forwards IPv6 only with conf/all/forwarding=1.
+                # Switched on here, when the first IPv6 workload needs it, not at start: on an IPv4-only
+                # node it would change how the host treats router advertisements for nothing.
+                await asyncio.to_thread(enable_forwarding, agent.config.netns, True)
             try:
                 made = await asyncio.to_thread(setup_workload, agent.config.netns, spec)
             except NetnsGone as exc:
