@@ -1,0 +1,450 @@
+"""Benchmark: BGP convergence at scale (Tabby node vs BIRD, same FRR, same run) and mesh block latency.
+
+1. Convergence: a lab (namespaces, `tabbyctl lab`) with FRR (AS 65001) peering eBGP with one Tabby node
+   (AS 64512) and one BIRD 2 node (AS 64513, `protocol kernel { ipv4 { export all; }; }`) on one L2
+   segment. FRR's kernel holds 10,000 blackhole /26s (2,000 with --quick) before the sessions come up;
+   at t0 `redistribute kernel` releases them to both peers at once. We poll both kernels
+   (`ip route show proto 81|bird root 10.160.0.0/11`, every 50 ms, bounded) until every prefix is
+   in. ours = Tabby's seconds, baseline = BIRD's, ratio = ours / baseline, target <= 3.
+2. Mesh latency: a second lab, three Tabby nodes in the default full mesh. 50 times: a new /26 is
+   claimed for node A (IPAM `auto_assign` of 64 addresses, run inside the lab's etcd namespace, so
+   exactly one new block each time) and we time from the claim's commit until the block's route is
+   in B's and C's kernels (`ip monitor route` in each). p50/p99 reported; target p99 <= 300 ms.
+
+Usage (root): `.venv/bin/python tests/bench/bgp.py [--quick]`. Progress on stderr; the last stdout
+line is the JSON result. Both labs are destroyed at the end, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from controller.lab import Lab, deploy, destroy  # noqa: E402
+
+TARGET_RATIO = 3.0
+TARGET_P99_MS = 300.0
+BENCH_NET = "10.160.0.0/11"
+CONVERGE_TIMEOUT = 300.0
+CLAIMS = 50
+POLL_S = 0.05
+
+
+def progress(msg: str) -> None:
+    print(f"[bench bgp] {msg}", file=sys.stderr, flush=True)
+
+
+def prefix(i: int) -> str:
+    """The i-th /26 in 10.160.0.0/11 (room for 32,768)."""
+    a = (10 << 24) | (160 << 16) | (i << 6)
+    return f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/26"
+
+
+def wait_until(what: str, pred: Any, timeout: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise RuntimeError(f"{what}: not after {timeout:.0f}s")
+
+
+# ----------------------------------------------------------------------------- lab files
+
+
+CONVERGE_LAB = """
+name: {name}
+topology:
+  defaults:
+    kind: linux
+    env:
+      ETCD_ENDPOINTS: http://172.20.20.2:2379
+      TABBY_RUN_ROOT: {run_root}
+      CALICO_NETWORKING_BACKEND: bird
+  nodes:
+    etcd:
+      image: quay.io/coreos/etcd:v3.4.23
+      mgmt-ipv4: 172.20.20.2
+    frr:
+      image: quay.io/frrouting/frr:8.4.1
+      startup-config: frr.conf
+      exec:
+        - ip link add br0 type bridge
+        - ip link set eth1 master br0
+        - ip link set eth2 master br0
+        - ip link set br0 up
+        - ip addr add 10.30.0.1/24 dev br0
+    tabby:
+      image: tabby/node:latest
+      env:
+        IP: 10.30.0.2/24
+        TABBY_LOG_LEVEL: warning
+      exec:
+        - ip addr add 10.30.0.2/24 dev eth1
+        - tabbyctl apply -f tabby.yaml
+    bird:
+      image: pierky/bird:2.0.12
+      startup-config: bird.conf
+      exec:
+        - ip addr add 10.30.0.3/24 dev eth1
+  links:
+    - endpoints: ["tabby:eth1", "frr:eth1"]
+    - endpoints: ["bird:eth1", "frr:eth2"]
+"""
+
+CONVERGE_FRR = """
+frr defaults traditional
+hostname frr
+service integrated-vtysh-config
+router bgp 65001
+ bgp router-id 10.30.0.1
+ no bgp ebgp-requires-policy
+ neighbor 10.30.0.2 remote-as 64512
+ neighbor 10.30.0.2 timers connect 2
+ neighbor 10.30.0.3 remote-as 64513
+ neighbor 10.30.0.3 timers connect 2
+ address-family ipv4 unicast
+ exit-address-family
+exit
+"""
+
+CONVERGE_BIRD = """
+log stderr { warning, error, fatal };
+router id 10.30.0.3;
+protocol device { scan time 2; }
+protocol kernel { ipv4 { import none; export all; }; }
+protocol bgp frr {
+  local as 64513;
+  neighbor 10.30.0.1 as 65001;
+  connect retry time 2;
+  ipv4 { import all; export none; };
+}
+"""
+
+TABBY_RESOURCES = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: bench-pool}
+spec: {cidr: 10.244.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never, nodeSelector: all()}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: 64512, nodeToNodeMeshEnabled: true}
+"""
+
+TABBY_FRR_PEER = """
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: frr}
+spec: {peerIP: 10.30.0.1, asNumber: 65001}
+"""
+
+MESH_LAB = """
+name: {name}
+topology:
+  defaults:
+    kind: linux
+    image: tabby/node:latest
+    env:
+      ETCD_ENDPOINTS: http://172.20.20.2:2379
+      TABBY_RUN_ROOT: {run_root}
+      CALICO_NETWORKING_BACKEND: bird
+      TABBY_LOG_LEVEL: warning
+  nodes:
+    etcd:
+      image: quay.io/coreos/etcd:v3.4.23
+      mgmt-ipv4: 172.20.20.2
+    switch:
+      image: alpine:3.20
+      exec:
+        - ip link add br0 type bridge
+        - ip link set eth1 master br0
+        - ip link set eth2 master br0
+        - ip link set eth3 master br0
+        - ip link set br0 up
+    a:
+      env: {{IP: 10.31.0.1/24}}
+      exec:
+        - ip addr add 10.31.0.1/24 dev eth1
+        - tabbyctl apply -f tabby.yaml
+    b:
+      env: {{IP: 10.31.0.2/24}}
+      exec:
+        - ip addr add 10.31.0.2/24 dev eth1
+    c:
+      env: {{IP: 10.31.0.3/24}}
+      exec:
+        - ip addr add 10.31.0.3/24 dev eth1
+  links:
+    - endpoints: ["a:eth1", "switch:eth1"]
+    - endpoints: ["b:eth1", "switch:eth2"]
+    - endpoints: ["c:eth1", "switch:eth3"]
+"""
+
+# Runs inside the lab's etcd namespace (etcd answers on 127.0.0.1 there): one new block for node A per
+# "go" line on stdin, one JSON line {"cidr", "t"} (wall clock right after the claim committed) per claim.
+CLAIMER = r"""
+import asyncio, json, ipaddress, sys, time
+from controller.logs import configure
+from datastore import Datastore, EtcdConfig
+from ipam import IPAMClient
+configure(level="warning")
+
+async def main(node):
+    async with Datastore(EtcdConfig(endpoints=("http://127.0.0.1:2379",))) as ds:
+        ipam = IPAMClient(ds)
+        i = 0
+        for line in sys.stdin:
+            if line.strip() != "go":
+                break
+            res = await ipam.auto_assign(node=node, handle_id=f"bench.claim-{i}", num_v4=64)
+            t = time.time()
+            cidr = str(ipaddress.ip_network(res.v4[0] + "/26", strict=False))
+            print(json.dumps({"cidr": cidr, "t": t, "n": len(res.v4)}), flush=True)
+            i += 1
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def ns_count(netns: str, proto: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-4", "route", "show", "proto", proto, "root", BENCH_NET],
+                         capture_output=True, text=True, timeout=30, check=False).stdout
+    return out.count("\n")
+
+
+def zebra_kernel_routes(netns: str) -> int:
+    """How many kernel routes FRR's zebra knows (they must all be in before t0)."""
+    out = subprocess.run(["vtysh", "-N", netns, "-c", "show ip route summary json"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
+    try:
+        return sum(r.get("rib", 0) for r in json.loads(out).get("routes", []) if r.get("type") == "kernel")
+    except (ValueError, AttributeError):
+        return 0
+
+
+def tabby_sessions(lab: Lab, node: str) -> dict[str, str]:
+    proc = lab.exec(node, ["tabbyctl", "node", "status", "-o", "json"], timeout=30)
+    try:
+        status = json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except ValueError:
+        status = {}
+    return {s["peer_address"]: s["bgp_state"] for s in status.get("sessions", [])}
+
+
+def frr_established(lab: Lab, node: str, peers: set[str]) -> bool:
+    proc = lab.exec(node, ["vtysh", "-c", "show bgp summary json"], timeout=30)
+    try:
+        data = json.loads(proc.stdout or "{}")
+    except ValueError:
+        return False
+    got = {p for p, i in data.get("ipv4Unicast", {}).get("peers", {}).items() if i.get("state") == "Established"}
+    return got == peers
+
+
+class RouteWatch:
+    """`ip monitor route` in a namespace: the wall-clock time each prefix was first added."""
+
+    def __init__(self, netns: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(["ip", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE, text=True,
+                                     bufsize=1)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            t = time.time()
+            if line.startswith("Deleted"):
+                continue
+            dst = line.split(" ", 1)[0]
+            with self.cond:
+                self.seen.setdefault(dst, t)
+                self.cond.notify_all()
+
+    def wait(self, dst: str, timeout: float) -> float | None:
+        with self.cond:
+            self.cond.wait_for(lambda: dst in self.seen, timeout)
+            return self.seen.get(dst)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# ----------------------------------------------------------------------------- the two runs
+
+
+def run_convergence(workdir: Path, n_prefixes: int, tag: str) -> dict[str, Any]:
+    d = workdir / "converge"
+    d.mkdir()
+    (d / "frr.conf").write_text(CONVERGE_FRR)
+    (d / "bird.conf").write_text(CONVERGE_BIRD)
+    (d / "tabby.yaml").write_text(TABBY_RESOURCES + TABBY_FRR_PEER)
+    topo = d / "bench.clab.yml"
+    topo.write_text(CONVERGE_LAB.format(name=f"bgpbench-c-{tag}", run_root=workdir / "run-c"))
+    progress(f"convergence lab: deploy ({n_prefixes} prefixes)")
+    try:
+        lab = deploy(topo)
+        ns = {n: lab.node_netns(n) for n in ("frr", "tabby", "bird")}
+        wait_until("FRR sessions Established", lambda: frr_established(lab, "frr", {"10.30.0.2", "10.30.0.3"}), 90, 1)
+        wait_until("Tabby session Established", lambda: tabby_sessions(lab, "tabby").get("10.30.0.1") == "Established",
+                   90, 1)
+        batch = d / "routes.batch"
+        batch.write_text("".join(f"route add blackhole {prefix(i)}\n" for i in range(n_prefixes)))
+        subprocess.run(["ip", "-n", ns["frr"], "-batch", str(batch)], check=True, timeout=120)
+        wait_until("zebra has read the kernel routes", lambda: zebra_kernel_routes(ns["frr"]) >= n_prefixes, 60, 0.2)
+        progress("t0: FRR redistributes its kernel routes to both peers")
+        t0 = time.monotonic()
+        subprocess.run(["vtysh", "-N", ns["frr"], "-c", "configure terminal", "-c", "router bgp 65001",
+                        "-c", "address-family ipv4 unicast", "-c", "redistribute kernel"], check=True, timeout=60)
+        done: dict[str, float] = {}
+        last_report = t0
+        while len(done) < 2:
+            now = time.monotonic()
+            if now - t0 > CONVERGE_TIMEOUT:
+                counts = {k: ns_count(ns[k], p) for k, p in (("tabby", "81"), ("bird", "bird"))}
+                raise RuntimeError(f"not converged after {CONVERGE_TIMEOUT:.0f}s: {counts}")
+            for who, proto in (("tabby", "81"), ("bird", "bird")):
+                if who not in done and ns_count(ns[who], proto) >= n_prefixes:
+                    done[who] = time.monotonic() - t0
+                    progress(f"{who}: all {n_prefixes} in the kernel after {done[who]:.2f}s")
+            if now - last_report > 5:
+                last_report = now
+                progress(f"t+{now - t0:.0f}s: tabby {ns_count(ns['tabby'], '81')}, bird {ns_count(ns['bird'], 'bird')}")
+            time.sleep(POLL_S)
+        status = json.loads(lab.exec("tabby", ["tabbyctl", "node", "status", "-o", "json"], timeout=60).stdout)
+        return {"tabby_s": done["tabby"], "bird_s": done["bird"],
+                "tabby_rib_prefixes": status["counters"]["rib_prefixes"]}
+    finally:
+        progress("convergence lab: destroy")
+        destroy(topo, cleanup=True)
+
+
+def run_mesh(workdir: Path, claims: int, tag: str) -> list[float]:
+    d = workdir / "mesh"
+    d.mkdir()
+    (d / "tabby.yaml").write_text(TABBY_RESOURCES)
+    topo = d / "bench.clab.yml"
+    topo.write_text(MESH_LAB.format(name=f"bgpbench-m-{tag}", run_root=workdir / "run-m"))
+    progress("mesh lab: deploy (three Tabby nodes)")
+    watches: list[RouteWatch] = []
+    claimer: subprocess.Popen[str] | None = None
+    try:
+        lab = deploy(topo)
+        for node in ("a", "b", "c"):
+            wait_until(f"{node}: mesh Established", lambda n=node: list(tabby_sessions(lab, n).values()) == [
+                "Established", "Established"], 90, 1)
+        watches = [RouteWatch(lab.node_netns(n)) for n in ("b", "c")]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        claimer = subprocess.Popen(["ip", "netns", "exec", lab.node_netns("etcd"), sys.executable, "-c", CLAIMER, "a"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
+        assert claimer.stdin is not None and claimer.stdout is not None
+        latencies: list[float] = []
+        for i in range(claims):
+            claimer.stdin.write("go\n")
+            claimer.stdin.flush()
+            line = claimer.stdout.readline()
+            while line and not line.startswith('{"cidr"'):  # anything else the claimer printed
+                line = claimer.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the claimer stopped (exit {claimer.poll()})")
+            claim = json.loads(line)
+            arrivals = [w.wait(claim["cidr"], 10.0) for w in watches]
+            if any(a is None for a in arrivals):
+                raise RuntimeError(f"claim {i}: {claim['cidr']} not in B's and C's kernels after 10 s")
+            latencies.append((max(a for a in arrivals if a is not None) - claim["t"]) * 1000)
+            time.sleep(0.05)
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        progress(f"mesh: {claims} claims, p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        return latencies
+    finally:
+        if claimer is not None:
+            if claimer.stdin:
+                claimer.stdin.close()
+            try:
+                claimer.wait(10)
+            except subprocess.TimeoutExpired:
+                claimer.kill()
+        for w in watches:
+            w.close()
+        progress("mesh lab: destroy")
+        destroy(topo, cleanup=True)
+
+
+def main() -> int:
+    from controller.logs import configure
+
+    configure(level="warning")  # the lab's progress logs would drown ours
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 prefixes instead of 10,000")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("error: needs root (network namespaces, daemons)", file=sys.stderr)
+        return 1
+    n_prefixes = 2_000 if args.quick else 10_000
+    tag = uuid.uuid4().hex[:5]
+    workdir = Path(tempfile.mkdtemp(prefix="tabby-bench-bgp-"))
+    started = time.monotonic()
+    try:
+        conv = run_convergence(workdir, n_prefixes, tag)
+        latencies = run_mesh(workdir, CLAIMS, tag)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratio = conv["tabby_s"] / conv["bird_s"]
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    out = {
+        "bench": "bgp",
+        "ours": round(conv["tabby_s"], 3),
+        "baseline": round(conv["bird_s"], 3),
+        "unit": "s",
+        "ratio": round(ratio, 2),
+        "target": TARGET_RATIO,
+        "pass": ratio <= TARGET_RATIO and p99 <= TARGET_P99_MS,
+        "prefixes": n_prefixes,
+        "tabby_rib_prefixes": conv["tabby_rib_prefixes"],
+        "new_block_p50_ms": round(p50, 1),
+        "new_block_p99_ms": round(p99, 1),
+        "new_block_mean_ms": round(statistics.fmean(latencies), 1),
+        "new_block_target_ms": TARGET_P99_MS,
+        "claims": len(latencies),
+        "quick": args.quick,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
