@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from controller.resource_store import GUARDS, NotFound, Ref, ResourceStore, StoreError, UpdateConflict
+from controller.resource_store import NotFound, Ref, ResourceStore, StoreError, UpdateConflict
 from datamodel.resources import IPPool, parse_documents
 from datastore import Datastore, EtcdConfig
+from datastore.keys import GUARDS
 
 
 def pool(name: str, cidr: str, **spec: Any) -> IPPool:
