@@ -131,6 +131,10 @@ class Speaker:
         self._exited = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
+        #: ExaBGP installs its SIGUSR1 handler only once running: a freshly started one dies of a
+        #: reload signal. Until its API relay says hello, a reload is remembered and sent then.
+        self._relay_ready = False
+        self._reload_pending = False
 
     # ---- public API ---------------------------------------------------------------------------
     @property
@@ -180,9 +184,13 @@ class Speaker:
             added = sorted(set(config.peers) - set(previous.peers))
             removed = sorted(set(previous.peers) - set(config.peers))
             changed = sorted(a for a in config.peers if a in previous.peers and config.peers[a] != previous.peers[a])
-            self._signal(signal.SIGUSR1)
             self.reloads += 1
-            log.info("ExaBGP reloaded", added=added, removed=removed, changed=changed)
+            if self._relay_ready:
+                self._signal(signal.SIGUSR1)
+                log.info("ExaBGP reloaded", added=added, removed=removed, changed=changed)
+            else:
+                self._reload_pending = True
+                log.info("ExaBGP reload deferred until its API relay is up", added=added, removed=removed)
             return "reloaded"
 
     async def announce(self, ann: Announcement, peer: str | None = None) -> None:
@@ -291,6 +299,11 @@ class Speaker:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, Hello):
+            self._relay_ready = True
+            if self._reload_pending:
+                self._reload_pending = False
+                self._signal(signal.SIGUSR1)
+                log.info("ExaBGP reloaded (deferred)")
             await self._resync(event)
         elif isinstance(event, PeerState):
             self._on_state(event)
@@ -375,7 +388,12 @@ class Speaker:
             return False
         if str(self.conf_path).encode() not in cmdline or not any(b"exabgp" in part for part in cmdline):
             return False
+        if not same_netns(pid, self.netns):
+            # Same run dir, another namespace (two labs with the same node names): not ours.
+            log.warning("not adopting an ExaBGP of another network namespace", pid=pid, netns=self.netns)
+            return False
         self._adopted_pid = pid
+        self._relay_ready = True  # it has been running: its signal handlers are in place
         return True
 
     def _argv(self) -> list[str]:
@@ -402,6 +420,7 @@ class Speaker:
         finally:
             logf.close()
         self._adopted_pid = None
+        self._relay_ready = False
         self._exited.clear()
         self.pid_path.write_text(f"{self._proc.pid}\n")
         log.info("ExaBGP started", pid=self._proc.pid, netns=self.netns, config=str(self.conf_path))
@@ -492,3 +511,14 @@ class Speaker:
 
     def _bridge_task_missing(self) -> bool:
         return self._pump is None or self._pump.done()
+
+
+def same_netns(pid: int, netns: str | None) -> bool:
+    """Whether process ``pid`` lives in network namespace ``netns`` (a /run/netns name or path; None: ours)."""
+    ours = (netns if "/" in netns else f"/run/netns/{netns}") if netns else "/proc/self/ns/net"
+    try:
+        theirs_st = os.stat(f"/proc/{pid}/ns/net")
+        ours_st = os.stat(ours)
+    except OSError:
+        return False
+    return (theirs_st.st_dev, theirs_st.st_ino) == (ours_st.st_dev, ours_st.st_ino)
