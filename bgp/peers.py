@@ -5,7 +5,7 @@ dicts: they are already checked and normalised (peerIP split rules, durations, A
 this module never re-validates, and the node agent already holds them from its watch. Output is plain
 `bgp.types.PeerSpec` values for the ExaBGP config renderer and `SpeakerSpec` for the local identity.
 
-Rules (Calico's, see /work/shared/field-notes.md and docs/bgp-rib.md):
+Rules (Calico's; see docs/bgp-rib.md):
 - node-to-node mesh when BGPConfiguration `default` has nodeToNodeMeshEnabled (default true): every
   other node with spec.bgp.ipv4Address; nodes with routeReflectorClusterID are not in the mesh, on
   either end. One active connector per pair: the node with the lower address is passive.
