@@ -69,6 +69,7 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
 IFLA_IFNAME = 3
 
@@ -94,6 +95,7 @@ RECV_TIMEOUT_S = 10.0
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")
+_RTNEXTHOP = struct.Struct("=HBBi")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 
@@ -106,6 +108,40 @@ class RouteType(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class NextHop:
+    """One member of a multipath (ECMP) route: ``gateway`` via ``oif``, ``onlink`` per hop.
+
+    ``weight`` is the kernel's share of flows (``rtnh_hops + 1``; 1 = equal split). A route's hops
+    are kept sorted by :meth:`order_key`: the kernel returns them in the order they were written,
+    and comparing sorted tuples makes a resync insensitive to that order.
+    """
+
+    gateway: str | None
+    oif: str | None = None
+    onlink: bool = False
+    weight: int = 1
+
+    def order_key(self) -> tuple[bytes, str, bool, int]:
+        """Total order over hops for the canonical hop tuple: numeric gateway order (what an operator
+        expects to read in ``ip route``), then device; ``None`` fields sort first."""
+        gateway = self.gateway
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in gateway else socket.AF_INET, gateway) if gateway else b""
+        return (packed, self.oif or "", self.onlink, self.weight)
+
+    def describe(self) -> str:
+        """``ip route`` style ``nexthop ...`` text."""
+        text = "nexthop"
+        if self.gateway:
+            text += f" via {self.gateway}"
+        if self.oif:
+            text += f" dev {self.oif}"
+        text += f" weight {self.weight}"
+        if self.onlink:
+            text += " onlink"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One kernel route in the main table (or the programmer's table).
 
@@ -114,6 +150,11 @@ class Route:
     name or None (blackholes have neither). ``onlink`` tells the kernel to trust that the
     gateway is on the link (tunnels). ``metric`` is the kernel priority; IPv6 uses 1024 as its
     default. Scope is derived: a unicast route without gateway is scope link.
+
+    ``nexthops`` (ECMP) is used only with two or more hops, and then ``gateway``/``oif``/``onlink``
+    stay unset: a one-hop route is always the plain single-gateway form, which keeps the common
+    case on the fast precompiled encoder and gives every route exactly one representation. Build
+    multipath routes with :meth:`multipath` (sorted hops, so equality ignores hop order).
     """
 
     dst: str
@@ -122,6 +163,29 @@ class Route:
     oif: str | None = None
     onlink: bool = False
     metric: int = 0
+    nexthops: tuple[NextHop, ...] = ()
+
+    @classmethod
+    def multipath(cls, dst: str, hops: Sequence[NextHop], metric: int = 0) -> Route:
+        """The canonical route for ``hops``: deduplicated and sorted; a single hop gives the plain form.
+
+        Why canonical: the kernel echoes hops in write order and the programmer compares routes
+        with ``==``, so two spellings of the same ECMP set must be the same value.
+        """
+        unique = tuple(sorted(set(hops), key=NextHop.order_key))
+        if not unique:
+            raise ValueError(f"multipath route {dst} without next hops")
+        if len(unique) == 1:
+            hop = unique[0]
+            return cls(dst, RouteType.UNICAST, hop.gateway, hop.oif, hop.onlink, metric)
+        return cls(dst, RouteType.UNICAST, None, None, False, metric, unique)
+
+    def canonical(self) -> Route:
+        """This route with its hops in canonical order (itself when already canonical or single-path)."""
+        if not self.nexthops:
+            return self
+        same = Route.multipath(self.dst, self.nexthops, self.metric)
+        return self if same == self else same
 
     @property
     def ipv6(self) -> bool:
@@ -134,12 +198,15 @@ class Route:
 
     def sort_key(self) -> tuple[int, str, int, str, str, str]:
         """Deterministic order (IPv4 first) for stable output, logs and tests."""
-        return (6 if self.ipv6 else 4, self.dst, self.metric, self.type, self.gateway or "", self.oif or "")
+        gateway = self.gateway or ",".join(h.gateway or "" for h in self.nexthops)
+        return (6 if self.ipv6 else 4, self.dst, self.metric, self.type, gateway, self.oif or "")
 
     def describe(self) -> str:
         """``ip route`` style text for logs and error reports."""
         if self.type == RouteType.BLACKHOLE:
             return f"blackhole {self.dst} metric {self.metric}"
+        if self.nexthops:
+            return f"{self.dst} metric {self.metric} " + " ".join(h.describe() for h in self.nexthops)
         text = self.dst
         if self.gateway:
             text += f" via {self.gateway}"
@@ -280,8 +347,9 @@ def parse_error(data: bytes, offset: int, flags: int) -> tuple[int, str]:
 def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Route, int, int] | None:
     """Decode one RTM_NEWROUTE/DELROUTE message into (Route, protocol, table); None if not ours to model.
 
-    Multipath, source-routed and tos routes are returned as None: Tabby never creates them, so
-    they cannot be its own.
+    Source-routed and tos routes are returned as None: Tabby never creates them, so they cannot
+    be its own. Multipath routes (RTA_MULTIPATH, one message for the whole set on both families
+    since Linux 4.11) decode to :meth:`Route.multipath`, sorted, so a no-op resync compares equal.
     """
     length = _NLMSGHDR.unpack_from(data, offset)[0]
     family, dst_len, src_len, tos, table, protocol, _scope, rtype, rflags = _RTMSG.unpack_from(data, offset + 16)
@@ -298,6 +366,7 @@ def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Rou
     dst = gateway = None
     oif = 0
     metric = 0
+    hops: list[NextHop] | None = None
     addr_len = 4 if family == socket.AF_INET else 16
     while pos + 4 <= end:
         alen, atype = _RTATTR.unpack_from(data, pos)
@@ -313,8 +382,10 @@ def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Rou
             metric = _U32.unpack_from(data, pos + 4)[0]
         elif atype == RTA_TABLE:
             table = _U32.unpack_from(data, pos + 4)[0]
-        elif atype == 9:  # RTA_MULTIPATH
-            return None
+        elif atype == RTA_MULTIPATH:
+            hops = _decode_multipath(data, pos + 4, pos + alen, family, addr_len, ifnames)
+            if hops is None:
+                return None
         pos += (alen + 3) & ~3
     if dst is None:
         dst = b"\0" * addr_len
@@ -322,6 +393,8 @@ def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Rou
     if kind == RouteType.BLACKHOLE:
         # IPv6 blackholes are reported with dev lo: not part of Tabby's model.
         route = Route(dst_text, kind, None, None, False, metric)
+    elif hops:
+        route = Route.multipath(dst_text, hops, metric)
     else:
         route = Route(
             dst_text,
@@ -332,6 +405,44 @@ def decode_route(data: bytes, offset: int, ifnames: dict[int, str]) -> tuple[Rou
             metric,
         )
     return route, protocol, table
+
+
+def _decode_multipath(
+    data: bytes, pos: int, end: int, family: int, addr_len: int, ifnames: dict[int, str]
+) -> list[NextHop] | None:
+    """The hops of an RTA_MULTIPATH payload (struct rtnexthop + nested RTA_GATEWAY each).
+
+    Only ONLINK is kept from ``rtnh_flags``: the kernel adds state bits (LINKDOWN, DEAD) that
+    are not part of what was written and must not make a resync rewrite the route. Hops Tabby
+    never writes (RTA_VIA, encap) make the whole route foreign: None.
+    """
+    hops: list[NextHop] = []
+    while pos + 8 <= end:
+        rtnh_len, rtnh_flags, rtnh_hops, ifindex = _RTNEXTHOP.unpack_from(data, pos)
+        if rtnh_len < 8:
+            break
+        gateway: bytes | None = None
+        apos = pos + 8
+        aend = pos + rtnh_len
+        while apos + 4 <= aend:
+            alen, atype = _RTATTR.unpack_from(data, apos)
+            if alen < 4:
+                break
+            if atype == RTA_GATEWAY:
+                gateway = data[apos + 4 : apos + 4 + addr_len]
+            else:
+                return None
+            apos += (alen + 3) & ~3
+        hops.append(
+            NextHop(
+                socket.inet_ntop(family, gateway) if gateway else None,
+                ifnames.get(ifindex, f"if{ifindex}") if ifindex else None,
+                bool(rtnh_flags & RTNH_F_ONLINK),
+                rtnh_hops + 1,
+            )
+        )
+        pos += (rtnh_len + 3) & ~3
+    return hops
 
 
 class RouteSocket:
@@ -463,6 +574,8 @@ class RouteSocket:
         overwritten; replaces use CREATE|REPLACE and only target keys we already own. Deletes
         carry our protocol, which the kernel matches, so they cannot remove a foreign route.
         """
+        if route.nexthops and op != RouteOp.DELETE:
+            return self._encode_multipath(op, route, seq)
         v6 = route.ipv6
         family = socket.AF_INET6 if v6 else socket.AF_INET
         alen = 16 if v6 else 4
@@ -504,6 +617,43 @@ class RouteSocket:
             args += [8, RTA_OIF, oif]
         args += [8, RTA_PRIORITY, route.metric, 8, RTA_TABLE, self.table]
         return st.pack(*args)
+
+    def _encode_multipath(self, op: RouteOp, route: Route, seq: int) -> bytes:
+        """RTM_NEWROUTE with RTA_MULTIPATH: one ``struct rtnexthop`` (flags ONLINK, hops = weight - 1,
+        ifindex) plus a nested RTA_GATEWAY per hop; same flags, protocol, priority and table as the
+        single-path form.
+
+        Built attribute by attribute rather than precompiled: ECMP routes are few, and keeping them
+        off the single-path ``struct`` keeps the 10k-route fast path exactly as it was. A delete
+        needs no hops (the kernel removes the whole set by dst, priority and our protocol), so
+        deletes always go through the single-path encoder.
+        """
+        v6 = route.ipv6
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        addr, _, plen = route.dst.partition("/")
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+        flags |= NLM_F_REPLACE if op == RouteOp.REPLACE else NLM_F_EXCL
+        nested = bytearray()
+        for hop in route.nexthops:
+            if not 1 <= hop.weight <= 256:
+                raise ValueError(f"next hop weight {hop.weight} outside 1..256")
+            ifindex = 0
+            if hop.oif:
+                found = self.ifindex(hop.oif)
+                if found is None:
+                    raise OSError(errno_mod.ENODEV, f"no interface {hop.oif}")
+                ifindex = found
+            attrs = _attr(RTA_GATEWAY, socket.inet_pton(family, hop.gateway)) if hop.gateway else b""
+            nested += _RTNEXTHOP.pack(8 + len(attrs), RTNH_F_ONLINK if hop.onlink else 0, hop.weight - 1, ifindex)
+            nested += attrs
+        body = _RTMSG.pack(
+            family, int(plen), 0, 0, self.table if self.table < 256 else 0, self.protocol, RT_SCOPE_UNIVERSE,
+            RTN_UNICAST, 0,
+        )  # fmt: skip
+        body += _attr(RTA_DST, socket.inet_pton(family, addr))
+        body += _attr(RTA_MULTIPATH, bytes(nested))
+        body += _attr(RTA_PRIORITY, _U32.pack(route.metric)) + _attr(RTA_TABLE, _U32.pack(self.table))
+        return _NLMSGHDR.pack(16 + len(body), RTM_NEWROUTE, flags, seq, 0) + body
 
     def apply(self, ops: Sequence[tuple[RouteOp, Route]]) -> list[RouteFailure]:
         """Write ``ops`` in chunks, one ACK per message; return the failures (empty: all applied).

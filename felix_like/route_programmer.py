@@ -12,6 +12,9 @@ wants against what it owns and writes only the difference, in one batch:
   from the cached view (someone deleted or changed one of our routes), plus a periodic resync
   like Felix's routeRefreshInterval.
 
+Multipath (ECMP) routes are one route per key like any other: written with RTA_MULTIPATH, read
+back as one message, compared with hops in canonical order; changing the hop set is a replace.
+
 Never flushed on shutdown: routes keep forwarding while the agent restarts, and the next
 resync adopts them. Foreign routes are never touched: adds use NLM_F_EXCL (a foreign route
 with the same key is reported as a conflict, not overwritten) and deletes carry our protocol.
@@ -62,9 +65,15 @@ class ApplyResult:
 
 
 def _normalise(routes: Iterable[Route]) -> dict[Key, Route]:
-    """Index desired routes by kernel key; IPv6 metric 0 means the kernel's 1024, so store it that way."""
+    """Index desired routes by kernel key, in the form a dump decodes to, so ``==`` means "no write".
+
+    IPv6 metric 0 means the kernel's 1024, so store it that way; multipath hops are put in canonical
+    order (the dump sorts them too), so a resync never rewrites an ECMP route for hop order alone.
+    """
     out: dict[Key, Route] = {}
     for route in routes:
+        if route.nexthops:
+            route = route.canonical()
         if route.metric == 0 and route.ipv6:
             route = replace(route, metric=IPV6_DEFAULT_METRIC)
         out[(route.dst, route.metric)] = route  # == route.key, inlined: hot for 10k routes
@@ -193,13 +202,15 @@ class RouteProgrammer:
         """True when a kernel notification contradicts the cached view (someone else touched our routes).
 
         Our own writes arrive as events matching the cache and are ignored; a stale event that
-        no longer matches only causes a harmless no-op resync.
+        no longer matches only causes a harmless no-op resync. Any deletion under the key of one of
+        our multipath routes counts: the kernel may report an IPv6 sibling (one hop) on its own, which
+        never equals the cached whole set.
         """
         if event.protocol != self.protocol or event.table != self.table:
             return False
         have = self._actual.get(event.route.key)
         if event.kind == "del":
-            return have is not None and have == event.route
+            return have is not None and (have == event.route or bool(have.nexthops))
         return have != event.route
 
     async def watch_kernel(

@@ -19,7 +19,8 @@ Rules (see docs/dataplane.md for the table):
 * BGP-learned prefixes (optional) -> ``via <next hop> dev <nic>`` when the next hop is on the
   local subnet, ``via <next hop> dev tunl0 onlink`` inside an IPIP pool (Always, or CrossSubnet
   with the next hop elsewhere), as Calico's BIRD does; they never override a route calculated
-  from the datastore.
+  from the datastore. An ECMP best route (several next hops) becomes ONE multipath route, each
+  hop resolved by the same rule; unusable hops are dropped, one usable hop is a plain route.
 
 Routes that cannot be built (remote node without a known address, VXLAN peer without VTEP
 address, native route to a node outside the local subnet, which needs a BGP router) are skipped
@@ -35,7 +36,7 @@ from enum import StrEnum
 
 import structlog
 
-from felix_like.netlink import IPV6_DEFAULT_METRIC, Route, RouteType
+from felix_like.netlink import IPV6_DEFAULT_METRIC, NextHop, Route, RouteType
 
 log = structlog.get_logger("tabby.felix_like.routes")
 
@@ -113,10 +114,20 @@ class BorrowedIP:
 
 @dataclass(frozen=True)
 class LearnedRoute:
-    """A prefix learned over BGP with its next hop (best path already chosen by the RIB)."""
+    """A prefix learned over BGP with its next hop (best path already chosen by the RIB).
+
+    ``next_hops`` holds every next hop of an ECMP best route (the RIB's multipath set, ``next_hop``
+    among them) and is empty for a single path, so the common case stays a two-field value.
+    """
 
     cidr: str
     next_hop: str
+    next_hops: tuple[str, ...] = ()
+
+    @property
+    def hops(self) -> tuple[str, ...]:
+        """Every next hop to program: the ECMP set, or just ``next_hop``."""
+        return self.next_hops or (self.next_hop,)
 
 
 @dataclass(frozen=True)
@@ -240,6 +251,36 @@ class _Calculator:
             return None
         return Route(str(net), RouteType.UNICAST, str(node_addr.ip), self.nic, False, metric)
 
+    def learned_hop(self, net: IPNetwork, next_hop: str) -> NextHop | None:
+        """How one BGP next hop of ``net`` is reached (None: not usable, logged), per Calico's BIRD rules.
+
+        Applied to every member of an ECMP set independently, so a set may mix on-link hops (via the
+        NIC) with IPIP hops (via tunl0 onlink) under CrossSubnet.
+        """
+        hop = ipaddress.ip_address(next_hop)
+        local_addr = self.local_v6 if hop.version == 6 else self.local_v4
+        on_subnet = local_addr is not None and hop in local_addr.network and hop.version == net.version
+        pool = self.pool_for(net)
+        ipip = pool.ipip_mode if pool else EncapMode.NEVER
+        if (
+            hop.version == 4
+            and net.version == 4
+            and (ipip == EncapMode.ALWAYS or (ipip == EncapMode.CROSS_SUBNET and not on_subnet))
+        ):
+            # Calico's BIRD sends routes of IPIP pools through tunl0 (onlink: the next hop is a node
+            # address, not a neighbour on the tunnel).
+            return NextHop(str(hop), IPIP_DEVICE, True)
+        if not on_subnet:
+            log.info(
+                "routes.next_hop_skipped",
+                dst=str(net),
+                next_hop=str(hop),
+                node=self.local_name,
+                reason=f"BGP next hop {hop} is not on the local subnet",
+            )
+            return None
+        return NextHop(str(hop), self.nic, False)
+
     def skip(self, net: IPNetwork, reason: str) -> None:
         self.skipped.append((str(net), reason))
         log.info("routes.skipped", dst=str(net), reason=reason, node=self.local_name)
@@ -272,31 +313,18 @@ class _Calculator:
             route = self.towards(net, borrowed.node)
             if route is not None:
                 self.offer(net, _PRIO_BORROWED, borrowed.node, route)
-        for learned in sorted(inputs.learned, key=lambda r: (r.cidr, r.next_hop)):
+        for learned in sorted(inputs.learned, key=lambda r: (r.cidr, r.hops)):
             net = ipaddress.ip_network(learned.cidr, strict=False)
-            hop = ipaddress.ip_address(learned.next_hop)
-            local_addr = self.local_v6 if hop.version == 6 else self.local_v4
-            on_subnet = local_addr is not None and hop in local_addr.network and hop.version == net.version
-            pool = self.pool_for(net)
-            ipip = pool.ipip_mode if pool else EncapMode.NEVER
-            if hop.version == 4 and net.version == 4 and (
-                ipip == EncapMode.ALWAYS or (ipip == EncapMode.CROSS_SUBNET and not on_subnet)
-            ):
-                # Calico's BIRD sends routes of IPIP pools through tunl0 (onlink: the next hop is a node
-                # address, not a neighbour on the tunnel).
-                self.offer(
-                    net, _PRIO_LEARNED, str(hop), Route(str(net), RouteType.UNICAST, str(hop), IPIP_DEVICE, True, 0)
-                )
+            resolved = [self.learned_hop(net, hop) for hop in sorted(set(learned.hops))]
+            hops = [hop for hop in resolved if hop is not None]
+            if not hops:
+                self.skip(net, f"no usable BGP next hop among {', '.join(learned.hops)}")
                 continue
-            if not on_subnet:
-                self.skip(net, f"BGP next hop {hop} is not on the local subnet")
-                continue
-            self.offer(
-                net,
-                _PRIO_LEARNED,
-                str(hop),
-                Route(str(net), RouteType.UNICAST, str(hop), self.nic, False, _metric(net)),
-            )
+            # One hop: the plain single-gateway route, exactly as before ECMP. Several: one multipath
+            # route, hops in canonical (numeric) order, so the same set always gives the same Route.
+            route = Route.multipath(str(net), hops, _metric(net))
+            tiebreak = ",".join(h.gateway or "" for h in route.nexthops) or (route.gateway or "")
+            self.offer(net, _PRIO_LEARNED, tiebreak, route)
         return frozenset(route for _, _, route in self.chosen.values())
 
 

@@ -84,7 +84,6 @@ class NodeBgp:
         self.peers: dict[str, PeerSpec] = {}
         self.learned: dict[str, LearnedRoute] = {}
         self.counters: dict[str, PeerCounters] = {}
-        self.ecmp_routes = 0
         self.started = False
         self._own: set[Announcement] = set()
         self._reflected: dict[tuple[str, str], Announcement] = {}
@@ -110,7 +109,15 @@ class NodeBgp:
             self.log.warning("bgp.kernel_dump_failed", error=str(exc))
             return
         for route in routes:
-            if route.type != RouteType.UNICAST or not route.gateway or route.oif not in (interface, IPIP_DEVICE):
+            if route.type != RouteType.UNICAST:
+                continue
+            if route.nexthops:
+                # an ECMP route: keep the whole set, or the first resync would collapse it to one hop
+                if all(h.gateway and h.oif in (interface, IPIP_DEVICE) for h in route.nexthops):
+                    gateways = tuple(h.gateway for h in route.nexthops if h.gateway)
+                    self._provisional[route.dst] = LearnedRoute(route.dst, gateways[0], gateways)
+                continue
+            if not route.gateway or route.oif not in (interface, IPIP_DEVICE):
                 continue
             self._provisional[route.dst] = LearnedRoute(cidr=route.dst, next_hop=route.gateway)
         if self._provisional:
@@ -344,13 +351,17 @@ class NodeBgp:
             await self._send_reflected(rib.reflect(changes))
 
     def _learned_route(self, best: BestRoute) -> LearnedRoute:
-        """One next hop per prefix: the route programmer writes single-path routes only (felix_like's
-        netlink layer does not build RTA_MULTIPATH), so an ECMP set is programmed as its best path."""
+        """Every next hop of the best route: an ECMP set (paths tied through step 5 of the decision
+        process) becomes one multipath kernel route, so traffic is spread over all of them and losing
+        one peer only removes its hop. ``next_hop`` stays the best path's (status, provisional routes)."""
         if len(best.next_hops) > 1:
-            self.ecmp_routes += 1
-            self.log.info("bgp.ecmp_single_path", prefix=best.prefix, next_hops=list(best.next_hops),
-                          used=best.path.next_hop)
+            self.log.info("bgp.ecmp", prefix=best.prefix, next_hops=list(best.next_hops), best=best.path.next_hop)
+            return LearnedRoute(cidr=best.prefix, next_hop=best.path.next_hop, next_hops=best.next_hops)
         return LearnedRoute(cidr=best.prefix, next_hop=best.path.next_hop)
+
+    def ecmp_routes(self) -> int:
+        """Learned routes handed to the dataplane with two or more next hops (multipath), right now."""
+        return sum(1 for r in self.learned.values() if len(r.next_hops) > 1)
 
     def learned_routes(self) -> tuple[LearnedRoute, ...]:
         """What the route programmer gets: the RIB's best routes, plus provisional kernel routes during
@@ -452,7 +463,7 @@ class NodeBgp:
             "rejected": dict(sorted((rib_counters.rejected if rib_counters else {}).items())),
             "learned_routes": len(self.learned),
             "provisional_routes": len(self._provisional),
-            "ecmp_single_path": self.ecmp_routes,
+            "ecmp_routes": self.ecmp_routes(),
             "exabgp_restarts": self.speaker.restarts,
             "exabgp_reloads": self.speaker.reloads,
         }
@@ -466,7 +477,8 @@ class NodeBgp:
             "settled": self._settled,
             "sessions": sessions,
             "counters": counters_out,
-            "learned": [{"prefix": r.cidr, "next_hop": r.next_hop} for r in self.learned_routes()],
+            "learned": [{"prefix": r.cidr, "next_hop": r.next_hop, "next_hops": list(r.hops)}
+                        for r in self.learned_routes()],
             "paths": self._paths(),
             "metrics": metrics_text(self.agent.config.nodename, sessions, counters_out),
         }
@@ -556,6 +568,9 @@ def metrics_text(node: str, sessions: list[dict[str, Any]], counters: dict[str, 
         lines.append(f'tabby_bgp_rejected_total{{node="{n}",reason="{reason}"}} '
                      f'{counters["rejected"].get(reason, 0)}')
     lines += [
+        "# HELP tabby_bgp_ecmp_routes Learned routes programmed as multipath (two or more next hops).",
+        "# TYPE tabby_bgp_ecmp_routes gauge",
+        f'tabby_bgp_ecmp_routes{{node="{n}"}} {counters.get("ecmp_routes", 0)}',
         "# HELP tabby_bgp_exabgp_restarts_total ExaBGP restarts by the agent.",
         "# TYPE tabby_bgp_exabgp_restarts_total counter",
         f'tabby_bgp_exabgp_restarts_total{{node="{n}"}} {counters["exabgp_restarts"]}',

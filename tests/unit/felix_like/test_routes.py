@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from felix_like.netlink import Route, RouteType
+from felix_like.netlink import NextHop, Route, RouteType
 from felix_like.routes import (
     BlockInfo,
     BorrowedIP,
@@ -343,3 +343,52 @@ def test_route_describe_and_sort() -> None:
     assert r.describe() == "10.0.0.0/26 via 192.0.2.1 dev tunl0 onlink metric 0"
     assert Route("10.0.0.0/26", RouteType.BLACKHOLE).describe() == "blackhole 10.0.0.0/26 metric 0"
     assert sorted_routes([Route("fd00::/64", metric=1024), r])[0] is r
+
+
+def test_learned_ecmp_is_one_multipath_route() -> None:
+    learned = LearnedRoute("203.0.113.0/24", "192.0.2.2", ("192.0.2.2", "192.0.2.10", "192.0.2.9"))
+    got = by_dst(calculate_routes(inputs(PoolInfo("10.65.0.0/16"), (), learned=(learned,))))
+    route = got["203.0.113.0/24"]
+    assert (route.gateway, route.oif) == (None, None)
+    assert route.nexthops == (
+        NextHop("192.0.2.2", "eth0"),
+        NextHop("192.0.2.9", "eth0"),
+        NextHop("192.0.2.10", "eth0"),
+    )  # numeric order, whatever the input order
+    shuffled = LearnedRoute("203.0.113.0/24", "192.0.2.9", ("192.0.2.10", "192.0.2.9", "192.0.2.2"))
+    again = by_dst(calculate_routes(inputs(PoolInfo("10.65.0.0/16"), (), learned=(shuffled,))))
+    assert again["203.0.113.0/24"] == route
+
+
+def test_learned_ecmp_hops_resolved_one_by_one() -> None:
+    # IPIP CrossSubnet pool: the on-subnet hop goes via the NIC, the off-subnet one via tunl0 onlink
+    pool = PoolInfo("10.66.0.0/16", ipip_mode=EncapMode.CROSS_SUBNET)
+    learned = LearnedRoute("10.66.1.0/26", "192.0.2.12", ("192.0.2.12", "198.51.100.13"))
+    got = by_dst(calculate_routes(inputs(pool, (), learned=(learned,))))
+    assert got["10.66.1.0/26"].nexthops == (
+        NextHop("192.0.2.12", "eth0"),
+        NextHop("198.51.100.13", "tunl0", True),
+    )
+    # IPIP Always: every hop through tunl0 onlink
+    always = PoolInfo("10.66.0.0/16", ipip_mode=EncapMode.ALWAYS)
+    got = by_dst(calculate_routes(inputs(always, (), learned=(learned,))))
+    assert {(h.oif, h.onlink) for h in got["10.66.1.0/26"].nexthops} == {("tunl0", True)}
+
+
+def test_learned_ecmp_drops_unusable_hops_and_collapses_to_single() -> None:
+    # no pool, native: the off-subnet hop cannot be used; the remaining one is a plain route
+    learned = LearnedRoute("203.0.113.0/24", "192.0.2.2", ("192.0.2.2", "198.51.100.1"))
+    got = by_dst(calculate_routes(inputs(PoolInfo("10.65.0.0/16"), (), learned=(learned,))))
+    assert got["203.0.113.0/24"] == Route("203.0.113.0/24", gateway="192.0.2.2", oif="eth0")
+    none_usable = LearnedRoute("203.0.113.0/24", "198.51.100.1", ("198.51.100.1", "198.51.100.2"))
+    assert "203.0.113.0/24" not in by_dst(
+        calculate_routes(inputs(PoolInfo("10.65.0.0/16"), (), learned=(none_usable,)))
+    )
+
+
+def test_learned_ecmp_ipv6() -> None:
+    learned = LearnedRoute("fd00:99::/64", "2001:db8:1::13", ("2001:db8:1::13", "2001:db8:1::12"))
+    got = by_dst(calculate_routes(inputs(PoolInfo("10.65.0.0/16"), (), learned=(learned,))))
+    route = got["fd00:99::/64"]
+    assert route.metric == 1024
+    assert [h.gateway for h in route.nexthops] == ["2001:db8:1::12", "2001:db8:1::13"]

@@ -108,3 +108,35 @@ def test_metrics_text() -> None:
     assert 'tabby_bgp_rib_prefixes{node="n\\"1"} 4' in lines
     for line in lines:
         assert line.startswith("#") or line.split()[-1].isdigit()
+
+
+def test_ecmp_best_route_gives_every_next_hop_to_the_dataplane() -> None:
+    """An ECMP set from the RIB reaches calculate_routes whole and becomes one multipath route."""
+    from types import SimpleNamespace
+
+    import structlog
+
+    from bgp.rib import select_best
+    from bgp.types import Path
+    from controller.node.bgp import NodeBgp
+
+    paths = [Path("198.51.100.0/24", nh, as_path=(65001,), peer_address=nh, peer_as=65001)
+             for nh in ("10.0.0.3", "10.0.0.2")]
+    best = select_best(paths)
+    assert best is not None and best.next_hops == ("10.0.0.2", "10.0.0.3")
+    stub = SimpleNamespace(log=structlog.get_logger("test"), learned={})
+    learned = NodeBgp._learned_route(stub, best)  # type: ignore[arg-type]
+    assert learned.hops == ("10.0.0.2", "10.0.0.3") and learned.next_hop == best.path.next_hop
+    single = NodeBgp._learned_route(stub, select_best(paths[:1]))  # type: ignore[arg-type]
+    assert single == LearnedRoute("198.51.100.0/24", "10.0.0.3")
+    stub.learned = {"a": learned, "b": single}
+    assert NodeBgp.ecmp_routes(stub) == 1  # type: ignore[arg-type]
+    route = next(r for r in calculate_routes(backend_inputs(_inputs(), "bird", (learned,)))
+                 if r.dst == "198.51.100.0/24")
+    assert [(h.gateway, h.oif) for h in route.nexthops] == [("10.0.0.2", "eth0"), ("10.0.0.3", "eth0")]
+
+
+def test_metrics_text_has_the_ecmp_gauge() -> None:
+    counters = {"sessions_by_state": {}, "prefixes_advertised": 0, "rib_prefixes": 0, "rib_paths": 0,
+                "rejected": {}, "exabgp_restarts": 0, "ecmp_routes": 2}
+    assert 'tabby_bgp_ecmp_routes{node="n"} 2' in metrics_text("n", [], counters).splitlines()
