@@ -67,9 +67,10 @@ def _child_pid(pid: int) -> int:
     """``ip netns exec`` execs in place, so the pid is the python's once its cmdline has switched."""
     import time
 
-    for _ in range(100):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"exabgp" in cmdline:
+    # ``ip``'s own argv already names "exabgp": wait until the exec'd python (inside the namespace) runs.
+    for _ in range(500):
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        if b"python" in argv0:
             return pid
         time.sleep(0.02)
     raise AssertionError("stand-in process did not start")
