@@ -45,14 +45,17 @@ def test_eight_nodes_ride_through_etcd_kill(
     for i in range(NODES):
         out = tmp_path / f"node{i}.json"
         procs.append((out, subprocess.Popen(
-            [sys.executable, str(WORKER), "--node", f"node{i}", "--ops", "600", "--seconds", str(seconds),
+            [sys.executable, str(WORKER), "--node", f"node{i}", "--ops", "5000", "--seconds", str(seconds),
              "--out", str(out)],
             env=etcd_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )))
     try:
         time.sleep(seconds / 3)
-        etcd_server.kill()  # SIGKILL, mid-run
-        time.sleep(2.0)
+        # Workers are bounded by time (the op count is out of reach), so all are mid-run here.
+        # SIGKILL, and stay down longer than the workers' 3 s connect bound: every worker must
+        # see its client give up (DatastoreError), not just a pause its retries ride through.
+        etcd_server.kill()
+        time.sleep(4.5)
         etcd_server.start()
         results = []
         for out, proc in procs:
