@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.uml.boot import mount_tmp_keeping, needed_paths
+
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +47,7 @@ export HOME=/tmp
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+{mount_tmp}
 mkdir -p /tmp/modroot/lib/modules
 ln -s {modules} /tmp/modroot/lib/modules/{kver}
 for m in veth bridge ipip; do modprobe -d /tmp/modroot $m || echo "TABBY-UML-STEP modprobe $m failed"; done
@@ -83,7 +85,8 @@ def guest_result(tmp_path: Path) -> Iterator[dict]:
     if not shutil.which("modprobe") or not shutil.which("etcd"):
         pytest.skip("kmod (modprobe) or etcd is not installed")
     init = tmp_path / "init.sh"
-    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable))
+    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable,
+                                 mount_tmp=mount_tmp_keeping(needed_paths(REPO))))
     init.chmod(0o755)
     cmd = [
         uml, "mem=1500M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}",

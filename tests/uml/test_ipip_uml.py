@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.uml.boot import mount_tmp_keeping, needed_paths
+
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +36,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin  # the kernel starts init without PATH
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+{mount_tmp}
 mkdir -p /tmp/modroot/lib/modules
 ln -s {modules} /tmp/modroot/lib/modules/{kver}
 printf '#!/bin/sh\\nexec modprobe -d /tmp/modroot "$@"\\n' > /tmp/modprobe && chmod +x /tmp/modprobe
@@ -74,7 +76,8 @@ def guest_result(tmp_path: Path) -> Iterator[dict]:
     if not shutil.which("modprobe"):
         pytest.skip("kmod (modprobe) is not installed")
     init = tmp_path / "init.sh"
-    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable))
+    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable,
+                                 mount_tmp=mount_tmp_keeping(needed_paths(REPO))))
     init.chmod(0o755)
     cmd = [
         uml,

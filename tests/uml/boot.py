@@ -1,0 +1,35 @@
+"""Pieces of the UML guests' init scripts shared by the IPIP tests.
+
+The guest's root is the host's filesystem through hostfs, and the init script mounts a tmpfs
+over /tmp so the guest writes nothing on the host. A checkout (and its virtualenv) may itself
+live under the host's /tmp (CI clones anywhere): the tmpfs would hide it and the guest would
+find no Python and no tests. So the host's /tmp is bind-mounted aside first, and the paths the
+guest needs are bind-mounted back at their own names on the fresh tmpfs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+HOST_TMP_ASIDE = "/run/host-tmp"
+
+
+def needed_paths(repo: Path) -> list[Path]:
+    """The checkout and the virtualenv holding the interpreter the guest runs."""
+    venv = Path(sys.executable).parent.parent
+    return sorted({repo.resolve(), venv.resolve()})
+
+
+def mount_tmp_keeping(paths: list[Path]) -> str:
+    """Shell lines: a tmpfs over /tmp that still shows ``paths`` (those under /tmp) at their own names."""
+    lines = [f"mkdir -p {HOST_TMP_ASIDE} && mount --bind /tmp {HOST_TMP_ASIDE}", "mount -t tmpfs tmpfs /tmp"]
+    for path in paths:
+        try:
+            rel = path.relative_to("/tmp")
+        except ValueError:
+            continue  # not under /tmp: the hostfs root shows it as it is
+        target = shlex.quote(str(path))
+        lines.append(f"mkdir -p {target} && mount --bind {shlex.quote(f'{HOST_TMP_ASIDE}/{rel}')} {target}")
+    return "\n".join(lines)
