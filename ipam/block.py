@@ -23,7 +23,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -122,7 +122,7 @@ class Block:
         return len(self.allocations)
 
     def ip(self, ordinal: int) -> str:
-        return str(self.network.network_address + ordinal)
+        return _ip_str(self.cidr, ordinal)
 
     def ordinal(self, ip: str | IPAddress) -> int:
         addr = ipaddress.ip_address(ip)
@@ -339,6 +339,12 @@ class Block:
         if bad_idx:
             out.append(f"allocations point at missing attributes {bad_idx[:5]}")
         return out
+
+
+@lru_cache(maxsize=65536)
+def _ip_str(cidr: str, ordinal: int) -> str:
+    """Address ``ordinal`` of block ``cidr`` as text; cached: a node hands out the same few addresses."""
+    return str(ipaddress.ip_network(cidr).network_address + ordinal)
 
 
 # -- where blocks come from ------------------------------------------------------------------
