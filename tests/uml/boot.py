@@ -9,9 +9,14 @@ guest needs are bind-mounted back at their own names on the fresh tmpfs.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 HOST_TMP_ASIDE = "/run/host-tmp"
 
@@ -33,3 +38,19 @@ def mount_tmp_keeping(paths: list[Path]) -> str:
         target = shlex.quote(str(path))
         lines.append(f"mkdir -p {target} && mount --bind {shlex.quote(f'{HOST_TMP_ASIDE}/{rel}')} {target}")
     return "\n".join(lines)
+
+
+def uml_binary() -> str:
+    """linux.uml, installed from Debian when missing (CI installs it through the Makefile); else skip."""
+    found = shutil.which("linux.uml")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "user-mode-linux", "kmod"],
+            capture_output=True, timeout=300, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, check=False,
+        )
+        found = shutil.which("linux.uml")
+        if found:
+            return found
+    pytest.skip("linux.uml is not installed and `apt-get install user-mode-linux` was not possible")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.uml.boot import mount_tmp_keeping, needed_paths
+from tests.uml.boot import mount_tmp_keeping, needed_paths, uml_binary
 
 pytestmark = pytest.mark.root
 
@@ -57,28 +57,12 @@ halt -f
 """
 
 
-def _uml_binary() -> str:
-    """linux.uml, installed from Debian when missing (as tests/uml/test_ipip_uml.py does)."""
-    found = shutil.which("linux.uml")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "user-mode-linux", "kmod"],
-            capture_output=True, timeout=300, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, check=False,
-        )
-        found = shutil.which("linux.uml")
-        if found:
-            return found
-    pytest.skip("linux.uml is not installed and `apt-get install user-mode-linux` was not possible")
-
-
 @pytest.fixture
 def guest_result(tmp_path: Path) -> Iterator[dict]:
     """Boot the guest, run the scenario, always kill UML; the guest's JSON result."""
     if os.geteuid() != 0:
         pytest.skip("needs root (the guest runs the test as root on the host's filesystem)")
-    uml = _uml_binary()
+    uml = uml_binary()
     kvers = sorted(p.name for p in UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
     if not kvers:
         pytest.skip("user-mode-linux has no modules directory")
