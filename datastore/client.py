@@ -9,6 +9,7 @@ through :meth:`Datastore.txn` with compares on mod_revision (0 = the key must no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -191,8 +192,15 @@ class Datastore:
     async def _get_client(self) -> _Client:
         async with self._lock:
             if self._client is None:
-                self._client = _Client(self._endpoints[self._current], self.config)
-                await self._client.connect()
+                client = _Client(self._endpoints[self._current], self.config)
+                try:
+                    await client.connect()  # authenticates when credentials are set: may fail like any call
+                except BaseException:
+                    self._current = (self._current + 1) % len(self._endpoints)
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    raise
+                self._client = client
             return self._client
 
     async def _rotate(self, failed: _Client) -> None:
@@ -211,18 +219,21 @@ class Datastore:
         delay = 0.05
         last: Exception | None = None
         while True:
-            client = await self._get_client()
+            client: _Client | None = None
             try:
+                client = await self._get_client()  # a failed connect already moved to the next endpoint
                 return await op(client)
             except _UNAVAILABLE as exc:
                 last = exc
-                await self._rotate(client)
+                if client is not None:
+                    await self._rotate(client)
             except aexc.UnauthenticatedError as exc:
                 raise DatastoreError(f"etcd refused the credentials: {exc}") from exc
             except aexc.ClientError as exc:
                 if "connect" in str(exc).lower():
                     last = exc
-                    await self._rotate(client)
+                    if client is not None:
+                        await self._rotate(client)
                 else:
                     raise DatastoreError(f"etcd error: {exc}") from exc
             if time.monotonic() + delay > deadline:

@@ -146,3 +146,18 @@ def test_watch_falls_back_to_resync_after_compaction(etcd_config: EtcdConfig) ->
             assert [kv.key for kv in items[0].kvs] == ["c/b", "c/c"]
 
     run(go())
+
+
+def test_unreachable_with_credentials_is_the_same_one_error() -> None:
+    """With a username the client authenticates while connecting: a dead endpoint must still fail over
+    and end in DatastoreUnavailable, not a raw client error."""
+    dead = (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+    cfg = EtcdConfig(endpoints=dead, username="root", password="secret", connect_timeout=1.0)
+
+    async def go() -> None:
+        async with Datastore(cfg):
+            pass
+
+    with pytest.raises(DatastoreUnavailable) as info:
+        run(go())
+    assert all(url in str(info.value) for url in dead)
