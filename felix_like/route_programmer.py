@@ -253,7 +253,15 @@ class RouteProgrammer:
                 await asyncio.sleep(debounce)  # let a burst of hand edits settle into one resync
                 readable()  # consume what queued meanwhile so our own writes' echoes stay harmless
                 dirty.clear()
-                result = self.full_resync()
+                try:
+                    result = self.full_resync()
+                except OSError as exc:
+                    # One failed netlink exchange must not end the watch: the periodic resync and the
+                    # repair of hand-deleted routes would stop silently until the agent restarts.
+                    self._log.warning("routes.watch_resync_failed", reason=reason, error=str(exc)[:200])
+                    await asyncio.sleep(1.0)
+                    dirty.set()  # and try again
+                    continue
                 self._log.info("routes.watch_resync", reason=reason, added=result.added, deleted=result.deleted)
                 if on_change is not None:
                     maybe = on_change(result)

@@ -141,8 +141,13 @@ class Dataplane:
     def _schedule_resync(self) -> None:
         async def later() -> None:
             await asyncio.sleep(RETRY_AFTER_FAILURE)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                return
+            try:
                 self._after(self.programmer.full_resync(self.desired()))
+            except Exception:
+                self._log.exception("dataplane.retry_failed")
+                self._schedule_resync()
 
         self._tasks.append(asyncio.create_task(later(), name="dataplane-retry"))
         self._tasks[:] = [t for t in self._tasks if not t.done()]

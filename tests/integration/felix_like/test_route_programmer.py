@@ -216,6 +216,42 @@ def test_watch_kernel_restores_hand_deleted_route(node_ns: NodeNS) -> None:
     assert "10.65.2.0/26" in ours(node_ns)
 
 
+def test_watch_kernel_survives_a_failed_resync(node_ns: NodeNS) -> None:
+    """One netlink error during a watch resync is logged and retried; the watch keeps repairing."""
+
+    async def scenario() -> None:
+        with RouteProgrammer(node_ns.name) as prog:
+            prog.full_resync(DESIRED)
+            real = prog.full_resync
+            calls = {"n": 0}
+
+            def flaky(desired=None):  # type: ignore[no-untyped-def]
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise OSError(110, "netlink receive timed out")
+                return real(desired)
+
+            prog.full_resync = flaky  # type: ignore[method-assign]
+            stop = asyncio.Event()
+            restored = asyncio.Event()
+
+            def on_change(result) -> None:  # type: ignore[no-untyped-def]
+                if result.added:
+                    restored.set()
+
+            task = asyncio.create_task(prog.watch_kernel(on_change, interval=30, stop=stop))
+            await asyncio.sleep(0.1)
+            proc = await asyncio.create_subprocess_exec("ip", "-n", node_ns.name, "route", "del", "10.65.2.0/26")
+            assert await proc.wait() == 0
+            await asyncio.wait_for(restored.wait(), timeout=8)
+            assert calls["n"] >= 2 and not task.done()
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert "10.65.2.0/26" in ours(node_ns)
+
+
 def test_first_delta_adopts_and_recreated_interface_is_retried(node_ns: NodeNS) -> None:
     with RouteProgrammer(node_ns.name) as prog:
         prog.full_resync(DESIRED)
