@@ -54,6 +54,8 @@ __all__ = [
     "parse_line",
 ]
 
+#: Seconds a command write may wait for the relay to read before the link is dropped.
+DRAIN_TIMEOUT_S = 10.0
 log = structlog.get_logger("tabby.bgp.bridge")
 
 MAX_LINE = 1024 * 1024
@@ -513,10 +515,17 @@ class BgpBridge:
                 return False
             try:
                 writer.write(command.encode("ascii") + b"\n")
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), DRAIN_TIMEOUT_S)
             except (ConnectionError, OSError) as exc:
                 self.stats.commands_dropped += 1
                 log.warning("command write failed", command=command[:200], error=str(exc))
+                return False
+            except TimeoutError:
+                # A relay (or ExaBGP) that stopped reading would otherwise hold every caller forever.
+                # Dropping the link is safe: the relay's next hello makes the speaker re-send everything.
+                self.stats.commands_dropped += 1
+                log.warning("relay stalled: dropping the API link", command=command[:200])
+                writer.close()
                 return False
             self._pending.append(command)
             self.stats.commands += 1
