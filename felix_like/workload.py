@@ -267,8 +267,13 @@ def check_workload(node_netns: str | None, spec: WorkloadSpec) -> list[str]:
             for cidr in (*spec.ipv4, *spec.ipv6):
                 if str(ipaddress.ip_interface(cidr)) not in have:
                     problems.append(f"address {cidr} is missing on {spec.pod_ifname} in {spec.pod_netns}")
-            if spec.ipv4 and not ipr.route("get", dst="8.8.8.8"):
-                problems.append(f"no default route in {spec.pod_netns}")
+            if spec.ipv4:
+                try:
+                    has_default = bool(ipr.route("get", dst="8.8.8.8"))
+                except NetlinkError:  # ENETUNREACH: the kernel says so by raising
+                    has_default = False
+                if not has_default:
+                    problems.append(f"no default route in {spec.pod_netns}")
 
     run_in_netns(node_netns, node_side)
     try:

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from datamodel.resources.workloadendpoint import WorkloadEndpoint, workload_endpoint_name
+from datamodel.resources.workloadendpoint import (
+    ANNOTATION_HANDLE,
+    ANNOTATION_NETWORK,
+    WorkloadEndpoint,
+    workload_endpoint_name,
+)
 from datastore import DatastoreError, Delete, Put, mod_is
 from datastore.keys import resource_key
 from felix_like.routes import WorkloadInfo
@@ -59,8 +64,6 @@ IPAM_FAILURE = 100
 CHECK_FAILED = 101
 INTERNAL = 199
 
-ANNOTATION_HANDLE = "tabby.io/handle"
-ANNOTATION_NETWORK = "tabby.io/network"
 
 
 class CNIError(Exception):
@@ -506,7 +509,8 @@ class CNIHandlers:
                 continue
             env = {"CNI_CONTAINERID": str(spec.get("containerID")), "CNI_IFNAME": str(spec.get("endpoint")),
                    "CNI_NETNS": ""}
-            await self.delete(Request("DEL", env, req.config, req.mode))
+            async with self.lock(str(spec.get("containerID"))):  # never interleave with an ADD/DEL of it
+                await self.delete(Request("DEL", env, req.config, req.mode))
             removed.append(spec.get("containerID"))
         log.info("cni.gc", node=self.node, removed=removed)
         return {}

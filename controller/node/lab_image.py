@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_dir(env: dict[str, str], nodename: str) -> Path:
     if env.get("TABBY_RUN_DIR"):
         return Path(env["TABBY_RUN_DIR"])
-    return Path(env.get("TABBY_RUN_ROOT") or DEFAULT_RUN_ROOT) / nodename
+    # The agent lower-cases NODENAME (controller.node.config): the same name, or we poll the wrong path.
+    return Path(env.get("TABBY_RUN_ROOT") or DEFAULT_RUN_ROOT) / nodename.strip().lower()
 
 
 class TabbyNodeHandler(ImageHandler):
