@@ -11,7 +11,7 @@ import ipaddress
 import json
 from typing import Any
 
-from controller.node.cni_handlers import ANNOTATION_HANDLE
+from datamodel.resources.workloadendpoint import ANNOTATION_HANDLE
 from datastore.keys import resource_prefix
 
 DEFAULT_NETWORK = "k8s-pod-network"

@@ -14,6 +14,11 @@ from pydantic import Field
 
 from datamodel.resources.common import CIDR, CalicoModel, IPAddr, MACAddr, Resource
 
+#: Annotations Tabby puts on the WorkloadEndpoints it writes: the IPAM handle holding the pod's
+#: addresses (so ``ipam check`` can tell live allocations from leaks) and the CNI network name.
+ANNOTATION_HANDLE = "tabby.io/handle"
+ANNOTATION_NETWORK = "tabby.io/network"
+
 
 class EndpointPort(CalicoModel):
     """A named port of the workload (Calico: used by policy; kept for compatibility)."""
