@@ -37,24 +37,26 @@ class EtcdServer:
 
     def start(self, timeout: float = 20.0) -> None:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [
-                "etcd",
-                "--name", "tabby-test",
-                "--data-dir", str(self.data_dir),
-                "--listen-client-urls", self.endpoint,
-                "--advertise-client-urls", self.endpoint,
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-                "--initial-cluster", f"tabby-test=http://127.0.0.1:{self.peer_port}",
-                "--log-level", "warn",
-                "--quota-backend-bytes", str(4 * 1024**3),
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        logf.close()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    "etcd",
+                    "--name", "tabby-test",
+                    "--data-dir", str(self.data_dir),
+                    "--listen-client-urls", self.endpoint,
+                    "--advertise-client-urls", self.endpoint,
+                    "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                    "--initial-cluster", f"tabby-test=http://127.0.0.1:{self.peer_port}",
+                    "--log-level", "warn",
+                    "--quota-backend-bytes", str(4 * 1024**3),
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            logf.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
