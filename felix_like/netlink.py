@@ -20,13 +20,13 @@ import errno as errno_mod
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
-from pyroute2.netns import setns
+
+from felix_like.netns import run_in_netns
 
 log = structlog.get_logger("tabby.felix_like.netlink")
 
@@ -250,34 +250,6 @@ class NetlinkError(OSError):
     """A netlink request as a whole failed (dump refused, socket trouble, timeout)."""
 
 
-def _in_netns(netns: str | None, fn):  # type: ignore[no-untyped-def]
-    """Run ``fn`` in a helper thread switched into ``netns`` and return its result.
-
-    ``setns`` applies to the calling thread only, and sockets stay bound to the namespace
-    they were created in, so the thread can simply end afterwards: no thread of the caller
-    ever changes namespace, and nothing needs switching back.
-    """
-    if netns is None:
-        return fn()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            setns(netns, flags=0)
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"setns-{netns}", daemon=True)
-    thread.start()
-    thread.join(timeout=30)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    if "result" not in box:
-        raise NetlinkError(errno_mod.ETIMEDOUT, f"could not open a socket in netns {netns}")
-    return box["result"]
-
-
 def open_netlink_socket(netns: str | None, groups: int = 0) -> socket.socket:
     """A NETLINK_ROUTE socket created inside ``netns`` (None: the caller's namespace).
 
@@ -289,7 +261,7 @@ def open_netlink_socket(netns: str | None, groups: int = 0) -> socket.socket:
     def make() -> socket.socket:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
 
-    sock: socket.socket = _in_netns(netns, make)
+    sock: socket.socket = make() if netns is None else run_in_netns(netns, make)
     try:
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
             try:

@@ -11,19 +11,22 @@ of the agent ever changes namespace.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netns import setns
 
 NETNS_DIR = "/run/netns"
+T = TypeVar("T")
 
 
-class NetnsGone(OSError):
+class NetnsGone(FileNotFoundError):
     """The namespace file does not exist (any more)."""
 
 
@@ -32,36 +35,47 @@ def netns_path(netns: str) -> str:
     return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
 
 
-def netlink_socket_in(netns: str, *, proto: int = 0, timeout: float = 10.0) -> socket.socket:
-    """A raw netlink socket (``proto``, default NETLINK_ROUTE) created inside ``netns``."""
-    path = netns_path(netns)
+def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.0) -> T:
+    """Run ``fn`` in a fresh thread that entered ``netns`` (None: this namespace); return its result.
+
+    ``setns`` applies to the calling thread only, and sockets stay bound to the namespace they
+    were created in, so the thread simply ends afterwards: no thread of the caller ever changes
+    namespace. A missing namespace raises :class:`NetnsGone`; ``fn`` not finishing within
+    ``timeout`` raises :class:`TimeoutError`.
+    """
     box: dict[str, object] = {}
 
     def run() -> None:
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            box["error"] = NetnsGone(2, f"network namespace {path} does not exist")
-            return
-        except OSError as exc:
-            box["error"] = exc
-            return
-        try:
-            setns(fd)  # os.setns exists only from Python 3.12
-            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
+            if netns is not None:
+                path = netns_path(netns)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise NetnsGone(2, f"network namespace {path} does not exist") from None
+                try:
+                    setns(fd)  # os.setns exists only from Python 3.12
+                finally:
+                    os.close(fd)
+            box["result"] = fn()
         except BaseException as exc:
             box["error"] = exc
-        finally:
-            os.close(fd)
 
-    thread = threading.Thread(target=run, name="netns-socket", daemon=True)
+    thread = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
     thread.start()
-    thread.join(timeout=timeout)
+    thread.join(timeout)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
-    if "sock" not in box:
-        raise OSError(f"could not open a netlink socket in {path}")
-    return box["sock"]  # type: ignore[return-value]
+    if "result" not in box:
+        raise TimeoutError(errno.ETIMEDOUT, f"work in network namespace {netns} did not finish within {timeout:g}s")
+    return box["result"]  # type: ignore[return-value]
+
+
+def netlink_socket_in(netns: str, *, proto: int = 0, timeout: float = 10.0) -> socket.socket:
+    """A raw netlink socket (``proto``, default NETLINK_ROUTE) created inside ``netns``."""
+    return run_in_netns(
+        netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto), timeout=timeout
+    )
 
 
 def iproute_in(netns: str | None) -> IPRoute:

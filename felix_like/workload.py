@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -27,9 +26,9 @@ from typing import TypeVar
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netns import setns
 
 from felix_like.netns import NetnsGone, netns_path
+from felix_like.netns import run_in_netns as _run_in_netns
 
 log = structlog.get_logger("tabby.felix_like.workload")
 
@@ -53,33 +52,11 @@ def host_veth_name(*, namespace: str | None = None, pod: str | None = None, cont
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.0) -> T:
-    """Run ``fn`` in a fresh thread that entered ``netns`` (None: this namespace); return its result."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            if netns is not None:
-                path = netns_path(netns)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    raise NetnsGone(2, f"network namespace {path} does not exist") from None
-                try:
-                    setns(fd)
-                finally:
-                    os.close(fd)
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    if "result" not in box:
-        raise WorkloadError(f"netlink work in {netns} did not finish within {timeout:.0f}s")
-    return box["result"]  # type: ignore[return-value]
+    """felix_like.netns.run_in_netns, with a timeout reported as a WorkloadError (what CNI callers expect)."""
+    try:
+        return _run_in_netns(netns, fn, timeout=timeout)
+    except TimeoutError:
+        raise WorkloadError(f"netlink work in {netns} did not finish within {timeout:.0f}s") from None
 
 
 def _sysctl(path: str, value: str) -> None:
