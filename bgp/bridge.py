@@ -27,7 +27,6 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -676,8 +675,3 @@ def _fields(obj: Any) -> dict[str, Any]:
 def stamp() -> float:
     """Wall-clock time for `since` columns (kept here so tests can patch one place)."""
     return time.time()
-
-
-def commands_for(announcements: Iterable[Announcement], peer: str | None = None) -> list[str]:
-    """Commands that (re)announce a set of announcements, sorted by prefix for stable output."""
-    return [format_announce(a, peer) for a in sorted(announcements, key=lambda a: a.prefix)]

@@ -12,7 +12,6 @@ must not fork for a no-op.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -83,14 +82,6 @@ def get_link(ipr: IPRoute, index: int):  # type: ignore[no-untyped-def]
     return ipr.link("get", index=index)[0]
 
 
-def link_mtu(ipr: IPRoute, name: str) -> int:
-    """The MTU of link ``name``; raises :class:`DeviceError` when it does not exist."""
-    index = link_index(ipr, name)
-    if index is None:
-        raise DeviceError(f"interface {name} not found")
-    return int(get_link(ipr, index).get("IFLA_MTU"))
-
-
 def link_kind(link) -> str | None:  # type: ignore[no-untyped-def]
     """The rtnl link kind ("vxlan", "ipip", "veth", ...) or None for links without one (lo, physical)."""
     info = link.get("IFLA_LINKINFO")
@@ -147,8 +138,3 @@ def sync_addresses(
                 continue
             result.writes += 1
             result.changes.append(f"addr-del {iface}")
-
-
-def family_of(iface: IPInterface) -> int:
-    """``socket.AF_INET`` or ``socket.AF_INET6`` for an interface address."""
-    return socket.AF_INET6 if iface.version == 6 else socket.AF_INET

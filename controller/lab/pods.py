@@ -121,11 +121,6 @@ def pod_netns(node: Node, namespace: str, name: str) -> str:
     return f"{node.netns}{POD_NETNS_INFIX}{suffix}"
 
 
-def pod_netns_prefixes(topo: Topology) -> list[str]:
-    """Prefixes of every pod namespace the lab can have (``destroy --cleanup`` sweeps them)."""
-    return [f"{node.netns}{POD_NETNS_INFIX}" for node in topo.nodes.values()]
-
-
 def nodename(node: Node) -> str:
     """The Tabby node name the agent of ``node`` registers under (calico-node's NODENAME)."""
     return (node.env.get("NODENAME") or node.name).strip().lower()
