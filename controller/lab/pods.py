@@ -247,8 +247,8 @@ def add_pod(topology: Topology | str | Path | None, node_name: str, name: str, *
             raise LabError(f"namespace {pod.netns} already exists (a leftover? ip netns del {pod.netns})")
         state.record_netns(pod.netns)  # before it exists: destroy must find it whatever happens next
         state.record_pod(pod.to_state())
-        netns.add(pod.netns)
     try:
+        netns.add(pod.netns)  # a failure here is undone like a failed ADD: no record left behind
         out = _add_with_retry(lab, pod, conf, timeout)
     except BaseException:
         _undo(lab, pod, conf)
