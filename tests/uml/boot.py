@@ -9,9 +9,11 @@ guest needs are bind-mounted back at their own names on the fresh tmpfs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,46 @@ def uml_binary() -> str:
         if found:
             return found
     pytest.skip("linux.uml is not installed and `apt-get install user-mode-linux` was not possible")
+
+
+UML_MODULES = Path("/usr/lib/uml/modules")
+
+
+def uml_modules() -> tuple[Path, str]:
+    """The UML kernel's module directory and version (skip when user-mode-linux ships none)."""
+    kvers = sorted(p.name for p in UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
+    if not kvers:
+        pytest.skip("user-mode-linux has no modules directory")
+    return UML_MODULES / kvers[-1], kvers[-1]
+
+
+def boot_guest(init_text: str, workdir: Path, *, mem: str, umid: str, timeout: float) -> tuple[str, bool]:
+    """Boot UML with ``init_text`` as init on the host filesystem; return (console text, timed out).
+
+    UML runs helper processes in its own session: the whole group is killed afterwards, running
+    or not, so nothing outlives the guest.
+    """
+    init = workdir / "init.sh"
+    init.write_text(init_text)
+    init.chmod(0o755)
+    cmd = [
+        uml_binary(), f"mem={mem}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}",
+        f"uml_dir={workdir}", f"umid={umid}", "con=null", "con0=fd:0,fd:1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    timed_out = False
+    out = b""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if timed_out:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                out, _ = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+    return out.decode(errors="replace"), timed_out

@@ -17,12 +17,9 @@ the last step it reached and shows the console tail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -30,12 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.uml.boot import mount_tmp_keeping, needed_paths, uml_binary
+from tests.uml.boot import boot_guest, mount_tmp_keeping, needed_paths, uml_modules
 
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
-UML_MODULES = Path("/usr/lib/uml/modules")
 BOOT_TIMEOUT_S = 240
 MARKER = "TABBY-UML-RESULT "
 STEP = "TABBY-UML-STEP "
@@ -62,39 +58,15 @@ def guest_result(tmp_path: Path) -> Iterator[dict]:
     """Boot the guest, run the scenario, always kill UML; the guest's JSON result."""
     if os.geteuid() != 0:
         pytest.skip("needs root (the guest runs the test as root on the host's filesystem)")
-    uml = uml_binary()
-    kvers = sorted(p.name for p in UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
-    if not kvers:
-        pytest.skip("user-mode-linux has no modules directory")
+    modules, kver = uml_modules()
     if not shutil.which("modprobe") or not shutil.which("etcd"):
         pytest.skip("kmod (modprobe) or etcd is not installed")
-    init = tmp_path / "init.sh"
-    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable,
-                                 mount_tmp=mount_tmp_keeping(needed_paths(REPO))))
-    init.chmod(0o755)
-    cmd = [
-        uml, "mem=1500M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}",
-        f"uml_dir={tmp_path}", "umid=tabbyagent", "con=null", "con0=fd:0,fd:1",
-    ]
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    text, timed_out = boot_guest(
+        INIT.format(modules=modules, kver=kver, repo=REPO, python=sys.executable,
+                    mount_tmp=mount_tmp_keeping(needed_paths(REPO))),
+        tmp_path, mem="1500M", umid="tabbyagent", timeout=BOOT_TIMEOUT_S,
     )
-    timed_out = False
-    try:
-        out, _ = proc.communicate(timeout=BOOT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        out = b""
-    finally:
-        # UML runs helper processes in its session: kill the whole group, running or not.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if timed_out:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                out, _ = proc.communicate(timeout=10)
-        proc.wait(timeout=10)
-    text = out.decode(errors="replace")
     (tmp_path / "console.log").write_text(text)
     steps = [line for line in text.splitlines() if line.startswith(STEP)]
     lines = [line for line in text.splitlines() if line.startswith(MARKER)]

@@ -9,24 +9,20 @@ whole run is bounded (about 10 s here; 90 s at most).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.uml.boot import mount_tmp_keeping, needed_paths, uml_binary
+from tests.uml.boot import boot_guest, mount_tmp_keeping, needed_paths, uml_modules
 
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
-UML_MODULES = Path("/usr/lib/uml/modules")
 BOOT_TIMEOUT_S = 90
 MARKER = "TABBY-UML-RESULT "
 
@@ -51,43 +47,14 @@ halt -f
 def guest_result(tmp_path: Path) -> Iterator[dict]:
     if os.geteuid() != 0:
         pytest.skip("needs root (the guest runs the test as root on the host's filesystem)")
-    uml = uml_binary()
-    kvers = sorted(p.name for p in UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
-    if not kvers:
-        pytest.skip("user-mode-linux has no modules directory")
+    modules, kver = uml_modules()
     if not shutil.which("modprobe"):
         pytest.skip("kmod (modprobe) is not installed")
-    init = tmp_path / "init.sh"
-    init.write_text(INIT.format(modules=UML_MODULES / kvers[-1], kver=kvers[-1], repo=REPO, python=sys.executable,
-                                 mount_tmp=mount_tmp_keeping(needed_paths(REPO))))
-    init.chmod(0o755)
-    cmd = [
-        uml,
-        "mem=512M",
-        "root=/dev/root",
-        "rootfstype=hostfs",
-        "rootflags=/",
-        "rw",
-        f"init={init}",
-        f"uml_dir={tmp_path}",
-        "umid=tabbytest",
-        "con=null",
-        "con0=fd:0,fd:1",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    text, _ = boot_guest(
+        INIT.format(modules=modules, kver=kver, repo=REPO, python=sys.executable,
+                    mount_tmp=mount_tmp_keeping(needed_paths(REPO))),
+        tmp_path, mem="512M", umid="tabbytest", timeout=BOOT_TIMEOUT_S,
     )
-    try:
-        out, _ = proc.communicate(timeout=BOOT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        out = b""
-    finally:
-        # UML runs helper processes in its session: kill the whole group, running or not, so none
-        # outlives the guest (ProcessLookupError: all already gone).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    text = out.decode(errors="replace")
     lines = [line for line in text.splitlines() if line.startswith(MARKER)]
     assert lines, f"no result from the UML guest; console tail:\n{text[-3000:]}"
     result = json.loads(lines[-1][len(MARKER) :])
