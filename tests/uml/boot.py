@@ -63,6 +63,7 @@ UML_MODULES = Path("/usr/lib/uml/modules")
 
 def uml_modules() -> tuple[Path, str]:
     """The UML kernel's module directory and version (skip when user-mode-linux ships none)."""
+    uml_binary()  # installs user-mode-linux (and so its modules) when missing
     kvers = sorted(p.name for p in UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
     if not kvers:
         pytest.skip("user-mode-linux has no modules directory")
