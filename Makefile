@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 # The three-node-tor lab (namespaces, FRR, etcd, three BGP-routed Tabby nodes); it stays up afterwards
 # (docs/demo.md: explore it, then `tabbyctl lab destroy -t examples/three-node-tor.clab.yml --cleanup`).
 demo: setup
-	$(PY) -m controller.demo
+	$(PY) -m lab.demo
 
 # The IPAM-only demo: a private etcd on loopback, no namespaces, nothing left behind.
 demo-ipam: setup

@@ -1,6 +1,6 @@
 """`make demo-ipam`: IPAM end to end on one machine, with nothing but loopback (the first `make demo`).
 
-Kept beside the lab demo (controller/demo.py) because it needs no namespaces and shows IPAM alone.
+Kept beside the lab demo (lab/demo.py) because it needs no namespaces and shows IPAM alone.
 Starts a private etcd on 127.0.0.1, applies calicoctl-style resources with `tabbyctl`,
 allocates addresses for three simulated nodes through the IPAM library (as node agents
 will), then shows what an operator would look at: pools, per-block usage, a consistency
@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from controller.logs import configure as configure_logging
+from common.logs import configure as configure_logging
 from datastore import Datastore, EtcdConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ async def allocate(config: EtcdConfig) -> tuple[str, list[dict[str, object]]]:
 
 
 def main() -> int:
-    from controller.etcd_process import EtcdServer
+    from common.etcd_process import EtcdServer
 
     configure_logging(level="warning")
     workdir = Path(tempfile.mkdtemp(prefix="tabby-demo-"))

@@ -76,7 +76,7 @@ def cli(
     ETCD_KEY_FILE, ETCD_USERNAME, ETCD_PASSWORD (and TABBY_ETCD_PREFIX), or from -c FILE.
     TABBY_ETCD_TIMEOUT bounds the wait for an unreachable etcd (default 5 s).
     """
-    from controller import logs
+    from common import logs
 
     obj = ctx.ensure_object(CliState)
     obj.config_file = config_file or obj.config_file
@@ -96,7 +96,7 @@ def _load_lab() -> click.Command:
     then says why instead of the whole CLI failing with a traceback.
     """
     try:
-        from controller.lab.cli import lab
+        from lab.cli import lab
     except Exception as exc:  # ImportError before it lands; anything while it is being edited
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
 

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    from controller import logs
+    from common import logs
     from controller.node.config import NodeConfig, NodeConfigError
 
     try:

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from controller.lab import Lab, deploy, destroy  # noqa: E402
+from lab import Lab, deploy, destroy  # noqa: E402
 
 TARGET_RATIO = 3.0
 TARGET_P99_MS = 300.0
@@ -204,7 +204,7 @@ topology:
 # "go" line on stdin, one JSON line {"cidr", "t"} (wall clock right after the claim committed) per claim.
 CLAIMER = r"""
 import asyncio, json, ipaddress, sys, time
-from controller.logs import configure
+from common.logs import configure
 from datastore import Datastore, EtcdConfig
 from ipam import IPAMClient
 configure(level="warning")
@@ -424,7 +424,7 @@ def run_mesh(workdir: Path, claims: int, tag: str) -> list[float]:
 
 
 def main() -> int:
-    from controller.logs import configure
+    from common.logs import configure
 
     configure(level="warning")  # the lab's progress logs would drown ours
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

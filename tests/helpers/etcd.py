@@ -1,5 +1,5 @@
 """Tests and benchmarks start etcd through the same launcher the demo uses."""
 
-from controller.etcd_process import EtcdServer, free_port
+from common.etcd_process import EtcdServer, free_port
 
 __all__ = ["EtcdServer", "free_port"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.state import LabState
+from lab.state import LabState
 from tests.topology.conftest import lab_cli, root_namespace_snapshot
 from tests.topology.tabby_support import prepare_copy, tabby_leftovers
 
@@ -43,7 +43,7 @@ def test_demo_three_node_tor(tmp_path: Path) -> None:
     before = root_namespace_snapshot()
     lab = prepare_copy(tmp_path, ROOT / "examples" / "three-node-tor.clab.yml")
     try:
-        proc = subprocess.run([sys.executable, "-m", "controller.demo", "-t", str(lab.path)], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "lab.demo", "-t", str(lab.path)], cwd=ROOT,
                               capture_output=True, text=True, timeout=300, check=False)
         out = proc.stdout
         assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from controller.lab import Lab, deploy, destroy, load_topology
-from controller.lab.state import ProcessRecord, lab_dir
+from lab import Lab, deploy, destroy, load_topology
+from lab.state import ProcessRecord, lab_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -59,14 +59,14 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30.0, int
 
 @functools.cache
 def lab_command() -> tuple[str, ...]:
-    """``tabbyctl lab`` once the CLI mounts the group, ``python -m controller.lab`` until then."""
+    """``tabbyctl lab`` once the CLI mounts the group, ``python -m lab`` until then."""
     tabbyctl = Path(sys.executable).parent / "tabbyctl"
     if tabbyctl.exists():
         probe = subprocess.run([str(tabbyctl), "lab", "--help"], capture_output=True, text=True, timeout=30,
                                check=False)
         if probe.returncode == 0 and "deploy" in probe.stdout:
             return (str(tabbyctl), "lab")
-    return (sys.executable, "-m", "controller.lab")
+    return (sys.executable, "-m", "lab")
 
 
 def lab_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.lab import load_topology
-from controller.lab.deploy import POD_NETNS_INFIX
-from controller.lab.state import LabState
-from controller.lab.topology import Topology
+from lab import load_topology
+from lab.deploy import POD_NETNS_INFIX
+from lab.state import LabState
+from lab.topology import Topology
 from tests.topology.conftest import copy_lab, lab_cli, leftovers, netns_list, root_namespace_snapshot
 
 BLOCK_PREFIX = 26

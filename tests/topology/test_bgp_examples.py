@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.lab.deploy import all_processes_alive
+from lab.deploy import all_processes_alive
 from tests.topology.conftest import (
     EXAMPLES,
     LabRun,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.lab.state import LabState
+from lab.state import LabState
 from tests.topology.conftest import EXAMPLES, wait_for
 from tests.topology.tabby_support import (  # noqa: F401 - tabby_lab_fixture provides the tabby_lab fixture
     TabbyLab,

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.lab import load_topology
-from controller.lab.state import lab_dir
+from lab import load_topology
+from lab.state import lab_dir
 from tests.topology.conftest import EXAMPLES, ROOT, LabRun, lab_cli, lab_command, leftovers, netns_list, wait_for
 
 

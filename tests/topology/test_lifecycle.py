@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab import LabError, deploy, load_topology
-from controller.lab.state import LabState
+from lab import LabError, deploy, load_topology
+from lab.state import LabState
 from tests.topology.conftest import EXAMPLES, LABS, LabRun, lab_cli, ping, wait_for
 
 

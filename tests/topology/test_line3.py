@@ -6,7 +6,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
-from controller.lab import load_topology
+from lab import load_topology
 from tests.topology.conftest import EXAMPLES, LabRun, lab_cli, leftovers, netns_list
 
 

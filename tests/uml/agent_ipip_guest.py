@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.etcd_process import EtcdServer
+from common.etcd_process import EtcdServer
 from tests.uml.nslab import Lab, Netns
 
 REPO = Path(__file__).resolve().parents[2]

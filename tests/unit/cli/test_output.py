@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from controller import logs
+from common import logs
 from controller.cli.context import UserError, cli_timeout, user_problems
 from controller.cli.output import box_table, go_g5, list_object, tabwriter, to_yaml, usage_cell
 from controller.cli.resources import merge_patch

@@ -15,7 +15,7 @@ MALFORMED = Path(__file__).parent / "malformed"
 
 
 def lab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.lab", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd, check=False)
 
 

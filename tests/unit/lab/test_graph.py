@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.errors import LabError
-from controller.lab.graph import render, to_dot, to_mermaid
-from controller.lab.topology import load_topology
+from lab.errors import LabError
+from lab.graph import render, to_dot, to_mermaid
+from lab.topology import load_topology
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

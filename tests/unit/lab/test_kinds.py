@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab import kinds
-from controller.lab.kinds import ImageHandler, handler_for, register_image, unregister_image
-from controller.lab.topology import Bind, Node
+from lab import kinds
+from lab.kinds import ImageHandler, handler_for, register_image, unregister_image
+from lab.topology import Bind, Node
 
 
 @pytest.mark.parametrize(

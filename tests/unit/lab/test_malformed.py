@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.errors import TopologyError
-from controller.lab.topology import load_topology
+from lab.errors import TopologyError
+from lab.topology import load_topology
 
 CORPUS = Path(__file__).parent / "malformed"
 FILES = sorted(CORPUS.glob("*.clab.yml"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.errors import LabError
-from controller.lab.state import LabState, ProcessRecord, lab_lock, process_start_time
+from lab.errors import LabError
+from lab.state import LabState, ProcessRecord, lab_lock, process_start_time
 
 
 @pytest.fixture(autouse=True)

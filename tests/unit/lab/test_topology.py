@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.topology import load_topology, netns_name, parse_topology
+from lab.topology import load_topology, netns_name, parse_topology
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

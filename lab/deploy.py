@@ -27,14 +27,14 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from controller.lab import kinds, netns
-from controller.lab.errors import LabError, NotRootError
-from controller.lab.state import LabState, lab_dir, lab_lock
-from controller.lab.topology import Node, Topology, load_topology
+from lab import kinds, netns
+from lab.errors import LabError, NotRootError
+from lab.state import LabState, lab_dir, lab_lock
+from lab.topology import Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
 
-POD_NETNS_INFIX = "-pod-"  # pod namespaces: <node namespace>-pod-<name> (controller.lab.pods)
+POD_NETNS_INFIX = "-pod-"  # pod namespaces: <node namespace>-pod-<name> (lab.pods)
 READY_TIMEOUT = 60.0
 EXEC_TIMEOUT = 60.0
 MAX_WORKERS = 16

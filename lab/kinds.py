@@ -9,8 +9,9 @@ handler), anything else a plain namespace where ``cmd`` and ``exec`` run.
 
 Why a registry: later issues add images (``tabby/node``) with ``register_image`` from their own
 package, without editing the lab core. Registered patterns are tried before the built-in ones,
-most recent first. A separate CLI process finds them through ``PLUGIN_MODULES`` /
-``TABBY_LAB_PLUGINS`` (modules imported for their ``register_image`` side effect).
+most recent first. The project's own ``tabby/node`` handler (``lab.node_image``) is imported by
+``lab/__init__``; a separate CLI process finds out-of-tree handlers through ``TABBY_LAB_PLUGINS``
+(modules a user names, imported for their ``register_image`` side effect).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from pathlib import Path
 
 import structlog
 
-from controller.lab import netns
-from controller.lab.errors import LabError
-from controller.lab.state import LabState, ProcessRecord, process_start_time
-from controller.lab.topology import Node, Topology
+from lab import netns
+from lab.errors import LabError
+from lab.state import LabState, ProcessRecord, process_start_time
+from lab.topology import Node, Topology
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +56,6 @@ FRR_KNOWN_DAEMONS = ("zebra", "bgpd", "ospfd", "ospf6d", "ripd", "ripngd", "isis
 GOBGP_API = "127.0.0.1:50051"
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
-# modules imported for their register_image() side effect, when installed
-PLUGIN_MODULES = ("controller.node.lab_image",)
 
 
 @dataclass
@@ -401,17 +400,16 @@ def handler_for(image: str) -> ImageHandler:
 
 
 def load_plugins() -> None:
-    """Import the modules that register images (once); a module that is not there is skipped."""
+    """Import the out-of-tree modules named by ``TABBY_LAB_PLUGINS`` (once); a missing one is an error."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
     extra = [m.strip() for m in os.environ.get("TABBY_LAB_PLUGINS", "").split(",") if m.strip()]
-    for module in (*PLUGIN_MODULES, *extra):
+    for module in extra:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name is None or not module.startswith(exc.name):
                 raise
-            if module in extra:
-                raise LabError(f"TABBY_LAB_PLUGINS: module {module} not found") from None
+            raise LabError(f"TABBY_LAB_PLUGINS: module {module} not found") from None

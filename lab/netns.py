@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from controller.lab.errors import LabError
+from lab.errors import LabError
 
 log = structlog.get_logger(__name__)
 

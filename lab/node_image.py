@@ -1,9 +1,9 @@
 """``tabby/node`` lab image: run the node agent inside the lab node's namespace.
 
-Imported by the lab runner for its ``register_image`` side effect (controller.lab.kinds
-PLUGIN_MODULES). The agent gets the node's ``env`` (calico-node names) with NODENAME defaulting
-to the lab node's name; its run directory is per node (/run/tabby/<nodename>), so several agents
-share one machine. Ready = its local API answers STATUS.
+Imported by ``lab/__init__`` for its ``register_image`` side effect (a static import: the lab
+starts the agent as a program and imports nothing of ``controller``). The agent gets the node's
+``env`` (calico-node names) with NODENAME defaulting to the lab node's name; its run directory
+is per node (/run/tabby/<nodename>), so several agents share one machine. Ready = its local API answers STATUS.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import socket
 import sys
 from pathlib import Path
 
-from controller.lab.kinds import ImageHandler, NodeContext, register_image
-from controller.lab.topology import Node
-from controller.node.config import DEFAULT_RUN_ROOT
+from lab.kinds import ImageHandler, NodeContext, register_image
+from lab.topology import Node
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+# The agent's own default (controller.node.config.DEFAULT_RUN_ROOT); the lab reads it as a program would.
+DEFAULT_RUN_ROOT = "/run/tabby"
 
 
 def _run_dir(env: dict[str, str], nodename: str) -> Path:

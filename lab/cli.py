@@ -1,7 +1,7 @@
 """``tabbyctl lab``: deploy, destroy, inspect, graph and exec for containerlab topology files.
 
 Mounted into tabbyctl with ``cli.add_command(lab)``; also runs standalone as
-``python -m controller.lab``. A user mistake prints one line per problem on stderr and exits 1;
+``python -m lab``. A user mistake prints one line per problem on stderr and exits 1;
 progress goes to stderr so stdout stays machine-readable (``inspect -f json``).
 """
 
@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from controller.lab import graph as graph_mod
-from controller.lab import kinds, netns
-from controller.lab.deploy import READY_TIMEOUT, Lab, deploy_lab, destroy_lab, inspect_lab, load_lab
-from controller.lab.errors import LabError
-from controller.lab.state import LabState
-from controller.lab.topology import Topology, load_topology
+from lab import graph as graph_mod
+from lab import kinds, netns
+from lab.deploy import READY_TIMEOUT, Lab, deploy_lab, destroy_lab, inspect_lab, load_lab
+from lab.errors import LabError
+from lab.state import LabState
+from lab.topology import Topology, load_topology
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOPO_HELP = "topology file (*.clab.yml), or a directory holding one; default: the one in the current directory"
@@ -107,7 +107,7 @@ class ProgressReporter:
 def lab(verbose: bool) -> None:
     """containerlab topologies on network namespaces (no Docker needed)."""
     if verbose or not structlog.is_configured():
-        from controller import logs
+        from common import logs
 
         logs.configure(level="debug" if verbose else "warning")
 
@@ -277,7 +277,7 @@ def pod() -> None:
 @user_errors
 def pod_add(topo: str | None, namespace: str, labels: tuple[str, ...], timeout: float, node: str, name: str) -> None:
     """Create pod NAME on NODE: a netns, then CNI ADD as a runtime would; prints the pod as JSON."""
-    from controller.lab import pods as pods_mod
+    from lab import pods as pods_mod
 
     record = pods_mod.add_pod(_topology(topo), node, name, namespace=namespace,
                               labels=pods_mod.parse_labels(labels), timeout=timeout)
@@ -293,7 +293,7 @@ def pod_add(topo: str | None, namespace: str, labels: tuple[str, ...], timeout: 
 @user_errors
 def pod_del(topo: str | None, namespace: str, force: bool, node: str, name: str) -> None:
     """Delete pod NAME on NODE: CNI DEL, then its namespace."""
-    from controller.lab import pods as pods_mod
+    from lab import pods as pods_mod
 
     record = pods_mod.del_pod(_topology(topo), node, name, namespace=namespace, force=force)
     click.echo(f"pod {record.key} deleted from node {record.node}", err=True)
@@ -304,7 +304,7 @@ def pod_del(topo: str | None, namespace: str, force: bool, node: str, name: str)
 @user_errors
 def pod_list(topo: str | None) -> None:
     """The lab's pods as JSON (name, namespace, node, netns, ips, labels, status)."""
-    from controller.lab import pods as pods_mod
+    from lab import pods as pods_mod
 
     records = pods_mod.pods(load_lab(_topology(topo)))
     click.echo(json.dumps([{**r.summary(), "labels": r.labels, "status": r.status} for r in records], indent=2))
@@ -318,7 +318,7 @@ def pod_list(topo: str | None) -> None:
 @user_errors
 def check(topo: str | None, count: int, wait: int) -> None:
     """All-pairs ping between the lab's pods; JSON summary on stdout, exit 1 when a pair fails."""
-    from controller.lab import pods as pods_mod
+    from lab import pods as pods_mod
 
     report = pods_mod.check(_topology(topo), count=count, wait=wait)
     click.echo(json.dumps(report, indent=2))

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.lab.errors import LabError
+from lab.errors import LabError
 
 DEFAULT_ROOT = Path("/run/tabby/lab")
 STATE_FILE = "state.json"

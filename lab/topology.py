@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from controller.lab.errors import TopologyError
+from lab.errors import TopologyError
 
 DEFAULT_PREFIX = "clab"
 DEFAULT_MGMT_NETWORK = "clab"

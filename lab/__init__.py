@@ -9,10 +9,11 @@ Python API (tests and later issues)::
 Images map to host programs through ``register_image(pattern, handler)`` (see ``kinds``).
 """
 
-from controller.lab.deploy import Lab, deploy, destroy, inspect, load
-from controller.lab.errors import LabError, TopologyError
-from controller.lab.kinds import ImageHandler, NodeContext, handler_for, register_image, unregister_image
-from controller.lab.topology import Topology, load_topology
+from lab import node_image  # noqa: F401  (registers the tabby/node image handler)
+from lab.deploy import Lab, deploy, destroy, inspect, load
+from lab.errors import LabError, TopologyError
+from lab.kinds import ImageHandler, NodeContext, handler_for, register_image, unregister_image
+from lab.topology import Topology, load_topology
 
 __all__ = [
     "ImageHandler",

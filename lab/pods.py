@@ -31,15 +31,15 @@ from typing import Any
 
 import structlog
 
-from controller.lab import kinds, netns
-from controller.lab.deploy import POD_NETNS_INFIX, Lab, load
-from controller.lab.errors import LabError
-from controller.lab.state import LabState, lab_lock
-from controller.lab.topology import Node, Topology
+from lab import kinds, netns
+from lab.deploy import POD_NETNS_INFIX, Lab, load
+from lab.errors import LabError
+from lab.state import LabState, lab_lock
+from lab.topology import Node, Topology
 
 log = structlog.get_logger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_FILE = ROOT / "controller" / "cni" / "plugin.py"
 CONFLIST = ROOT / "manifests" / "cni" / "10-tabby.conflist"
 PLUGIN_ENV = "TABBY_LAB_CNI_PLUGIN"  # an installed plugin executable to use instead of the checkout's

@@ -10,9 +10,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from controller.lab.errors import LabError
-from controller.lab.kinds import handler_for
-from controller.lab.topology import Topology
+from lab.errors import LabError
+from lab.kinds import handler_for
+from lab.topology import Topology
 
 FORMATS = ("svg", "png", "dot", "md")
 # fill colour per handler: routers warm, datastore green, plain namespaces grey

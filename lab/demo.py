@@ -59,8 +59,8 @@ class Demo:
     """One run against one topology file; `lab(...)` runs `tabbyctl lab <cmd> -t FILE ...`."""
 
     def __init__(self, topology: Path) -> None:
-        from controller.lab import load_topology
-        from controller.lab.pods import is_tabby_node, nodename
+        from lab import load_topology
+        from lab.pods import is_tabby_node, nodename
 
         self.topology = topology.resolve()
         self.shown = shown_path(topology)
@@ -219,14 +219,14 @@ def explore_text(topology: str, nodes: list[str], router: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("-t", "--topology", type=Path, default=DEFAULT_TOPOLOGY,
                         help="the lab to deploy (default: examples/three-node-tor.clab.yml)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the demo builds network namespaces: run it as root (sudo make demo)", file=sys.stderr)
         return 1
-    from controller.lab.errors import LabError
+    from lab.errors import LabError
 
     try:
         Demo(args.topology).run()
