@@ -80,6 +80,12 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTNH_F_ONLINK = 4
 
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_IFADDR = 5
+RTNLGRP_IPV6_IFADDR = 9
+RTM_NEWADDR = 20
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
 RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV6_ROUTE = 11
 
@@ -730,6 +736,57 @@ class RouteMonitor:
                 route, protocol, table = decoded
                 events.append(RouteEvent("new" if mtype == RTM_NEWROUTE else "del", route, protocol, table))
         return events, overflowed
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+_IFINFOMSG = struct.Struct("=BxHiII")
+
+
+class LinkMonitor:
+    """A non-blocking socket subscribed to link and address notifications in one namespace.
+
+    Why: a link that goes down loses its IPv4 routes in the kernel and does not say so with a route
+    notification; when it comes back (or an address is added back) our routes through it must be
+    re-added. :meth:`read_changes` reports the links that came (back) up and whether addresses were
+    added, so the caller resyncs at once instead of waiting for the periodic resync.
+    """
+
+    def __init__(self, netns: str | None = None):
+        groups = (1 << (RTNLGRP_LINK - 1)) | (1 << (RTNLGRP_IPV4_IFADDR - 1)) | (1 << (RTNLGRP_IPV6_IFADDR - 1))
+        self.sock = open_netlink_socket(netns, groups)
+        self.sock.setblocking(False)
+        self._up: dict[int, bool] = {}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_changes(self, limit: int = 10_000) -> tuple[list[int], bool, bool]:
+        """Drain what is queued: (ifindexes that went up, an address was added, overflowed)."""
+        came_up: list[int] = []
+        addr_added = False
+        overflowed = False
+        for _ in range(limit):
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    overflowed = True
+                    continue
+                raise
+            for mtype, _flags, _seq, offset in iter_messages(data):
+                if mtype == RTM_NEWADDR:
+                    addr_added = True
+                elif mtype in (RTM_NEWLINK, RTM_DELLINK):
+                    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, offset + 16)
+                    up = mtype == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+                    if up and not self._up.get(index, False):
+                        came_up.append(index)
+                    self._up[index] = up
+        return came_up, addr_added, overflowed
 
     def close(self) -> None:
         self.sock.close()

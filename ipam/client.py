@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -97,8 +97,17 @@ class _Target:
 class IPAMClient:
     """Allocate and release addresses from IP pools cut into node-affine blocks."""
 
-    def __init__(self, ds: Datastore, *, cache_ttl: float = 2.0, conflict_attempts: int = 50) -> None:
+    def __init__(
+        self, ds: Datastore, *, cache_ttl: float = 2.0, conflict_attempts: int = 50,
+        pool_source: Callable[[], list[Pool] | None] | None = None,
+        pool_filter: Callable[[str, bytes], Pool | None] | None = None,
+    ) -> None:
+        """``pool_source``: the caller's validated pools (the node agent's model), used instead of the
+        cached etcd read; None from it means "not known yet". ``pool_filter``: how a fresh etcd read of a
+        pool is validated (the agent's filter keeps a pool's last good version), default: plain parse."""
         self.ds = ds
+        self.pool_source = pool_source
+        self.pool_filter = pool_filter
         self.cache_ttl = cache_ttl
         self.conflict_attempts = conflict_attempts
         self._pools: tuple[float, list[Pool]] | None = None
@@ -128,11 +137,23 @@ class IPAMClient:
         return time.monotonic() - stamp < self.cache_ttl
 
     async def _all_pools(self, fresh: bool = False) -> list[Pool]:
+        if not fresh and self.pool_source is not None:
+            known = self.pool_source()
+            if known is not None:
+                self._pools = (time.monotonic(), known)  # the same list object while unchanged: memo hits
+                return known
         if not fresh and self._pools is not None and self._fresh(self._pools[0]):
             return self._pools[1]
         kvs, _ = await self.ds.list(POOLS_PREFIX)
         pools = []
         for kv in kvs:
+            if self.pool_filter is not None:
+                pool = self.pool_filter(kv.key, kv.value)
+                if pool is None:
+                    log.warning("ipam.pool_ignored", key=kv.key, reason="fails validation")
+                else:
+                    pools.append(pool)
+                continue
             try:
                 pools.append(Pool.from_resource(kv.json()))
             except (ValueError, KeyError, TypeError) as exc:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import Any
 
+from datamodel.resources import IPPool
 from datamodel.selector import SelectorError, parse_selector
 from ipam.block import IPNetwork
 
@@ -59,6 +60,17 @@ class Pool:
 
     def contains(self, cidr_or_ip: str) -> bool:
         return _contains(self.cidr, cidr_or_ip)
+
+    @classmethod
+    def from_ippool(cls, pool: IPPool) -> Pool:
+        """From a validated, defaulted IPPool (the node agent's model): no second set of defaults."""
+        spec = pool.spec
+        return cls(
+            name=pool.name, cidr=spec.cidr, block_size=int(spec.blockSize or (26 if pool.ip_version == 4 else 122)),
+            node_selector=spec.nodeSelector or "all()", disabled=spec.disabled,
+            allowed_uses=tuple(spec.allowedUses) or DEFAULT_ALLOWED_USES, ipip_mode=spec.ipipMode,
+            vxlan_mode=spec.vxlanMode,
+        )
 
     @classmethod
     def from_resource(cls, doc: dict[str, Any]) -> Pool:

@@ -6,8 +6,10 @@ Start-up order and why:
 2. the node's address (configured, or autodetected; retried until it appears, because the lab
    adds the address after the agent starts);
 3. register the Node (compare-on-revision, retried while etcd is away);
-4. the watch over the whole prefix; the first full snapshot starts the dataplane (full resync);
-   later events only mark it dirty (coalesced deltas);
+4. the watch over the whole prefix feeds ONE validated model (controller/node/model.py); its
+   changes go through the calculation graph (graph.py) to the dataplane thread as typed messages
+   (dataplane.py); the first full snapshot starts the dataplane (full resync), later changes are
+   applied in throttled apply phases, CNI ADD/DEL in the fast lane;
 5. tunnel addresses whenever the pools ask for them;
 6. with CALICO_NETWORKING_BACKEND=bird (the default): BGP (controller/node/bgp.py) once the first
    snapshot is in; the kernel's BGP routes of a previous agent are kept until the RIB is refilled.
@@ -24,6 +26,7 @@ import contextlib
 import random
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -31,19 +34,22 @@ import structlog
 
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
-from controller.node.bgp import NodeBgp, backend_inputs, disabled_status
+from controller.node.bgp import NodeBgp, disabled_status
 from controller.node.cni_handlers import CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
+from controller.node.graph import CalcGraph, pod_mtu
+from controller.node.messages import InSync
+from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
-from controller.node.snapshot import Snapshot, pod_mtu
-from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchResync, mod_is
+from datamodel.resources import IPPool
+from datastore import Datastore, DatastoreError, Put, WatchResync, mod_is
 from datastore.keys import resource_key
 from datastore.watch import watch_prefix
-from felix_like.routes import RouteInputs, WorkloadInfo
+from felix_like.route_programmer import ApplyResult
 from felix_like.vxlan import derive_vtep_mac
 from felix_like.workload import enable_forwarding
-from ipam import IPAMClient
+from ipam import IPAMClient, Pool
 
 log = structlog.get_logger("tabby.node.agent")
 
@@ -56,7 +62,11 @@ class Agent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.log = log.bind(node=config.nodename)
-        self.snapshot = Snapshot(config.nodename)
+        #: The one validated model of the datastore, and the calculation graph fed from it.
+        self.model = Model(config.nodename)
+        self.graph = CalcGraph(config.nodename, config.networking_backend, vxlan_mac=config.vxlan_mac)
+        self.graph.bgp.on_change = self._bgp_inputs_changed
+        self._ipam_pools: list[Pool] | None = None
         request_cfg = replace(
             config.etcd,
             connect_timeout=config.cni_timeout,
@@ -66,7 +76,7 @@ class Agent:
         #: and re-dials its own when etcd goes away, which must not cut a request short.
         self.ds = Datastore(request_cfg)
         self.watch_ds = Datastore(config.etcd)
-        self.ipam = IPAMClient(self.ds)
+        self.ipam = IPAMClient(self.ds, pool_source=self.ipam_pools, pool_filter=self._ipam_pool_filter)
         self.detected: Detected | None = None
         self.dataplane: Dataplane | None = None
         self.ready = asyncio.Event()
@@ -80,16 +90,16 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._tunnel_dirty = asyncio.Event()
         self._registered = False
-        self._managers: Any = None
-        self._tunnels_at = 0.0
         #: BGP (ExaBGP + RIB) with the ``bird`` backend only.
         self.bgp: NodeBgp | None = NodeBgp(self) if config.bgp_enabled else None
+        if self.bgp is not None:
+            self.bgp.on_learned = self._learned_changed
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
         if self.detected is None and self.config.ip != "none":
             return f"waiting for the node address ({self.config.autodetect.describe()})"
-        if not self.snapshot.synced:
+        if not self.model.synced:
             return "waiting for the first datastore snapshot (is etcd reachable?)"
         if self.dataplane is None or not self.dataplane.started:
             return "dataplane not started"
@@ -104,6 +114,7 @@ class Agent:
         """Sessions, counters and metrics for `tabbyctl node status` (answered before readiness too)."""
         out = disabled_status(self.config.networking_backend) if self.bgp is None else self.bgp.status()
         out["node"] = self.config.nodename
+        out["invalid_resources"] = self.model.invalid_report()
         out["ready"] = not self.not_ready_reason()
         out["not_ready_reason"] = self.not_ready_reason()
         return out
@@ -119,15 +130,47 @@ class Agent:
 
     def pod_mtu(self) -> int:
         nic = self.detected.mtu if self.detected else 1500
-        return pod_mtu(nic, self.snapshot.encapsulations(), self.config.mtu)
+        return pod_mtu(nic, self.graph.tunnels.encapsulations(), self.config.mtu)
 
-    def route_inputs(self, extra: dict[str, WorkloadInfo], gone: set[str]) -> RouteInputs:
-        inputs = self.snapshot.route_inputs(self.local_ip, self.interface, extra)
-        learned = self.bgp.learned_routes() if self.bgp is not None else ()
-        inputs = backend_inputs(inputs, self.config.networking_backend, learned)
-        if gone:
-            inputs = replace(inputs, workloads=tuple(w for w in inputs.workloads if w.interface not in gone))
-        return inputs
+    # -- the model's consumers -------------------------------------------------------------------
+    def ipam_pools(self) -> list[Pool] | None:
+        """IPAM's pools: the model's validated IPPools (None before the first snapshot: IPAM reads etcd)."""
+        if not self.model.synced:
+            return None
+        if self._ipam_pools is None:
+            self._ipam_pools = [Pool.from_ippool(p) for p in self.model.pools()]
+        return self._ipam_pools
+
+    def _ipam_pool_filter(self, key: str, raw: bytes) -> Pool | None:
+        """IPAM's fresh read of the pools goes through the same validation filter (last good version kept)."""
+        obj = self.model.filter(key, raw)
+        return Pool.from_ippool(obj) if isinstance(obj, IPPool) else None
+
+    def _bgp_inputs_changed(self) -> None:
+        if self.bgp is not None and self.bgp.started:
+            self.bgp.mark_dirty()
+
+    def _learned_changed(self) -> None:
+        """BGP's best routes changed: they are an input of the route calculation like any other."""
+        assert self.bgp is not None
+        self.graph.routes.set_learned(self.bgp.learned_routes())
+        if self.dataplane is not None:
+            self.dataplane.send(self.graph.flush())
+
+    async def local_workload_added(self, key: str, container_id: str, ips: Iterable[str],
+                                   interface: str) -> ApplyResult | None:
+        """A pod CNI just plumbed: a WorkloadEndpoint input of the graph before etcd echoes it; its
+        routes go through the fast lane (applied at once; returns when they are in the kernel)."""
+        self.graph.routes.local_add(key, container_id, ips, interface)
+        assert self.dataplane is not None
+        return await self.dataplane.apply_fast(self.graph.flush())
+
+    async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
+        """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""
+        self.graph.routes.local_remove(keys, interfaces)
+        if self.dataplane is None:
+            return None
+        return await self.dataplane.apply_fast(self.graph.flush())
 
     # -- main ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -166,13 +209,13 @@ class Agent:
         if self.config.ip != "none":
             self.detected = await self.detect()
         await self.register()
+        self.graph.set_local_node(self.local_ip, self.interface)
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
-        self.dataplane = Dataplane(
-            self.config.netns, self.route_inputs, resync_interval=self.config.resync_interval,
-            node=self.config.nodename,
-        )
-        self.dataplane.managers.append(self.apply_tunnels)
+            self.graph.routes.set_learned(self.bgp.learned_routes())  # the provisional routes
+        self.dataplane = Dataplane(self.config.netns, resync_interval=self.config.resync_interval,
+                                   node=self.config.nodename)
+        self.dataplane.start()
         self._tasks.append(asyncio.create_task(self._tunnels(), name="agent-tunnels"))
         await self._watch()
 
@@ -267,7 +310,7 @@ class Agent:
                 self._tunnel_dirty.set()
 
     async def ensure_tunnels(self) -> None:
-        encaps = self.snapshot.encapsulations()
+        encaps = self.graph.tunnels.encapsulations()
         node = self.config.nodename
         result: dict[str, str | None] = {}
         for kind in ("ipip", "vxlan"):
@@ -275,10 +318,12 @@ class Agent:
                 result[kind] = await asyncio.wait_for(self.ipam.assign_tunnel_address(node=node, kind=kind), 30)
             else:
                 result[kind] = None
-                mine = self.snapshot.node(node) or {}
-                spec = mine.get("spec") or {}
-                has = (spec.get("bgp") or {}).get("ipv4IPIPTunnelAddr") if kind == "ipip" else \
-                    spec.get("ipv4VXLANTunnelAddr")
+                mine = self.model.node(node)
+                spec = mine.spec if mine is not None else None
+                has = None
+                if spec is not None:
+                    has = (spec.bgp.ipv4IPIPTunnelAddr if spec.bgp else None) if kind == "ipip" else \
+                        spec.ipv4VXLANTunnelAddr
                 if has:
                     await asyncio.wait_for(self.ipam.release_by_handle(f"{kind}-tunnel-addr-{node}"), 30)
         mac = self.config.vxlan_mac or derive_vtep_mac(node)
@@ -301,49 +346,34 @@ class Agent:
 
         await self.update_node(mutate, "tunnel addresses")
 
-    async def apply_tunnels(self) -> bool:
-        """Tunnel devices and NAT from the snapshot; only when their inputs changed (or periodically)."""
-        from controller.node.tunnels import TunnelManagers, tunnel_inputs
-
-        if self._managers is None:
-            self._managers = TunnelManagers(self.config.netns)
-        inputs = tunnel_inputs(
-            self.config.nodename, self.snapshot.nodes(), self.snapshot.pools(), self.snapshot.encapsulations(),
-            self.local_ip, self.interface,
-        )
-        now = time.monotonic()
-        if inputs == self._managers.last and now - self._tunnels_at < self.config.resync_interval:
-            return False
-        self._tunnels_at = now
-        return await asyncio.to_thread(self._managers.apply, inputs, self.config.nodename)
-
     # -- watch ----------------------------------------------------------------------------------
     async def _watch(self) -> None:
+        own_key = resource_key("nodes", self.config.nodename)
+        assert self.dataplane is not None
         async for item in watch_prefix(self.watch_ds, ""):
-            change = self.snapshot.apply(item)
+            updates = self.model.apply(item)
+            self.graph.apply(updates)
+            if any(u.kind == IPPool.KIND for u in updates):
+                self._ipam_pools = None
+                self._tunnel_dirty.set()
+            messages = self.graph.flush()
             if isinstance(item, WatchResync):
-                self.log.info("agent.snapshot", revision=item.revision, keys=len(self.snapshot.values))
-                assert self.dataplane is not None
+                self.log.info("agent.snapshot", revision=item.revision, changes=len(updates), **counts(self.model))
                 if not self.dataplane.started:
-                    await self.dataplane.start()
+                    self.dataplane.send([*messages, InSync()])
+                    await self.dataplane.wait_synced()
                     self.ready.set()
                     self.log.info("agent.ready", backend=self.config.networking_backend)
                     if self.bgp is not None:
                         await self.bgp.start()
                 else:
-                    self.dataplane.mark_dirty()
-                    if self.bgp is not None:
+                    self.dataplane.send(messages)
+                    if self.bgp is not None and self.bgp.started:
                         self.bgp.mark_dirty()
                 self._tunnel_dirty.set()
                 continue
-            assert isinstance(item, WatchEvent)
-            if self.bgp is not None and self.bgp.started and self.bgp.interested(item.kv.key):
-                self.bgp.mark_dirty()
-            if change.routes and self.dataplane is not None:
-                self.dataplane.mark_dirty()
-            if change.pools:
-                self._tunnel_dirty.set()
-            if change.own_node and self._registered and item.kind == "delete":
+            self.dataplane.send(messages)
+            if self._registered and any(u.key == own_key and u.new is None for u in updates):
                 # Someone deleted our Node: register again (Calico's node does the same on restart).
                 self._tasks.append(asyncio.create_task(self.register()))
 

@@ -1,11 +1,13 @@
-"""BGP inside the node agent: one ExaBGP (bgp.speaker.Speaker) fed from the snapshot, its events fed
-into the RIB (bgp.rib.Rib), the RIB's best routes fed to the route programmer as LearnedRoutes.
+"""BGP inside the node agent: one ExaBGP (bgp.speaker.Speaker) fed from the agent's validated model
+(controller/node/model.py) and calculation graph (``graph.bgp``: own blocks, borrowed IPs), its events
+fed into the RIB (bgp.rib.Rib), the RIB's best routes handed back to the graph as LearnedRoutes
+through the ``on_learned`` hook (the graph's route calculator treats them like any other input).
 
 Why this shape (Calico's ``bird`` backend, with ExaBGP + our own RIB instead of BIRD):
 
-- sessions and announcements are recalculated from the whole snapshot on every relevant change,
-  coalesced (a block claim is several keys); ``Speaker.apply`` reloads ExaBGP only when the rendered
-  config differs, so a peer added or removed touches only that session;
+- sessions and announcements are recalculated from the model's parsed objects when the graph says
+  their inputs changed, coalesced (a block claim is several keys); ``Speaker.apply`` reloads ExaBGP
+  only when the rendered config differs, so a peer added or removed touches only that session;
 - ExaBGP keeps no RIB: every UPDATE, state change and End-of-RIB goes through ``Rib`` (loop checks,
   best path, graceful restart), and ``drain_changes()`` gives the prefixes whose best route changed;
 - remote blocks of native/IPIP pools are routed ONLY from BGP in this mode (the agent drops them from
@@ -26,7 +28,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,7 @@ from bgp.peers import compute_peers, speaker_spec
 from bgp.rib import Rib
 from bgp.speaker import Speaker
 from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
-from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node, ResourceError, parse_resource
+from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node
 from datastore.keys import resource_prefix
 from felix_like.netlink import RouteSocket, RouteType
 from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
@@ -95,7 +97,8 @@ class NodeBgp:
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self._parsed: dict[str, tuple[int, Any]] = {}
+        #: Called when learned_routes() changed (the agent feeds them to its calculation graph).
+        self.on_learned: Callable[[], None] | None = None
 
     # -- start-up ----------------------------------------------------------------------------
     def capture_kernel_routes(self, interface: str) -> None:
@@ -144,54 +147,26 @@ class NodeBgp:
         """The snapshot changed in a way that may change peers or announcements (coalesced)."""
         self._dirty.set()
 
-    @staticmethod
-    def interested(key: str) -> bool:
-        """Keys whose change may change sessions or announcements (blocks: announcements)."""
-        from datastore.keys import BLOCKS
-
-        return key.startswith(WATCHED) or key.startswith(BLOCKS)
-
     # -- calculation ---------------------------------------------------------------------------
-    def _resources(self, prefix: str) -> list[Any]:
-        """Validated resources under ``prefix`` (cached per key revision: validation is the costly part)."""
-        snap = self.agent.snapshot
-        out = []
-        for key, value in snap.values.items():
-            if not key.startswith(prefix) or not isinstance(value, dict):
-                continue
-            rev = snap.revisions.get(key, 0)
-            cached = self._parsed.get(key)
-            if cached is None or cached[0] != rev:
-                try:
-                    cached = (rev, parse_resource(value, key))
-                except (ResourceError, ValueError, TypeError) as exc:
-                    self.log.warning("bgp.bad_resource", key=key, error=str(exc)[:300])
-                    cached = (rev, None)
-                self._parsed[key] = cached
-            if cached[1] is not None:
-                out.append(cached[1])
-        return out
-
     def _inputs(self) -> tuple[Node | None, list[Node], list[BGPConfiguration], list[BGPPeer], list[IPPool]]:
-        nodes = [n for n in self._resources(NODES) if isinstance(n, Node)]
-        local = next((n for n in nodes if n.name == self.agent.config.nodename), None)
-        configs = [c for c in self._resources(BGPCONFIGS) if isinstance(c, BGPConfiguration)]
-        peers = [p for p in self._resources(BGPPEERS) if isinstance(p, BGPPeer)]
-        pools = [p for p in self._resources(POOLS) if isinstance(p, IPPool)]
-        return local, nodes, configs, peers, pools
+        """The model's validated objects: the same ones IPAM and routing use (an invalid resource is
+        ignored, or kept at its last good version, by all of them alike)."""
+        model = self.agent.model
+        nodes = sorted(model.nodes().values(), key=lambda n: n.name)
+        local = model.node(self.agent.config.nodename)
+        return local, nodes, model.bgp_configurations(), model.bgp_peers(), model.pools()
 
     def own_prefixes(self, pools: list[IPPool], configs: list[BGPConfiguration]) -> set[Announcement]:
         """Blocks affine to us, IPs we borrowed, service CIDRs (bgp.announce decides the policy)."""
         node = self.agent.config.nodename
-        blocks = [cidr for cidr, block in self.agent.snapshot.blocks().items()
-                  if block.get("affinity") == f"host:{node}"]
-        inputs = self.agent.snapshot.route_inputs(self.agent.local_ip, self.agent.interface)
-        mine = {b.cidr for b in inputs.blocks if b.affinity == node}
-        borrowed = [b.ip for b in inputs.borrowed if b.node == node and not _inside(b.ip, mine)]
+        calc = self.agent.graph.bgp
+        blocks = sorted(calc.own_blocks)
+        mine = set(blocks)
+        borrowed = [ip for ip in calc.borrowed() if not _inside(ip, mine)]
         return compute_announcements(node, blocks, borrowed, pools, configs)
 
     async def refresh(self) -> None:
-        """Recompute sessions and announcements from the snapshot; apply what changed."""
+        """Recompute sessions and announcements from the model; apply what changed."""
         async with self._lock:
             local, nodes, configs, bgp_peers, pools = self._inputs()
             if local is None:
@@ -345,8 +320,8 @@ class NodeBgp:
             else:
                 self.learned[prefix] = self._learned_route(best)
         self.log.info("bgp.best_changed", changed=len(changes), learned=len(self.learned))
-        if self.agent.dataplane is not None:
-            self.agent.dataplane.mark_dirty()
+        if self.on_learned is not None:
+            self.on_learned()
         if rib.cluster_id is not None:
             await self._send_reflected(rib.reflect(changes))
 
@@ -420,8 +395,8 @@ class NodeBgp:
             await self._push_all()
             self.log.info("bgp.settled", provisional_dropped=dropped, learned=len(self.learned),
                           announced=len(self._own))
-            if dropped and self.agent.dataplane is not None:
-                self.agent.dataplane.mark_dirty()
+            if dropped and self.on_learned is not None:
+                self.on_learned()
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

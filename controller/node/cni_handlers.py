@@ -1,8 +1,11 @@
 """CNI ADD / DEL / CHECK / GC / STATUS as the node agent performs them.
 
 Why here and not in the plugin: the plugin is a short-lived process that must start in a few
-milliseconds; the agent already holds the datastore connection, the IPAM caches, the snapshot
-and the route programmer. The plugin validates what it can without help and forwards; this
+milliseconds; the agent already holds the datastore connection, the IPAM caches, the validated
+model and the dataplane. A pod created here is an input of the agent's calculation graph like any
+WorkloadEndpoint (``Agent.local_workload_added``/``local_workload_removed``, before etcd echoes it);
+its routes take the dataplane's fast lane, so ADD returns once its /32 is in the kernel. The plugin
+validates what it can without help and forwards; this
 module does the work and answers with a CNI result or a :class:`CNIError` (the spec's codes).
 
 Rules (docs/cni.md): handle ``<network>.<containerID>``; every etcd step is bounded by
@@ -30,7 +33,6 @@ from datamodel.resources.workloadendpoint import (
 )
 from datastore import DatastoreError, Delete, Put, mod_is
 from datastore.keys import resource_key
-from felix_like.routes import WorkloadInfo
 from felix_like.workload import (
     GATEWAY_V4,
     NetnsGone,
@@ -299,9 +301,9 @@ class CNIHandlers:
         ident = identity(req, self.node)
         bound = log.bind(node=self.node, pod=ident.pod or req.container_id, handle=req.handle)
         # A different sandbox of the same pod (the runtime re-created it): free its handle too.
-        old = agent.snapshot.values.get(ident.wep_key)
-        if isinstance(old, dict):
-            old_handle = (old.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_HANDLE)
+        old = agent.model.get(ident.wep_key)
+        if isinstance(old, WorkloadEndpoint):
+            old_handle = (old.metadata.annotations or {}).get(ANNOTATION_HANDLE)
             if old_handle and old_handle != req.handle:
                 await self.bounded("release the previous sandbox's addresses",
                                    agent.ipam.release_by_handle(old_handle), deadline)
@@ -324,12 +326,8 @@ class CNIHandlers:
                 raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
-            dp = agent.dataplane
-            assert dp is not None
-            dp.gone_interfaces.discard(ident.host_ifname)
-            for ip in (*v4, *v6):
-                dp.extra_workloads[_bare(ip)] = WorkloadInfo(ip=_bare(ip), interface=ident.host_ifname)
-            dp.apply_now()
+            await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
+                                             ident.host_ifname)
             wep = self._wep(req, ident, v4, v6, made.pod_mac)
             await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
         except BaseException:
@@ -358,10 +356,10 @@ class CNIHandlers:
             await asyncio.to_thread(teardown_workload, agent.config.netns, ident.host_ifname)
         except Exception:
             log.warning("cni.undo_failed", node=self.node, step="veth", interface=ident.host_ifname, exc_info=True)
-        if agent.dataplane is not None:
-            for ip in ips:
-                agent.dataplane.extra_workloads.pop(_bare(ip), None)
-            agent.dataplane.apply_now()
+        try:
+            await agent.local_workload_removed([ident.wep_key], [ident.host_ifname])
+        except Exception:
+            log.warning("cni.undo_failed", node=self.node, step="route", interface=ident.host_ifname, exc_info=True)
         try:
             await asyncio.wait_for(agent.ipam.release_by_handle(req.handle), self.timeout)
         except Exception:
@@ -432,24 +430,19 @@ class CNIHandlers:
         deadline = start + self.timeout
         agent = self.agent
         ident = identity(req, self.node)
-        found = agent.snapshot.find_wep(req.container_id, req.ifname or None)
+        found = agent.model.find_wep(req.container_id, req.ifname or None)
         keys = {ident.wep_key}
         interfaces = {ident.host_ifname}
+        found_ifname = found[1].spec.interfaceName if found is not None else None
         if found is not None:
             keys.add(found[0])
-            name = (found[1].get("spec") or {}).get("interfaceName")
-            if name:
-                interfaces.add(name)
+            if found_ifname:
+                interfaces.add(found_ifname)
         for name in sorted(interfaces):
             # A new sandbox of the same pod may already use this veth name: only delete ours.
-            if found is None or name == (found[1].get("spec") or {}).get("interfaceName") or name == ident.host_ifname:
+            if found is None or name == found_ifname or name == ident.host_ifname:
                 await asyncio.to_thread(teardown_workload, agent.config.netns, name)
-        if agent.dataplane is not None:
-            agent.dataplane.gone_interfaces.update(interfaces)
-            for ip, wl in list(agent.dataplane.extra_workloads.items()):
-                if wl.interface in interfaces:
-                    del agent.dataplane.extra_workloads[ip]
-            agent.dataplane.apply_now()
+        await agent.local_workload_removed(keys, interfaces)
         released = await self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline)
         for key in sorted(keys):
             await self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
@@ -463,17 +456,17 @@ class CNIHandlers:
         agent = self.agent
         await self.ready(deadline)
         ident = identity(req, self.node)
-        found = agent.snapshot.find_wep(req.container_id, req.ifname or None)
+        found = agent.model.find_wep(req.container_id, req.ifname or None)
         if found is None:
             raise CNIError(UNKNOWN_CONTAINER, f"no WorkloadEndpoint for container {req.container_id} on {self.node}")
-        spec = found[1].get("spec") or {}
-        nets = list(spec.get("ipNetworks") or [])
+        spec = found[1].spec
+        nets = list(spec.ipNetworks)
         have = await self.bounded("read the container's addresses", agent.ipam.ips_by_handle(req.handle), deadline)
         problems: list[str] = []
         if sorted(_bare(i) for i in have) != sorted(_bare(n) for n in nets):
             problems.append(f"IPAM handle {req.handle} holds {sorted(have)}, the endpoint says {nets}")
         wl = WorkloadSpec(
-            host_ifname=spec.get("interfaceName") or ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname,
+            host_ifname=spec.interfaceName or ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname,
             mtu=0, ipv4=[n for n in nets if ":" not in n], ipv6=[n for n in nets if ":" in n],
         )
         problems += await asyncio.to_thread(check_workload, agent.config.netns, wl)
@@ -500,18 +493,17 @@ class CNIHandlers:
             if isinstance(a, dict)
         }
         removed = []
-        for _key, wep in list(self.agent.snapshot.local_weps().items()):
-            ann = (wep.get("metadata") or {}).get("annotations") or {}
-            spec = wep.get("spec") or {}
+        for _key, wep in list(self.agent.model.local_weps().items()):
+            ann = wep.metadata.annotations or {}
+            spec = wep.spec
             if ann.get(ANNOTATION_NETWORK) != req.network:
                 continue
-            if (str(spec.get("containerID")), str(spec.get("endpoint"))) in valid:
+            if (str(spec.containerID), str(spec.endpoint)) in valid:
                 continue
-            env = {"CNI_CONTAINERID": str(spec.get("containerID")), "CNI_IFNAME": str(spec.get("endpoint")),
-                   "CNI_NETNS": ""}
-            async with self.lock(str(spec.get("containerID"))):  # never interleave with an ADD/DEL of it
+            env = {"CNI_CONTAINERID": str(spec.containerID), "CNI_IFNAME": str(spec.endpoint), "CNI_NETNS": ""}
+            async with self.lock(str(spec.containerID)):  # never interleave with an ADD/DEL of it
                 await self.delete(Request("DEL", env, req.config, req.mode))
-            removed.append(spec.get("containerID"))
+            removed.append(spec.containerID)
         log.info("cni.gc", node=self.node, removed=removed)
         return {}
 

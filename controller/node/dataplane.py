@@ -1,12 +1,23 @@
-"""Make the node's kernel match the desired state calculated from the snapshot.
+"""Dataplane managers behind the message boundary, applied on their own thread.
 
-Why a coalescing reconciler: datastore events arrive in bursts (a block claim is several keys,
-an etcd reconnect replays many). Each event only marks the dataplane dirty; one task waits a
-few milliseconds, recalculates the desired routes once from the whole snapshot (pure) and
-applies the difference as one netlink batch. Nothing is written before the first full snapshot
-(:meth:`Dataplane.start`, a full resync), then deltas; full resyncs again after a failure, on a
-timer (Felix's routeRefreshInterval, ``TABBY_RESYNC_INTERVAL``) and whenever the kernel diverges
-from what we wrote (the route programmer's netlink monitor: a route deleted by hand comes back).
+Why a thread with an apply phase (Felix's ``int_dataplane``): netlink and ``nft`` writes can be
+slow (a loaded kernel, a 10k-route resync); on the agent's event loop they would stall BGP
+keepalives and the CNI socket. The calculation graph (controller/node/graph.py) sends typed
+messages (controller/node/messages.py); this thread owns every kernel object and:
+
+* buffers datastore-driven messages and applies them in one apply phase, at most every
+  ``throttle`` seconds, and only once in sync (after :class:`~controller.node.messages.InSync`:
+  nothing is written before the first complete snapshot);
+* applies a CNI ADD/DEL's messages at once (:meth:`Dataplane.apply_fast`, the fast lane: one
+  netlink batch for that endpoint's routes); ADD awaits it, so the pod's /32 is in the kernel
+  when ADD returns. The throttle governs datastore-driven updates only;
+* order within an apply phase: tunnel devices (VXLAN, IPIP), NAT, then routes (routes through
+  ``vxlan.tabby``/``tunl0`` need the device); a re-created VXLAN device triggers a route resync;
+* full route resync at start (adopting what a previous agent left: an unchanged set costs zero
+  writes), 1 s after a failure, every ``resync_interval`` (Felix's routeRefreshInterval, which also
+  re-applies tunnels and NAT), when the kernel diverges (a route deleted by hand), and within
+  milliseconds when a link comes (back) up or an address is added (the link monitor: a link that
+  went down lost its IPv4 routes without a route notification).
 
 The dataplane is never flushed: not when etcd goes away, not on SIGTERM.
 """
@@ -14,145 +25,374 @@ The dataplane is never flushed: not when etcd goes away, not on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import Awaitable, Callable
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import structlog
 
-from felix_like.netlink import Route
+from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
+from felix_like.ipip import IPIPManager
+from felix_like.nat import NATManager
+from felix_like.netlink import LinkMonitor, Route, RouteMonitor
 from felix_like.route_programmer import ApplyResult, RouteProgrammer
-from felix_like.routes import RouteInputs, WorkloadInfo, calculate_routes
+from felix_like.vxlan import VXLANManager
 
 log = structlog.get_logger("tabby.node.dataplane")
 
-DEBOUNCE = 0.02
+THROTTLE = 0.02
 RETRY_AFTER_FAILURE = 1.0
+KERNEL_DEBOUNCE = 0.05
+
+
+@dataclass
+class Stats:
+    """Counters of the apply loop (status, benchmarks, tests)."""
+
+    apply_phases: int = 0
+    fast_applies: int = 0
+    full_resyncs: int = 0
+    link_resyncs: int = 0
+    last_apply_at: float = 0.0
+    last_result: ApplyResult | None = None
+    resync_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class TunnelManagers:
+    """VXLAN, IPIP and NAT managers of one namespace; each applies the last message it got."""
+
+    def __init__(self, netns: str | None, node: str) -> None:
+        self.node = node
+        self.vxlan = VXLANManager(netns)
+        self.ipip = IPIPManager(netns)
+        self.nat = NATManager(netns)
+        self.vxlan_msg: VXLANUpdate | None = None
+        self.ipip_msg: IPIPUpdate | None = None
+        self.nat_msg: NATUpdate | None = None
+        self._vxlan_on = False
+        self._nat_on = False
+
+    def apply(self) -> bool:
+        """One pass over the three (blocking; the dataplane thread). True: routes must be resynced."""
+        resync = False
+        vx = self.vxlan_msg
+        if vx is not None and vx.local is not None:
+            res = self.vxlan.apply(vx.local, list(vx.remotes))
+            self._vxlan_on = True
+            resync = bool(res.recreated)
+            if res.error:
+                log.warning("tunnels.vxlan_failed", node=self.node, error=res.error)
+        elif self._vxlan_on:
+            self.vxlan.remove()
+            self._vxlan_on = False
+        if self.ipip_msg is not None and self.ipip_msg.config is not None:
+            ires = self.ipip.apply(self.ipip_msg.config)
+            if ires.error:
+                log.warning("tunnels.ipip_failed", node=self.node, error=ires.error)
+        nat = self.nat_msg
+        if nat is not None and (nat.wanted or self._nat_on):
+            nres = self.nat.apply(list(nat.pools))
+            self._nat_on = True
+            if nres.error:
+                log.warning("tunnels.nat_failed", node=self.node, error=nres.error)
+        return resync
 
 
 class Dataplane:
-    """Routes (and, when present, tunnel and NAT managers) of one node namespace."""
+    """The managers of one node namespace and the thread that applies their messages."""
 
-    def __init__(
-        self,
-        netns: str | None,
-        inputs: Callable[[dict[str, WorkloadInfo], set[str]], RouteInputs],
-        *,
-        resync_interval: float = 90.0,
-        node: str = "",
-    ) -> None:
+    def __init__(self, netns: str | None, *, resync_interval: float = 90.0, node: str = "",
+                 throttle: float = THROTTLE) -> None:
         self.netns = netns
-        self._inputs = inputs
         self.resync_interval = resync_interval
-        self.programmer = RouteProgrammer(netns)
-        #: Local workloads created by CNI ADD whose WorkloadEndpoint the watch has not delivered yet.
-        self.extra_workloads: dict[str, WorkloadInfo] = {}
-        #: Host interfaces deleted by CNI DEL whose WorkloadEndpoint may still be in the snapshot.
-        self.gone_interfaces: set[str] = set()
-        self.started = False
-        #: Async callables run on each coalesced pass (tunnels, NAT); True asks for a route resync.
-        self.managers: list[Callable[[], Awaitable[bool]]] = []
-        self._dirty = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.throttle = throttle
+        self.node = node
+        self.stats = Stats()
         self._log = log.bind(node=node)
-        self.last_result: ApplyResult | None = None
+        self._lock = threading.Lock()
+        self._inbox: list[Message] = []
+        self._fast: list[tuple[list[RouteUpdate], concurrent.futures.Future[ApplyResult]]] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._sync_future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread: threading.Thread | None = None
+        # owned by the thread only:
+        self.programmer: RouteProgrammer | None = None
+        self._tunnels: TunnelManagers | None = None
+        self._routes: dict[str, Route] = {}  # dst -> desired route
+        self._pending_routes: dict[str, Route | None] = {}
+        self._tunnels_dirty = False
+        self._in_sync = False
+        self._retry_needed = False
 
-    # -- calculation ---------------------------------------------------------------------------
-    def desired(self) -> frozenset[Route]:
-        return calculate_routes(self._inputs(self.extra_workloads, self.gone_interfaces))
+    # -- the agent's side (event loop) ---------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """True once the first full resync after the first complete snapshot is done."""
+        return self._synced.is_set()
 
-    # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        """First full resync (call only once the first full snapshot is in), then the loops."""
-        for manager in self.managers:  # tunnel devices first: routes through them need them
-            with contextlib.suppress(Exception):
-                await manager()
-        result = self.programmer.full_resync(self.desired())
-        self._after(result)
-        self.started = True
-        self._tasks.append(asyncio.create_task(self._coalesce(), name="dataplane-coalesce"))
-        self._tasks.append(
-            asyncio.create_task(
-                self.programmer.watch_kernel(self._after_watch, interval=self.resync_interval, stop=self._stop),
-                name="dataplane-kernel-watch",
-            )
-        )
+    def start(self) -> None:
+        """Start the thread; it applies nothing until :class:`InSync` arrives."""
+        self._thread = threading.Thread(target=self._run, name=f"dataplane-{self.node}", daemon=True)
+        self._thread.start()
 
-    async def stop(self) -> None:
-        """Stop reconciling; every route stays in the kernel (the next agent adopts them)."""
-        self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        self.programmer.close()
+    async def wait_synced(self) -> None:
+        await asyncio.wrap_future(self._sync_future)
 
-    # -- changes -------------------------------------------------------------------------------
-    def mark_dirty(self) -> None:
-        """Something in the snapshot changed: recalculate soon (coalesced)."""
-        if self.started:
-            self._dirty.set()
+    def send(self, messages: Iterable[Message]) -> None:
+        """Datastore-driven messages: buffered, applied in the next (throttled) apply phase."""
+        messages = list(messages)
+        if not messages:
+            return
+        with self._lock:
+            self._inbox.extend(messages)
+        self._wake()
 
-    def apply_now(self) -> ApplyResult | None:
-        """Recalculate and apply at once (CNI ADD/DEL: the pod is reachable when ADD returns)."""
-        if not self.started:
+    async def apply_fast(self, messages: Iterable[Message]) -> ApplyResult | None:
+        """The fast lane (CNI ADD/DEL): route updates applied at once, in one netlink batch; other
+        messages go to the normal buffer. Returns when the routes are in the kernel (or failed)."""
+        routes: list[RouteUpdate] = []
+        rest: list[Message] = []
+        for msg in messages:
+            (routes if isinstance(msg, RouteUpdate) else rest).append(msg)  # type: ignore[arg-type]
+        self.send(rest)
+        if not routes:
             return None
-        result = self.programmer.apply_delta(self.desired())
-        self._after(result)
-        return result
+        future: concurrent.futures.Future[ApplyResult] = concurrent.futures.Future()
+        with self._lock:
+            self._fast.append((routes, future))
+        self._wake()
+        return await asyncio.wrap_future(future)
 
     def has_route(self, dst: str) -> bool:
-        return any(key[0] == dst for key in self.programmer.actual)
+        """Is a route of ours for ``dst`` in the kernel (as of the last write or dump)? A dict lookup,
+        safe from the event loop while the thread writes (no iteration, no copy: O(1))."""
+        programmer = self.programmer
+        return programmer is not None and programmer.has_key(dst)
 
-    def _prune(self) -> None:
-        """Forget overlay entries the snapshot has caught up with."""
-        inputs = self._inputs({}, set())
-        known = {(w.ip, w.interface) for w in inputs.workloads}
-        for ip, wl in list(self.extra_workloads.items()):
-            if (ip, wl.interface) in known:
-                del self.extra_workloads[ip]
-        interfaces = {w.interface for w in inputs.workloads}
-        self.gone_interfaces &= interfaces
+    async def stop(self) -> None:
+        """Stop applying; every route stays in the kernel (the next agent adopts them)."""
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        with self._lock:
+            fast, self._fast = self._fast, []
+        for _, future in fast:
+            if not future.done():
+                future.set_exception(RuntimeError("the dataplane stopped"))
+        self._wake_r.close()
+        self._wake_w.close()
 
-    async def _coalesce(self) -> None:
-        while not self._stop.is_set():
-            await self._dirty.wait()
-            await asyncio.sleep(DEBOUNCE)
-            self._dirty.clear()
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    # -- the thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.programmer = RouteProgrammer(self.netns)
+            self._tunnels = TunnelManagers(self.netns, self.node)
+            route_mon = RouteMonitor(self.netns)
+            link_mon = LinkMonitor(self.netns)
+        except Exception as exc:
+            self._log.exception("dataplane.start_failed")
+            if not self._sync_future.done():
+                self._sync_future.set_exception(exc)
+            return
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        sel.register(route_mon.fileno(), selectors.EVENT_READ, "routes")
+        sel.register(link_mon.fileno(), selectors.EVENT_READ, "links")
+        next_periodic = time.monotonic() + self.resync_interval
+        resync_at: float | None = None  # a full route resync is due at this time
+        resync_reason = ""
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                deadlines = [next_periodic]
+                if resync_at is not None:
+                    deadlines.append(resync_at)
+                if self._in_sync and (self._pending_routes or self._tunnels_dirty):
+                    deadlines.append(self.stats.last_apply_at + self.throttle)
+                timeout = max(0.0, min(deadlines) - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            while self._wake_r.recv(4096):
+                                pass
+                    elif key.data == "routes":
+                        route_mon.set_ifnames(self.programmer.ifnames)
+                        events, overflowed = route_mon.read_events()
+                        if self._in_sync and (overflowed or any(self.programmer.diverges(e) for e in events)):
+                            resync_at = min(resync_at or now + KERNEL_DEBOUNCE, now + KERNEL_DEBOUNCE)
+                            resync_reason = resync_reason or "kernel_changed"
+                    else:
+                        up, addr_added, overflowed = link_mon.read_changes()
+                        if self._in_sync and (up or addr_added or overflowed):
+                            self.stats.link_resyncs += 1
+                            resync_at = min(resync_at or now + KERNEL_DEBOUNCE, now + KERNEL_DEBOUNCE)
+                            resync_reason = "link_up" if up else "address_added"
+                            self._log.info("dataplane.link_change", links_up=up, address_added=addr_added)
+                if self._stop.is_set():
+                    break
+                self._take_inbox()
+                self._run_fast()
+                if not self._in_sync:
+                    continue
+                now = time.monotonic()
+                if now >= next_periodic:
+                    next_periodic = now + self.resync_interval
+                    self._tunnels_dirty = True
+                    resync_at, resync_reason = now, "periodic"
+                due = now >= self.stats.last_apply_at + self.throttle
+                if (self._pending_routes or self._tunnels_dirty) and due and self._apply_phase():
+                    resync_at, resync_reason = now, resync_reason or "device_recreated"
+                if resync_at is not None and now >= resync_at:
+                    reason = resync_reason or "retry"
+                    resync_at, resync_reason = None, ""
+                    if not self._full_resync(reason):
+                        resync_at, resync_reason = time.monotonic() + RETRY_AFTER_FAILURE, "retry"
+                if self._retry_needed and resync_at is None:
+                    resync_at, resync_reason = time.monotonic() + RETRY_AFTER_FAILURE, "retry"
+                self._retry_needed = False
+        finally:
+            sel.close()
+            route_mon.close()
+            link_mon.close()
+            self.programmer.close()  # leaves every route in place
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            if isinstance(msg, RouteUpdate):
+                self._pending_routes[msg.dst] = msg.route
+            elif isinstance(msg, VXLANUpdate):
+                assert self._tunnels is not None
+                self._tunnels.vxlan_msg = msg
+                self._tunnels_dirty = True
+            elif isinstance(msg, IPIPUpdate):
+                assert self._tunnels is not None
+                self._tunnels.ipip_msg = msg
+                self._tunnels_dirty = True
+            elif isinstance(msg, NATUpdate):
+                assert self._tunnels is not None
+                self._tunnels.nat_msg = msg
+                self._tunnels_dirty = True
+            elif isinstance(msg, InSync) and not self._in_sync:
+                self._first_sync()
+
+    def _first_sync(self) -> None:
+        """Tunnel devices first, then the first full route resync (adopting a predecessor's routes)."""
+        assert self._tunnels is not None
+        with contextlib.suppress(Exception):
+            self._tunnels.apply()
+        self._tunnels_dirty = False
+        self._fold_pending()
+        ok = self._full_resync("start")
+        self._in_sync = True
+        self._synced.set()
+        if not self._sync_future.done():
+            self._sync_future.set_result(None)
+        if not ok:
+            self._retry_needed = True
+
+    def _fold_pending(self) -> tuple[list[Route], list[Route]]:
+        upserts: list[Route] = []
+        removes: list[Route] = []
+        for dst, route in self._pending_routes.items():
+            old = self._routes.get(dst)
+            if route is None:
+                if old is not None:
+                    removes.append(old)
+                    del self._routes[dst]
+            else:
+                if old is not None and old.key != route.key:
+                    removes.append(old)
+                self._routes[dst] = route
+                upserts.append(route)
+        self._pending_routes.clear()
+        return upserts, removes
+
+    def _run_fast(self) -> None:
+        with self._lock:
+            fast, self._fast = self._fast, []
+        if not fast:
+            return
+        assert self.programmer is not None
+        for updates, future in fast:
+            for upd in updates:
+                self._pending_routes.pop(upd.dst, None)  # the fast update is the graph's latest for dst
+            upserts, removes = [], []
+            for upd in updates:
+                old = self._routes.get(upd.dst)
+                if upd.route is None:
+                    if old is not None:
+                        removes.append(old)
+                        del self._routes[upd.dst]
+                else:
+                    if old is not None and old.key != upd.route.key:
+                        removes.append(old)
+                    self._routes[upd.dst] = upd.route
+                    upserts.append(upd.route)
             try:
-                self._prune()
-                result = self.programmer.apply_delta(self.desired())
-                self._after(result)
-                for manager in self.managers:
-                    if await manager():
-                        self._after(self.programmer.full_resync(self.desired()))
+                if not self._in_sync:
+                    result = ApplyResult("changes")  # not in sync yet: the first resync will carry it
+                else:
+                    result = self.programmer.apply_changes(upserts, removes)
+                    self.stats.fast_applies += 1
+                    self._after(result)
+                future.set_result(result)
+            except Exception as exc:
+                self._log.exception("dataplane.fast_apply_failed")
+                future.set_exception(exc)
+
+    def _apply_phase(self) -> bool:
+        """One throttled apply of everything buffered. True: a route resync is needed."""
+        assert self.programmer is not None and self._tunnels is not None
+        self.stats.apply_phases += 1
+        self.stats.last_apply_at = time.monotonic()
+        resync = False
+        if self._tunnels_dirty:
+            self._tunnels_dirty = False
+            try:
+                resync = self._tunnels.apply()
+            except Exception:
+                self._log.exception("dataplane.tunnels_failed")
+                self._tunnels_dirty = True
+        if self._pending_routes:
+            upserts, removes = self._fold_pending()
+            try:
+                self._after(self.programmer.apply_changes(upserts, removes))
             except Exception:
                 self._log.exception("dataplane.apply_failed")
-                await asyncio.sleep(RETRY_AFTER_FAILURE)
-                self._schedule_resync()
+                self._retry_needed = True
+        return resync
+
+    def _full_resync(self, reason: str) -> bool:
+        assert self.programmer is not None
+        self.stats.full_resyncs += 1
+        self.stats.resync_reasons[reason] = self.stats.resync_reasons.get(reason, 0) + 1
+        try:
+            result = self.programmer.full_resync(self._routes.values())
+        except Exception:
+            self._log.exception("dataplane.resync_failed", reason=reason)
+            return False
+        if reason != "start":
+            self._log.info("dataplane.resync", reason=reason, added=result.added, deleted=result.deleted,
+                           replaced=result.replaced)
+        self._after(result)
+        return not result.failures
 
     def _after(self, result: ApplyResult) -> None:
-        self.last_result = result
+        self.stats.last_result = result
         if result.failures:
-            self._schedule_resync()
-
-    def _schedule_resync(self) -> None:
-        async def later() -> None:
-            await asyncio.sleep(RETRY_AFTER_FAILURE)
-            if self._stop.is_set():
-                return
-            try:
-                self._after(self.programmer.full_resync(self.desired()))
-            except Exception:
-                self._log.exception("dataplane.retry_failed")
-                self._schedule_resync()
-
-        self._tasks.append(asyncio.create_task(later(), name="dataplane-retry"))
-        self._tasks[:] = [t for t in self._tasks if not t.done()]
-
-    async def _after_watch(self, result: ApplyResult) -> None:
-        # watch_kernel resynced against the last desired set; recalculate in case the snapshot moved.
-        self.last_result = result
-        self._dirty.set()
+            self._retry_needed = True

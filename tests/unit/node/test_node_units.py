@@ -1,4 +1,4 @@
-"""Node agent pure parts: settings (named errors), autodetection rules, snapshot -> route inputs,
+"""Node agent pure parts: settings (named errors), autodetection rules, model + graph -> routes,
 MTU, WorkloadEndpoint names and labels, live allocations for ipam check."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 from controller.node.autodetect import Interface, select
 from controller.node.cni_handlers import CNIError, Request, identity, parse_cni_args
 from controller.node.config import AutodetectMethod, NodeConfig, NodeConfigError
+from controller.node.graph import CalcGraph, encapsulations, pod_mtu
 from controller.node.inuse import allocations_from
-from controller.node.snapshot import Snapshot, encapsulations, pod_mtu
+from controller.node.model import Model
 from datamodel.resources import parse_resource
 from datamodel.resources.workloadendpoint import workload_endpoint_name
 from datastore import KV, WatchEvent, WatchResync
@@ -105,9 +106,11 @@ POOL = {"spec": {"cidr": "10.65.0.0/16", "ipipMode": "Never", "vxlanMode": "Cros
 NODE_B = {"metadata": {"name": "b"},
           "spec": {"bgp": {"ipv4Address": "10.0.0.2/24"}, "ipv4VXLANTunnelAddr": "10.65.1.0"}}
 BLOCK_A = {"cidr": "10.65.0.0/26", "affinity": "host:a", "allocations": [0, None, 1] + [None] * 61,
+           "unallocated": [1, *range(3, 64)],
            "attributes": [{"handle_id": "n.c1", "secondary": {"node": "a"}},
                           {"handle_id": "n.c2", "secondary": {"node": "b"}}]}
-BLOCK_B = {"cidr": "10.65.1.0/26", "affinity": "host:b", "allocations": [None] * 64, "attributes": []}
+BLOCK_B = {"cidr": "10.65.1.0/26", "affinity": "host:b", "allocations": [None] * 64, "unallocated": list(range(64)),
+           "attributes": []}
 WEP_A = {"metadata": {"name": "a-k8s-p-eth0", "namespace": "default"},
          "spec": {"node": "a", "containerID": "c1", "endpoint": "eth0", "ipNetworks": ["10.65.0.0/32"],
                   "interfaceName": "tabaaaaaaaaaaa"}}
@@ -122,40 +125,82 @@ def resync() -> WatchResync:
     ], 10)
 
 
-def test_snapshot_route_inputs() -> None:
-    snap = Snapshot("a")
-    change = snap.apply(resync())
-    assert snap.synced and change.resync
-    assert "ipam/v2/handle/n.c1" not in snap.values
-    inputs = snap.route_inputs("10.0.0.1/24", "eth0")
-    assert [b.affinity for b in inputs.blocks] == ["a", "b"]
-    assert [n.name for n in inputs.remote_nodes] == ["b"]
-    assert inputs.remote_nodes[0].vxlan_tunnel_address == "10.65.1.0"
-    assert [(w.ip, w.interface) for w in inputs.workloads] == [("10.65.0.0", "tabaaaaaaaaaaa")]
-    assert [(b.ip, b.node) for b in inputs.borrowed] == [("10.65.0.2", "b")]
-    assert inputs.pools[0].vxlan_mode == "CrossSubnet"
-    assert snap.find_wep("c1") is not None and snap.find_wep("zz") is None
+def test_model_feeds_the_graph_routes() -> None:
+    model = Model("a")
+    graph = CalcGraph("a", "vxlan")
+    graph.set_local_node("10.0.0.1/24", "eth0")
+    graph.apply(model.apply(resync()))
+    assert model.synced
+    assert "ipam/v2/handle/n.c1" not in model.by_kind.get("Block", {})
+    routes = {m.dst: m.route for m in graph.flush() if hasattr(m, "dst")}
+    assert routes["10.65.0.0/26"].type == "blackhole"  # our block
+    assert routes["10.65.1.0/26"].oif == "eth0"  # b's block, VXLAN CrossSubnet, same subnet: native
+    assert routes["10.65.0.0/32"].oif == "tabaaaaaaaaaaa"  # our workload
+    assert routes["10.65.0.2/32"].gateway == "10.0.0.2"  # borrowed by b from our block
+    assert model.find_wep("c1") is not None and model.find_wep("zz") is None
+    assert [p.spec.vxlanMode for p in model.pools()] == ["CrossSubnet"]
 
 
-def test_snapshot_resync_replaces_and_events_classify() -> None:
-    snap = Snapshot("a")
-    snap.apply(resync())
-    snap.apply(WatchResync([kv("resources/v3/ippools/p", POOL)], 20))
-    assert list(snap.values) == ["resources/v3/ippools/p"]
-    ch = snap.apply(WatchEvent("put", kv("resources/v3/nodes/a", {"spec": {}}, 21)))
-    assert ch.own_node and ch.routes
-    ch = snap.apply(WatchEvent("put", kv("resources/v3/nodes/a", {"spec": {}}, 22)))
-    assert not ch.routes  # same value: nothing to do
-    ch = snap.apply(WatchEvent("delete", KV("resources/v3/ippools/p", b"", 23)))
-    assert ch.pools and snap.pools() == []
-    ch = snap.apply(WatchEvent("put", kv("ipam/v2/handle/x", {}, 24)))
-    assert not ch.routes
+def test_model_resync_replaces_and_emits_only_changes() -> None:
+    model = Model("a")
+    model.apply(resync())
+    updates = model.apply(WatchResync([kv("resources/v3/ippools/p", POOL)], 20))
+    assert {u.key for u in updates if u.new is None} == {
+        "resources/v3/nodes/b", "ipam/v2/block/10.65.0.0-26", "ipam/v2/block/10.65.1.0-26",
+        "resources/v3/workloadendpoints/default/a-k8s-p-eth0"}
+    assert model.apply(WatchEvent("put", kv("resources/v3/nodes/a", {"spec": {}}, 21)))
+    assert model.apply(WatchEvent("put", kv("resources/v3/nodes/a", {"spec": {}}, 22))) == []  # same value
+    updates = model.apply(WatchEvent("delete", KV("resources/v3/ippools/p", b"", 23)))
+    assert [u.kind for u in updates] == ["IPPool"] and model.pools() == []
+    assert model.apply(WatchEvent("put", kv("ipam/v2/handle/x", {}, 24))) == []
+
+
+def test_invalid_value_keeps_the_last_good_version_and_never_valid_is_ignored() -> None:
+    model = Model("a")
+    model.apply(resync())
+    bad = {"spec": {"cidr": "10.65.0.0/16", "ipipMode": "Always", "vxlanMode": "Always"}}
+    assert model.apply(WatchEvent("put", kv("resources/v3/ippools/p", bad, 30))) == []
+    assert [p.spec.vxlanMode for p in model.pools()] == ["CrossSubnet"]  # last good version kept
+    report = model.invalid_report()
+    assert report[0]["key"] == "resources/v3/ippools/p" and report[0]["kept_last_good"]
+    assert "ipipMode" in report[0]["problems"][0]
+    model.apply(WatchEvent("put", kv("resources/v3/ippools/q", {"spec": {"cidr": "300.1.0.0/16"}}, 31)))
+    assert [p.name for p in model.pools()] == ["p"]  # never valid: ignored
+    assert {r["key"]: r["kept_last_good"] for r in model.invalid_report()} == {
+        "resources/v3/ippools/p": True, "resources/v3/ippools/q": False}
+    model.apply(WatchEvent("put", kv("resources/v3/ippools/p", POOL | {"spec": {"cidr": "10.65.0.0/16"}}, 32)))
+    assert [r["key"] for r in model.invalid_report()] == ["resources/v3/ippools/q"]  # valid again
+
+
+def test_local_cni_workload_is_a_graph_input_before_the_echo() -> None:
+    model = Model("a")
+    graph = CalcGraph("a", "vxlan")
+    graph.set_local_node("10.0.0.1/24", "eth0")
+    graph.apply(model.apply(resync()))
+    graph.flush()
+    key = "resources/v3/workloadendpoints/default/a-k8s-q-eth0"
+    graph.routes.local_add(key, "c9", ["10.65.0.9"], "tabq")
+    assert [(m.dst, m.route.oif) for m in graph.flush()] == [("10.65.0.9/32", "tabq")]  # only its /32
+    wep = {"metadata": {"name": "a-k8s-q-eth0", "namespace": "default"},
+           "spec": {"node": "a", "containerID": "c9", "ipNetworks": ["10.65.0.9/32"], "interfaceName": "tabq"}}
+    graph.apply(model.apply(WatchEvent("put", kv(key, wep, 40))))
+    assert graph.flush() == []  # the echo changes nothing
+    graph.routes.local_remove([key], ["tabq"])
+    assert [(m.dst, m.route) for m in graph.flush()] == [("10.65.0.9/32", None)]
+    graph.routes.local_add(key, "c10", ["10.65.0.10"], "tabq")  # a new sandbox of the same pod
+    graph.flush()
+    graph.apply(model.apply(WatchEvent("delete", KV(key, b"", 41))))  # the late delete of the old one
+    assert graph.flush() == []
 
 
 def test_mtu_from_encapsulation() -> None:
-    assert encapsulations([POOL]) == {"vxlan"}
-    assert encapsulations([{"spec": {"cidr": "10.0.0.0/16", "ipipMode": "Always"}}]) == {"ipip"}
-    assert encapsulations([{"spec": {"cidr": "10.0.0.0/16", "ipipMode": "Always", "disabled": True}}]) == set()
+    def pool(spec: dict[str, object]) -> object:
+        return parse_resource({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "p"},
+                               "spec": spec})
+
+    assert encapsulations([pool(POOL["spec"])]) == {"vxlan"}  # type: ignore[list-item]
+    assert encapsulations([pool({"cidr": "10.0.0.0/16", "ipipMode": "Always"})]) == {"ipip"}  # type: ignore[list-item]
+    assert encapsulations([pool({"cidr": "10.0.0.0/16", "ipipMode": "Always", "disabled": True})]) == set()  # type: ignore[list-item]
     assert pod_mtu(1500, set()) == 1500
     assert pod_mtu(1500, {"ipip"}) == 1480
     assert pod_mtu(1500, {"ipip", "vxlan"}) == 1450
