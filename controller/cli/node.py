@@ -107,6 +107,13 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
 def render_status(status: dict[str, Any]) -> str:
     """The text `calicoctl node status` prints, with Tabby's name."""
     lines = ["Tabby process is running.", ""]
+    invalid = status.get("invalid_resources") or []
+    if invalid:
+        lines.append("Invalid resources in the datastore (the agent ignores them, or keeps their last good version)")
+        rows = [[r["key"], r["kind"], "last good version" if r.get("kept_last_good") else "ignored",
+                 (r.get("problems") or [""])[0]] for r in invalid]
+        lines.append(render_table(["KEY", "KIND", "IN USE", "PROBLEM"], rows))
+        lines.append("")
     if not status.get("enabled", True):
         lines.append(f"BGP is not in use (CALICO_NETWORKING_BACKEND={status.get('backend')}).")
         return "\n".join(lines) + "\n"
