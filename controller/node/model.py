@@ -157,6 +157,8 @@ class Model:
         self._entries: dict[str, _Entry] = {}
         self.by_kind: dict[str, dict[str, Any]] = {}
         self.invalid: dict[str, Invalid] = {}
+        #: This node's WorkloadEndpoints by key: CNI DEL/CHECK/GC look there, never at the whole cluster.
+        self._local_weps: dict[str, WorkloadEndpoint] = {}
         self.revision = 0
         self.synced = False
         self._log = log.bind(node=nodename)
@@ -210,6 +212,11 @@ class Model:
             self._log.info("model.valid_again", key=kv.key, kind=kind, revision=kv.mod_revision)
         self._entries[kv.key] = _Entry(kv.value, obj)
         self.by_kind.setdefault(kind, {})[kv.key] = obj
+        if isinstance(obj, WorkloadEndpoint):
+            if obj.spec.node == self.nodename:
+                self._local_weps[kv.key] = obj
+            else:
+                self._local_weps.pop(kv.key, None)
         old = current.obj if current is not None else None
         return [Update(kv.key, kind, old, obj)]
 
@@ -220,6 +227,7 @@ class Model:
         found = kind_of(key)
         assert found is not None
         self.by_kind.get(found[0], {}).pop(key, None)
+        self._local_weps.pop(key, None)
         return [Update(key, found[0], entry.obj, None)]
 
     # -- views (typed) -----------------------------------------------------------------------------
@@ -261,8 +269,8 @@ class Model:
         return self.of_kind(WorkloadEndpoint.KIND)
 
     def local_weps(self) -> dict[str, WorkloadEndpoint]:
-        """This node's WorkloadEndpoints by key."""
-        return {k: w for k, w in self.workload_endpoints().items() if w.spec.node == self.nodename}
+        """This node's WorkloadEndpoints by key (an index: O(local pods), not O(cluster))."""
+        return dict(self._local_weps)
 
     def find_wep(self, container_id: str, endpoint: str | None = None) -> tuple[str, WorkloadEndpoint] | None:
         for key, wep in self.local_weps().items():
