@@ -47,6 +47,7 @@ log = structlog.get_logger("tabby.node.dataplane")
 
 THROTTLE = 0.02
 RETRY_AFTER_FAILURE = 1.0
+RETRY_AFTER_LINK = 0.2
 KERNEL_DEBOUNCE = 0.05
 
 
@@ -258,8 +259,12 @@ class Dataplane:
                 if resync_at is not None and now >= resync_at:
                     reason = resync_reason or "retry"
                     resync_at, resync_reason = None, ""
+                    self._retry_needed = False
                     if not self._full_resync(reason):
-                        resync_at, resync_reason = time.monotonic() + RETRY_AFTER_FAILURE, "retry"
+                        # right after a link came up its connected route may lag: retry soon, then slower
+                        soon = reason in ("link_up", "address_added")
+                        resync_at = time.monotonic() + (RETRY_AFTER_LINK if soon else RETRY_AFTER_FAILURE)
+                        resync_reason = "link_retry" if soon else "retry"
                 if self._retry_needed and resync_at is None:
                     resync_at, resync_reason = time.monotonic() + RETRY_AFTER_FAILURE, "retry"
                 self._retry_needed = False
