@@ -351,7 +351,9 @@ class Agent:
         own_key = resource_key("nodes", self.config.nodename)
         assert self.dataplane is not None
         async for item in watch_prefix(self.watch_ds, ""):
-            updates = self.model.apply(item)
+            # a resync's values are validated in a worker thread: the CNI socket keeps answering meanwhile
+            pre = await asyncio.to_thread(self.model.prevalidate, item.kvs) if isinstance(item, WatchResync) else None
+            updates = self.model.apply(item, pre)
             self.graph.apply(updates)
             if any(u.kind == IPPool.KIND for u in updates):
                 self._ipam_pools = None

@@ -164,8 +164,26 @@ class Model:
         self._log = log.bind(node=nodename)
 
     # -- feeding ---------------------------------------------------------------------------------
-    def apply(self, item: WatchEvent | WatchResync) -> list[Update]:
-        """Fold one watch item in; the accepted changes (a resync is diffed, never merged)."""
+    def prevalidate(self, kvs: list[KV]) -> dict[str, Any]:
+        """Validate the values of a resync that differ from what the model holds: key -> parsed object
+        or the ValueError. Pure with respect to the model (it only reads it), so the agent runs it in a
+        worker thread while the event loop keeps answering (150,000 endpoints take seconds to parse)."""
+        out: dict[str, Any] = {}
+        for kv in kvs:
+            if kind_of(kv.key) is None:
+                continue
+            current = self._entries.get(kv.key)
+            if current is not None and current.raw == kv.value:
+                continue
+            try:
+                out[kv.key] = validate(kv.key, kv.value)
+            except ValueError as exc:
+                out[kv.key] = exc
+        return out
+
+    def apply(self, item: WatchEvent | WatchResync, prevalidated: dict[str, Any] | None = None) -> list[Update]:
+        """Fold one watch item in; the accepted changes (a resync is diffed, never merged).
+        ``prevalidated``: :meth:`prevalidate`'s result for this item (computed off the event loop)."""
         if isinstance(item, WatchResync):
             updates: list[Update] = []
             seen: set[str] = set()
@@ -173,7 +191,7 @@ class Model:
                 if kind_of(kv.key) is None:
                     continue
                 seen.add(kv.key)
-                updates.extend(self._put(kv))
+                updates.extend(self._put(kv, prevalidated))
             for key in [k for k in self._entries if k not in seen]:
                 updates.extend(self._delete(key))
             for key in [k for k in self.invalid if k not in seen]:
@@ -189,7 +207,7 @@ class Model:
             return self._delete(item.kv.key)
         return self._put(item.kv)
 
-    def _put(self, kv: KV) -> list[Update]:
+    def _put(self, kv: KV, prevalidated: dict[str, Any] | None = None) -> list[Update]:
         found = kind_of(kv.key)
         assert found is not None
         kind = found[0]
@@ -197,7 +215,11 @@ class Model:
         if current is not None and current.raw == kv.value:
             return []
         try:
-            obj = validate(kv.key, kv.value)
+            obj = prevalidated.get(kv.key) if prevalidated is not None else None
+            if obj is None:
+                obj = validate(kv.key, kv.value)
+            elif isinstance(obj, ValueError):
+                raise obj
         except ValueError as exc:
             problems = str(exc).splitlines() or [str(exc)]
             before = self.invalid.get(kv.key)

@@ -254,3 +254,13 @@ def test_live_allocations() -> None:
         "10.65.0.5": "net.c1", "10.65.0.6": "k8s-pod-network.c2",
         "10.65.0.1": "ipip-tunnel-addr-n1", "10.65.0.2": "vxlan-tunnel-addr-n1",
     }
+
+
+def test_prevalidated_resync_equals_plain_resync() -> None:
+    plain, pre = Model("a"), Model("a")
+    item = resync()
+    expected = plain.apply(item)
+    assert pre.apply(item, pre.prevalidate(item.kvs)) == expected
+    bad = WatchResync([kv("resources/v3/ippools/p", {"spec": {"cidr": "nope"}})], 11)
+    assert pre.apply(bad, pre.prevalidate(bad.kvs)) == plain.apply(bad)
+    assert pre.invalid_report() == plain.invalid_report() and pre.invalid_report()[0]["kept_last_good"]
