@@ -115,6 +115,11 @@ class Agent:
         out = disabled_status(self.config.networking_backend) if self.bgp is None else self.bgp.status()
         out["node"] = self.config.nodename
         out["invalid_resources"] = self.model.invalid_report()
+        if self.dataplane is not None:
+            st = self.dataplane.stats
+            out["dataplane"] = {"apply_phases": st.apply_phases, "fast_applies": st.fast_applies,
+                                "full_resyncs": st.full_resyncs, "link_resyncs": st.link_resyncs,
+                                "resync_reasons": dict(st.resync_reasons)}
         out["ready"] = not self.not_ready_reason()
         out["not_ready_reason"] = self.not_ready_reason()
         return out

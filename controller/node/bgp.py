@@ -41,7 +41,6 @@ from bgp.rib import Rib
 from bgp.speaker import Speaker
 from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
 from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node
-from datastore.keys import resource_prefix
 from felix_like.netlink import RouteSocket, RouteType
 from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
 
@@ -55,12 +54,6 @@ TICK = 0.5
 SETTLE_AFTER_UP = 5.0
 """After a replayed (adopted) session came up and ROUTE-REFRESH was sent, how long the peer has to
 re-send its table before the start-up window may close (a LAN answers in milliseconds)."""
-
-BGPCONFIGS = resource_prefix("bgpconfigurations")
-BGPPEERS = resource_prefix("bgppeers")
-POOLS = resource_prefix("ippools")
-NODES = resource_prefix("nodes")
-WATCHED = (BGPCONFIGS, BGPPEERS, POOLS, NODES)
 
 
 @dataclass
