@@ -37,8 +37,8 @@ from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
 from controller.node.nlutil import netns_inode
 from controller.node.snapshot import Snapshot, pod_mtu
-from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchResync, mod_is
-from datastore.keys import resource_key
+from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchHealth, WatchResync, mod_is
+from datastore.keys import GUARDS, HANDLES, resource_key
 from datastore.watch import watch_prefix
 from felix_like.routes import RouteInputs, WorkloadInfo
 from felix_like.vxlan import derive_vtep_mac
@@ -66,6 +66,8 @@ class Agent:
         #: and re-dials its own when etcd goes away, which must not cut a request short.
         self.ds = Datastore(request_cfg)
         self.watch_ds = Datastore(config.etcd)
+        #: Whether the watch's view is current (datastore.watch): CNI ADD answers code 11 while stale.
+        self.watch_health = WatchHealth(on_change=self._watch_health_changed)
         self.ipam = IPAMClient(self.ds)
         self.detected: Detected | None = None
         self.dataplane: Dataplane | None = None
@@ -91,6 +93,8 @@ class Agent:
             return f"waiting for the node address ({self.config.autodetect.describe()})"
         if not self.snapshot.synced:
             return "waiting for the first datastore snapshot (is etcd reachable?)"
+        if not self.watch_health.fresh:
+            return f"its datastore view is stale ({self.watch_health.reason})"
         if self.dataplane is None or not self.dataplane.started:
             return "dataplane not started"
         return ""
@@ -107,6 +111,12 @@ class Agent:
         out["ready"] = not self.not_ready_reason()
         out["not_ready_reason"] = self.not_ready_reason()
         return out
+
+    def _watch_health_changed(self, health: WatchHealth) -> None:
+        if health.fresh:
+            self.log.info("agent.datastore_fresh", stale_count=health.stale_count)
+        elif self.snapshot.synced:
+            self.log.warning("agent.datastore_stale", reason=health.reason, cni="ADD answers code 11 until fresh")
 
     # -- derived state ---------------------------------------------------------------------------
     @property
@@ -319,7 +329,8 @@ class Agent:
 
     # -- watch ----------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        async for item in watch_prefix(self.watch_ds, ""):
+        # Handles and guards: many keys the dataplane never reads (skipped in the list and the events).
+        async for item in watch_prefix(self.watch_ds, "", health=self.watch_health, skip=(HANDLES, GUARDS)):
             change = self.snapshot.apply(item)
             if isinstance(item, WatchResync):
                 self.log.info("agent.snapshot", revision=item.revision, keys=len(self.snapshot.values))
