@@ -43,6 +43,9 @@ log = structlog.get_logger("tabby.datastore.watch")
 PROGRESS_INTERVAL = 2.0
 #: Seconds a progress request may go unanswered before the stream counts as stale.
 PROGRESS_TIMEOUT = 3.0
+#: Shortest wait for a reply, and how late a timer may fire before the loop counts as starved.
+_GRACE = 0.2
+_STARVED = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,18 +129,27 @@ async def _responses(stream: WatchStream, interval: float, timeout: float) -> As
     """Every WatchResponse of ``stream`` until it ends; raises WatchSilent when it goes quiet.
 
     A progress request goes out after ``interval`` seconds without any response; anything the
-    server sends (events, progress, acks) counts as an answer. Responses that arrived while the
-    consumer was busy are read before the stream is judged silent.
+    server sends (events, progress, acks) counts as an answer. Silence is only concluded from a
+    wait that ended on time: when the event loop was starved (a consumer computing for seconds)
+    or this generator was suspended past the deadline, the reader task may not have had a chance
+    to pick up a reply that did arrive, so it is given a short unstarved look first.
     """
     last_heard = time.monotonic()
     asked_at: float | None = None
     while True:
         now = time.monotonic()
         wait = (asked_at + timeout - now) if asked_at is not None else (last_heard + interval - now)
+        wait = max(wait, _GRACE)
+        started = time.monotonic()
         try:
-            resp = await stream.next(max(wait, 0.0))
+            resp = await stream.next(wait)
         except TimeoutError:
+            now = time.monotonic()
+            if now - (started + wait) > _STARVED:
+                continue  # the loop was busy elsewhere: look again before judging
             if asked_at is not None:
+                if now - asked_at < timeout:
+                    continue
                 raise WatchSilent(
                     f"etcd watch silent: no reply to a progress request within {timeout:g}s"
                 ) from None
