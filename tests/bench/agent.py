@@ -39,6 +39,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -512,6 +513,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N = 100 and 1,000, fewer samples (< 2 minutes)")
     parser.add_argument("--sizes", help="comma-separated node counts (the first is the baseline)")
     parser.add_argument("--samples", type=int, help="events of each kind per N")
+    parser.add_argument("--logs", type=Path, help="copy the agents' logs into this directory")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -529,6 +531,10 @@ def main() -> int:
                 results[n] = asyncio.run(bench.run_size(n, samples, cni_adds))
         finally:
             bench.cleanup()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("agent-*.log"):
+                    shutil.copy(log, args.logs / log.name)
     base, top = results[sizes[0]], results[sizes[-1]]
     b_sum, t_sum = base.summary(), top.summary()
     ratio = t_sum["p99_ms"] / b_sum["p99_ms"] if b_sum["p99_ms"] else float("inf")
