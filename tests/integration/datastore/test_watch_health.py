@@ -15,7 +15,7 @@ import pytest
 
 from datastore import Datastore, EtcdConfig, WatchEvent, WatchHealth, WatchResync
 from datastore.watch import watch_prefix
-from tests.helpers.etcd import EtcdServer, private_etcd
+from tests.helpers.etcd import EtcdCluster, EtcdServer, private_etcd
 
 INTERVAL = 0.5
 TIMEOUT = 1.0
@@ -155,3 +155,43 @@ async def wait_for(cond: object, timeout: float) -> None:
     while not cond():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+def test_member_without_leader_ends_the_watch(tmp_path: Path) -> None:
+    """etcd 3.4 answers progress requests from the member's own state, leader or not (checked: without the
+    require-leader metadata this test fails): only require-leader makes a member cut off from its peers
+    end the stream. Two of three members stopped -> stale with "no leader"; continued -> fresh again."""
+    cluster = EtcdCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        cfg = EtcdConfig(endpoints=(cluster.endpoint(2),), prefix="/leader/", rpc_timeout=1.0, connect_timeout=2.0)
+
+        async def go() -> None:
+            health = WatchHealth()
+            async with Datastore(cfg) as ds:
+                await ds.put("k/a", "1")
+
+                async def consume() -> None:
+                    async for _item in watch_prefix(ds, "k/", health=health, progress_interval=INTERVAL,
+                                                    progress_timeout=TIMEOUT):
+                        pass
+
+                task = asyncio.create_task(consume())
+                try:
+                    await wait_for(lambda: health.fresh, 10)
+                    cluster.signal(0, signal.SIGSTOP)
+                    cluster.signal(1, signal.SIGSTOP)
+                    stopped = time.monotonic()
+                    await wait_for(lambda: not health.fresh, 20)
+                    detected = time.monotonic() - stopped
+                    assert detected < 10, detected
+                    assert "no leader" in health.reason, health.reason  # require-leader, not the progress bound
+                    cluster.signal(0, signal.SIGCONT)
+                    cluster.signal(1, signal.SIGCONT)
+                    await wait_for(lambda: health.fresh, 30)
+                finally:
+                    task.cancel()
+
+        run(go())
+    finally:
+        cluster.stop()
