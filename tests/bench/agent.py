@@ -296,6 +296,7 @@ class SizeResult:
     cni_add_ms: list[float] = field(default_factory=list)
     idle_cpu_ms_per_s: float = 0.0
     missed: int = 0
+    cni_add_failed: int = 0
 
     def summary(self) -> dict[str, Any]:
         lat = [s.latency_ms for s in self.samples]
@@ -308,6 +309,7 @@ class SizeResult:
             "cpu_ms_per_event": round(statistics.fmean(cpu), 1) if cpu else None,
             "idle_cpu_ms_per_s": round(self.idle_cpu_ms_per_s, 1),
             "cni_add_p50_ms": round(statistics.median(self.cni_add_ms), 1) if self.cni_add_ms else None,
+            "cni_add_failed": self.cni_add_failed,
         }
         for kind in ("block", "borrowed"):
             k = [s.latency_ms for s in self.samples if s.kind == kind]
@@ -376,7 +378,7 @@ class Bench:
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
 
-    def cni_add(self, ns: str, run_root: Path, pod: str) -> tuple[float, int]:
+    def cni_add(self, ns: str, run_root: Path, pod: str) -> tuple[float, int, str]:
         pod_ns = f"tbbp-{uuid.uuid4().hex[:8]}"
         sh("ip", "netns", "add", pod_ns)
         self.namespaces.append(pod_ns)
@@ -388,7 +390,12 @@ class Bench:
         start = time.perf_counter()
         proc = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-I", "-S", str(PLUGIN), "tabby"],
                               input=json.dumps(conf), capture_output=True, text=True, env=env, timeout=60)
-        return (time.perf_counter() - start) * 1000, proc.returncode
+        ms = (time.perf_counter() - start) * 1000
+        try:
+            msg = str(json.loads(proc.stdout).get("msg", "")) if proc.returncode else ""
+        except ValueError:
+            msg = proc.stdout.strip()[:200]
+        return ms, proc.returncode, msg
 
     async def run_size(self, n: int, samples: int, cni_adds: int) -> SizeResult:
         prefix = f"/bench-agent-{n}-{uuid.uuid4().hex[:6]}/"
@@ -421,11 +428,12 @@ class Bench:
                 result.idle_cpu_ms_per_s = (cpu_seconds(agent.pid) - c0) * 1000 / (time.monotonic() - w0)
                 await self.events(ds, n, samples, monitor, agent, result)
                 for k in range(cni_adds):
-                    ms, code = self.cni_add(ns, run_root, f"local-{k}")
+                    ms, code, msg = self.cni_add(ns, run_root, f"local-{k}")
                     if code == 0:
                         result.cni_add_ms.append(ms)
                     else:
-                        progress(f"N={n}: CNI ADD failed (exit {code})")
+                        result.cni_add_failed += 1
+                        progress(f"N={n}: CNI ADD failed after {ms:.0f} ms (exit {code}): {msg}")
                 progress(f"N={n}: {json.dumps(result.summary())}")
                 return result
             finally:
