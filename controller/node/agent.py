@@ -43,8 +43,8 @@ from controller.node.messages import InSync
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
-from datastore import Datastore, DatastoreError, Put, WatchResync, mod_is
-from datastore.keys import resource_key
+from datastore import Datastore, DatastoreError, Put, WatchHealth, WatchResync, mod_is
+from datastore.keys import GUARDS, HANDLES, resource_key
 from datastore.watch import watch_prefix
 from felix_like.route_programmer import ApplyResult
 from felix_like.vxlan import derive_vtep_mac
@@ -76,6 +76,8 @@ class Agent:
         #: and re-dials its own when etcd goes away, which must not cut a request short.
         self.ds = Datastore(request_cfg)
         self.watch_ds = Datastore(config.etcd)
+        #: Whether the watch's view is current (datastore.watch): CNI ADD answers code 11 while stale.
+        self.watch_health = WatchHealth(on_change=self._watch_health_changed)
         self.ipam = IPAMClient(self.ds, pool_source=self.ipam_pools, pool_filter=self._ipam_pool_filter)
         self.detected: Detected | None = None
         self.dataplane: Dataplane | None = None
@@ -101,6 +103,8 @@ class Agent:
             return f"waiting for the node address ({self.config.autodetect.describe()})"
         if not self.model.synced:
             return "waiting for the first datastore snapshot (is etcd reachable?)"
+        if not self.watch_health.fresh:
+            return f"its datastore view is stale ({self.watch_health.reason})"
         if self.dataplane is None or not self.dataplane.started:
             return "dataplane not started"
         return ""
@@ -123,6 +127,12 @@ class Agent:
         out["ready"] = not self.not_ready_reason()
         out["not_ready_reason"] = self.not_ready_reason()
         return out
+
+    def _watch_health_changed(self, health: WatchHealth) -> None:
+        if health.fresh:
+            self.log.info("agent.datastore_fresh", stale_count=health.stale_count)
+        elif self.snapshot.synced:
+            self.log.warning("agent.datastore_stale", reason=health.reason, cni="ADD answers code 11 until fresh")
 
     # -- derived state ---------------------------------------------------------------------------
     @property
@@ -355,7 +365,8 @@ class Agent:
     async def _watch(self) -> None:
         own_key = resource_key("nodes", self.config.nodename)
         assert self.dataplane is not None
-        async for item in watch_prefix(self.watch_ds, ""):
+        # Handles and guards: many keys the dataplane never reads (skipped in the list and the events).
+        async for item in watch_prefix(self.watch_ds, "", health=self.watch_health, skip=(HANDLES, GUARDS)):
             # a resync's values are validated in a worker thread: the CNI socket keeps answering meanwhile
             pre = await asyncio.to_thread(self.model.prevalidate, item.kvs) if isinstance(item, WatchResync) else None
             updates = self.model.apply(item, pre)

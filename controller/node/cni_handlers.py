@@ -207,15 +207,21 @@ class CNIHandlers:
                 coro.close()
 
     async def ready(self, deadline: float) -> None:
-        """The first full snapshot and the node address are needed before any ADD."""
+        """The first full snapshot, the node address and a current (not stale) datastore view are
+        needed before any ADD; a stale view is waited for within the request's time, then code 11."""
         agent = self.agent
-        if agent.dataplane is not None and agent.dataplane.started:
-            return
-        try:
-            await asyncio.wait_for(agent.ready.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            why = agent.not_ready_reason()
-            raise CNIError(TRY_AGAIN_LATER, f"the tabby node agent of {self.node} is not ready: {why}") from None
+        if not (agent.dataplane is not None and agent.dataplane.started):
+            try:
+                await asyncio.wait_for(agent.ready.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                why = agent.not_ready_reason()
+                raise CNIError(TRY_AGAIN_LATER, f"the tabby node agent of {self.node} is not ready: {why}") from None
+        if not await agent.watch_health.wait_fresh(deadline - time.monotonic()):
+            raise CNIError(
+                TRY_AGAIN_LATER,
+                f"the tabby node agent of {self.node} is not ready: {agent.not_ready_reason()}; try again later",
+                f"endpoints: {', '.join(agent.config.etcd.endpoints)}",
+            )
 
     def lock(self, container_id: str) -> asyncio.Lock:
         lock = self._locks.get(container_id)
