@@ -66,6 +66,27 @@ INTERNAL = 199
 
 
 
+class Phases:
+    """Where one ADD/DEL spends its time (ms per phase), logged with ``cni.added``/``cni.deleted``.
+
+    Why: the CNI benchmark (tests/bench/cni.py) and an operator both need to see whether a slow
+    pod start is etcd, netlink or the dataplane; the agent's own clock is the only one that can tell.
+    """
+
+    def __init__(self) -> None:
+        self._t = self.start = time.monotonic()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """Charge the time since the previous mark to ``phase``."""
+        now = time.monotonic()
+        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - self._t) * 1000, 2)
+        self._t = now
+
+    def total(self) -> float:
+        return round((time.monotonic() - self.start) * 1000, 1)
+
+
 class CNIError(Exception):
     """A CNI error result: ``code`` from the spec, ``msg`` one line, ``details`` more context."""
 
@@ -292,11 +313,12 @@ class CNIHandlers:
         return {}
 
     async def add(self, req: Request) -> dict[str, Any]:
-        start = time.monotonic()
-        deadline = start + self.timeout
+        ph = Phases()
+        deadline = ph.start + self.timeout
         agent = self.agent
         await self.ready(deadline)
         ident = identity(req, self.node)
+        ph.mark("parse")
         bound = log.bind(node=self.node, pod=ident.pod or req.container_id, handle=req.handle)
         # A different sandbox of the same pod (the runtime re-created it): free its handle too.
         old = agent.snapshot.values.get(ident.wep_key)
@@ -306,6 +328,7 @@ class CNIHandlers:
                 await self.bounded("release the previous sandbox's addresses",
                                    agent.ipam.release_by_handle(old_handle), deadline)
         v4, v6 = await self._assign(req, ident, deadline)
+        ph.mark("ipam")
         try:
             mtu = agent.pod_mtu()
             spec = WorkloadSpec(
@@ -324,19 +347,21 @@ class CNIHandlers:
                 raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
+            ph.mark("netlink")
             dp = agent.dataplane
             assert dp is not None
             dp.gone_interfaces.discard(ident.host_ifname)
             for ip in (*v4, *v6):
                 dp.extra_workloads[_bare(ip)] = WorkloadInfo(ip=_bare(ip), interface=ident.host_ifname)
             dp.apply_now()
+            ph.mark("route_apply")
             wep = self._wep(req, ident, v4, v6, made.pod_mac)
             await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
+            ph.mark("wep")
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
             raise
-        bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname,
-                   ms=round((time.monotonic() - start) * 1000, 1))
+        bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname, ms=ph.total(), phases_ms=ph.ms)
         ips = [{"address": _host_cidr(ip), "gateway": GATEWAY_V4, "interface": 1} for ip in v4]
         ips += [{"address": _host_cidr(ip), "interface": 1} for ip in v6]
         routes = ([{"dst": "0.0.0.0/0", "gw": GATEWAY_V4}] if v4 else []) + ([{"dst": "::/0"}] if v6 else [])
@@ -428,11 +453,12 @@ class CNIHandlers:
 
     # -- DEL ---------------------------------------------------------------------------------
     async def delete(self, req: Request) -> dict[str, Any]:
-        start = time.monotonic()
-        deadline = start + self.timeout
+        ph = Phases()
+        deadline = ph.start + self.timeout
         agent = self.agent
         ident = identity(req, self.node)
         found = agent.snapshot.find_wep(req.container_id, req.ifname or None)
+        ph.mark("parse")
         keys = {ident.wep_key}
         interfaces = {ident.host_ifname}
         if found is not None:
@@ -444,17 +470,21 @@ class CNIHandlers:
             # A new sandbox of the same pod may already use this veth name: only delete ours.
             if found is None or name == (found[1].get("spec") or {}).get("interfaceName") or name == ident.host_ifname:
                 await asyncio.to_thread(teardown_workload, agent.config.netns, name)
+        ph.mark("netlink")
         if agent.dataplane is not None:
             agent.dataplane.gone_interfaces.update(interfaces)
             for ip, wl in list(agent.dataplane.extra_workloads.items()):
                 if wl.interface in interfaces:
                     del agent.dataplane.extra_workloads[ip]
             agent.dataplane.apply_now()
+        ph.mark("route_apply")
         released = await self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline)
+        ph.mark("ipam")
         for key in sorted(keys):
             await self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
+        ph.mark("wep")
         log.info("cni.deleted", node=self.node, pod=ident.pod or req.container_id, handle=req.handle,
-                 ips=released, ms=round((time.monotonic() - start) * 1000, 1))
+                 ips=released, ms=ph.total(), phases_ms=ph.ms)
         return {}
 
     # -- CHECK -------------------------------------------------------------------------------
