@@ -74,6 +74,7 @@ class WorkloadSpec:
     mtu: int
     ipv4: Sequence[str] = ()  # "10.0.0.5/32"
     ipv6: Sequence[str] = ()  # "fd00::5/128"
+    pod_mac: str | None = None  # chosen by the caller (it is in the WorkloadEndpoint); None: the kernel's
 
 
 @dataclass
@@ -146,7 +147,10 @@ def setup_workload(node_netns: str | None, spec: WorkloadSpec) -> WorkloadResult
             index = _link_index(ipr, tmp_name)
             if index is None:
                 raise WorkloadError(f"pod side of {spec.host_ifname} did not arrive in {pod_path}")
-            ipr.link("set", index=index, ifname=spec.pod_ifname, mtu=spec.mtu)
+            if spec.pod_mac:
+                ipr.link("set", index=index, ifname=spec.pod_ifname, mtu=spec.mtu, address=spec.pod_mac)
+            else:
+                ipr.link("set", index=index, ifname=spec.pod_ifname, mtu=spec.mtu)
             lo = _link_index(ipr, "lo")
             if lo is not None:
                 ipr.link("set", index=lo, state="up")

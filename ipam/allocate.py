@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
-from datastore import Conflict, Put, mod_is, retry_on_conflict
+from datastore import Conflict, Delete, Put, mod_is, retry_on_conflict
+from datastore.client import Compare
 from datastore.keys import handle_key
 from ipam._shared import _check_handle, _HandleExists, _parse_ip, block_key
 from ipam.block import ATTR_NODE, ATTR_TYPE, block_cidr_for, host_affinity
-from ipam.errors import IPAlreadyAllocated, IPAMError, IPNotInPool, PoolsExhausted
+from ipam.errors import HandleInUse, IPAlreadyAllocated, IPAMError, IPNotInPool, PoolsExhausted
 from ipam.model import TUNNEL_TYPES, USE_TUNNEL, USE_WORKLOAD, AssignResult, Pool, handle_doc
 from ipam.release import Releases
 
 log = structlog.get_logger("tabby.ipam")
+
+# Extra writes that must land in the SAME transaction as the allocation (the CNI handler's
+# WorkloadEndpoint): called with every address of the request and ``fresh`` (True after a failed
+# compare: re-read what the compares are based on), it returns (compares, ops).
+ExtraOps = Callable[[list[str], bool], Awaitable[tuple[list[Compare], list[Put | Delete]]]]
+
+
+class _Extra:
+    """The caller's extra ops and whether they have been committed yet (they ride on the last txn)."""
+
+    def __init__(self, build: ExtraOps, before: list[str]) -> None:
+        self.build = build
+        self.before = before  # addresses of the request committed in earlier transactions
+        self.done = False
 
 
 class Allocation(Releases):
@@ -38,6 +53,8 @@ class Allocation(Releases):
         attrs: Mapping[str, str] | None = None,
         pools: Sequence[str] | None = None,
         use: str = USE_WORKLOAD,
+        extra_ops: ExtraOps | None = None,
+        new_handle: bool = False,
     ) -> AssignResult:
         """Allocate ``num_v4`` + ``num_v6`` addresses for ``handle_id`` on ``node``.
 
@@ -45,6 +62,11 @@ class Allocation(Releases):
         autoAllocateBlocks and under maxBlocksPerHost); then, with strictAffinity false, free
         addresses in other nodes' blocks. All-or-nothing: if the second family fails the
         first is released again.
+
+        ``extra_ops`` (see :data:`ExtraOps`) are written in the transaction that completes the
+        request, so e.g. a WorkloadEndpoint and its address become visible together or not at all.
+        ``new_handle``: the handle must not hold addresses yet (raise :class:`HandleInUse`
+        otherwise) -- lets a caller that expects a fresh handle skip reading it first.
         """
         _check_handle(handle_id)
         if num_v4 < 0 or num_v6 < 0:
@@ -53,16 +75,38 @@ class Allocation(Releases):
         secondary.setdefault(ATTR_NODE, node)
         v4: list[str] = []
         v6: list[str] = []
+        extra = _Extra(extra_ops, []) if extra_ops is not None else None
         try:
-            if num_v4:
-                v4 = await self._assign_family(4, num_v4, node, handle_id, secondary, pools, use)
-            if num_v6:
-                v6 = await self._assign_family(6, num_v6, node, handle_id, secondary, pools, use)
+            try:
+                if num_v4:
+                    v4 = await self._assign_family(4, num_v4, node, handle_id, secondary, pools, use,
+                                                   handle_must_be_new=new_handle,
+                                                   extra=None if num_v6 else extra)
+                if num_v6:
+                    if extra is not None:
+                        extra.before = list(v4)
+                    v6 = await self._assign_family(6, num_v6, node, handle_id, secondary, pools, use,
+                                                   handle_must_be_new=new_handle and not v4, extra=extra)
+            except _HandleExists:
+                raise HandleInUse(f"handle {handle_id} already holds addresses") from None
+            if extra is not None and not extra.done:
+                await self._write_extra(extra, [*v4, *v6])  # nothing allocated (0 + 0 addresses)
         except Exception:
-            if v4:
-                await self.release_ips(v4, handle_id=handle_id)
+            if v4 or v6:
+                await self.release_ips([*v4, *v6], handle_id=handle_id)
             raise
         return AssignResult(v4=v4, v6=v6)
+
+    async def _write_extra(self, extra: _Extra, ips: list[str]) -> None:
+        async def step() -> None:
+            compares, ops = await extra.build(ips, step_no[0] > 0)
+            step_no[0] += 1
+            if ops and not (await self.ds.txn(compares, ops)).succeeded:
+                raise Conflict
+            extra.done = True
+
+        step_no = [0]
+        await retry_on_conflict(step, attempts=self.conflict_attempts, what="write the allocation's extra records")
 
     async def _assign_family(
         self,
@@ -75,12 +119,13 @@ class Allocation(Releases):
         use: str,
         *,
         handle_must_be_new: bool = False,
+        extra: _Extra | None = None,
     ) -> list[str]:
         pools = await self._select_pools(version, node, wanted, use)
         got: list[str] = []
         async with self._lock(node):
             try:
-                await self._fill(got, num, version, node, handle_id, secondary, pools, handle_must_be_new)
+                await self._fill(got, num, version, node, handle_id, secondary, pools, handle_must_be_new, extra)
             except Exception:
                 if got:
                     await self.release_ips(got, handle_id=handle_id)
@@ -97,12 +142,15 @@ class Allocation(Releases):
         secondary: dict[str, str],
         pools: list[Pool],
         handle_must_be_new: bool,
+        extra: _Extra | None = None,
     ) -> None:
         """Append addresses to ``got`` until it holds ``num`` (or raise PoolsExhausted)."""
 
         async def take(cidr: str, affine_to: str | None) -> None:
+            must_be_new = handle_must_be_new and not got
             got.extend(await self._alloc_in_block(cidr, num - len(got), node, handle_id, secondary,
-                                                  affine_to=affine_to, handle_must_be_new=handle_must_be_new))
+                                                  affine_to=affine_to, handle_must_be_new=must_be_new,
+                                                  extra=extra, got=got))
 
         # 1. Blocks affine to this node: as cached first; if they are full, as stored now
         #    (another client may have claimed a block for this node or freed addresses).
@@ -157,9 +205,16 @@ class Allocation(Releases):
         *,
         affine_to: str | None,
         handle_must_be_new: bool = False,
+        extra: _Extra | None = None,
+        got: Sequence[str] = (),
     ) -> list[str]:
-        """Take up to ``num`` addresses from one block in ONE transaction (block + handle)."""
+        """Take up to ``num`` addresses from one block in ONE transaction (block + handle).
+
+        With ``extra``, the transaction that completes the request (all ``num`` addresses taken
+        here) also carries the caller's extra compares and ops.
+        """
         bkey, hkey = block_key(cidr), handle_key(handle_id)
+        failed = [False]
 
         async def step() -> list[str]:
             block, brev = await self._block(cidr)
@@ -178,15 +233,23 @@ class Allocation(Releases):
             ords = new.allocate(num, handle_id, secondary)
             newh = dict(hblocks or {})
             newh[cidr] = newh.get(cidr, 0) + len(ords)
+            compares = [mod_is(bkey, brev), mod_is(hkey, hrev)]
+            ops: list[Put | Delete] = [Put(bkey, new.to_json()), Put(hkey, handle_doc(handle_id, newh))]
+            with_extra = extra is not None and len(ords) == num
+            if with_extra:
+                assert extra is not None
+                ec, eo = await extra.build([*extra.before, *got, *(new.ip(o) for o in ords)], failed[0])
+                compares += ec
+                ops += eo
             try:
-                res = await self.ds.txn(
-                    [mod_is(bkey, brev), mod_is(hkey, hrev)],
-                    [Put(bkey, new.to_json()), Put(hkey, handle_doc(handle_id, newh))],
-                )
+                res = await self.ds.txn(compares, ops)
             except BaseException:
                 self._forget([cidr], [handle_id])  # outcome unknown: read afresh next time
                 raise
             if res.succeeded:
+                if with_extra:
+                    assert extra is not None
+                    extra.done = True
                 self._cache_block(cidr, new, res.revision)
                 self._cache_handle(handle_id, newh, res.revision)
                 return [new.ip(o) for o in ords]
@@ -198,7 +261,11 @@ class Allocation(Releases):
                 cur.handle_of(o) == handle_id and cur.seq_for_alloc.get(o) == new.sequence_number for o in ords
             ) and curh and curh.get(cidr, 0) >= len(ords):
                 log.info("ipam.allocation_landed_on_retry", block=cidr, handle=handle_id)
+                if with_extra:
+                    assert extra is not None
+                    extra.done = True  # same transaction: it landed with the block
                 return [cur.ip(o) for o in ords]
+            failed[0] = True
             raise Conflict
 
         return await retry_on_conflict(step, attempts=self.conflict_attempts, what=f"allocate in block {cidr}")

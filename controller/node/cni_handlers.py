@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from datamodel.resources.workloadendpoint import (
     workload_endpoint_name,
 )
 from datastore import DatastoreError, Delete, Put, mod_is
+from datastore.client import Compare
 from datastore.keys import resource_key
 from felix_like.routes import WorkloadInfo
 from felix_like.workload import (
@@ -41,7 +43,7 @@ from felix_like.workload import (
     setup_workload,
     teardown_workload,
 )
-from ipam.errors import IPAMError, NoPoolsError, PoolsExhausted
+from ipam.errors import HandleInUse, IPAMError, NoPoolsError, PoolsExhausted
 
 if TYPE_CHECKING:
     from controller.node.agent import Agent
@@ -327,13 +329,14 @@ class CNIHandlers:
             if old_handle and old_handle != req.handle:
                 await self.bounded("release the previous sandbox's addresses",
                                    agent.ipam.release_by_handle(old_handle), deadline)
-        v4, v6 = await self._assign(req, ident, deadline)
-        ph.mark("ipam")
+        pod_mac = _pod_mac()
+        v4, v6 = await self._assign_with_wep(req, ident, pod_mac, deadline)
+        ph.mark("ipam_wep")
         try:
             mtu = agent.pod_mtu()
             spec = WorkloadSpec(
                 host_ifname=ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname, mtu=mtu,
-                ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6],
+                ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6], pod_mac=pod_mac,
             )
             if v6:
                 # The node must forward IPv6 for this pod (IPv4 forwarding is on since start): per-veth
@@ -355,9 +358,6 @@ class CNIHandlers:
                 dp.extra_workloads[_bare(ip)] = WorkloadInfo(ip=_bare(ip), interface=ident.host_ifname)
             dp.apply_now()
             ph.mark("route_apply")
-            wep = self._wep(req, ident, v4, v6, made.pod_mac)
-            await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
-            ph.mark("wep")
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
             raise
@@ -376,6 +376,48 @@ class CNIHandlers:
             "dns": req.config.get("dns") or {},
         }
 
+    # -- IPAM + WorkloadEndpoint in ONE etcd transaction (issue 15) -----------------------------
+    # Why one transaction: an allocation without its endpoint is what IPAM GC and `ipam check` call
+    # a leak, and other nodes learn the pod's IP and labels only from the endpoint. The endpoint is
+    # written with the block and the handle, compared against the revision the watch-fed snapshot
+    # holds (a fresh read only after that compare failed), so an update never overwrites labels
+    # someone set meanwhile (`tabbyctl label`). The handle is assumed new (no read): when it is not
+    # (leftovers of an earlier half-done ADD of this container), IPAM says so and they are released.
+    async def _assign_with_wep(
+        self, req: Request, ident: Identity, mac: str, deadline: float
+    ) -> tuple[list[str], list[str]]:
+        agent = self.agent
+        ipam = agent.ipam
+        num_v4, num_v6 = self._families(req)
+        attrs = {"node": self.node, "namespace": ident.namespace, "pod": ident.pod or "",
+                 "container": req.container_id}
+        key = ident.wep_key
+
+        async def wep_ops(ips: list[str], fresh: bool) -> tuple[list[Compare], list[Put | Delete]]:
+            if fresh:
+                kv = await agent.ds.get(key)
+                current, rev = (kv.json(), kv.mod_revision) if kv is not None else (None, 0)
+            else:
+                current = agent.snapshot.values.get(key)
+                rev = agent.snapshot.revisions.get(key, 0) if current is not None else 0
+            doc = self._wep(req, ident, [i for i in ips if ":" not in i], [i for i in ips if ":" in i], mac,
+                            existing=current if isinstance(current, dict) else None)
+            return [mod_is(key, rev)], [Put(key, doc)]
+
+        async def allocate() -> Any:
+            kwargs: dict[str, Any] = {"node": self.node, "handle_id": req.handle, "num_v4": num_v4,
+                                      "num_v6": num_v6, "attrs": attrs, "pools": self._pools(req),
+                                      "extra_ops": wep_ops}
+            try:
+                return await ipam.auto_assign(**kwargs, new_handle=True)
+            except HandleInUse:
+                stale = await ipam.release_by_handle(req.handle)
+                log.info("cni.leftover_released", node=self.node, handle=req.handle, ips=stale)
+                return await ipam.auto_assign(**kwargs)
+
+        result = await self.bounded("allocate an address and record the WorkloadEndpoint", allocate(), deadline)
+        return list(result.v4), list(result.v6)
+
     async def _undo_add(self, req: Request, ident: Identity, ips: list[str]) -> None:
         """A failed ADD leaves nothing behind (veth, route, addresses) as far as it can."""
         agent = self.agent
@@ -391,8 +433,22 @@ class CNIHandlers:
             await asyncio.wait_for(agent.ipam.release_by_handle(req.handle), self.timeout)
         except Exception:
             log.warning("cni.undo_failed", node=self.node, step="release", handle=req.handle)
+        try:
+            await asyncio.wait_for(self._delete_wep(ident.wep_key, req.container_id), self.timeout)
+        except Exception:
+            log.warning("cni.undo_failed", node=self.node, step="endpoint", key=ident.wep_key)
 
-    def _wep(self, req: Request, ident: Identity, v4: list[str], v6: list[str], mac: str) -> dict[str, Any]:
+    def _wep(self, req: Request, ident: Identity, v4: list[str], v6: list[str], mac: str,
+             existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The endpoint document; over an ``existing`` one, its labels are kept (never overwritten)."""
+        labels = dict(ident.labels)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if existing is not None:
+            meta = existing.get("metadata") or {}
+            for k, v in (meta.get("labels") or {}).items():
+                if not str(k).startswith("projectcalico.org/"):
+                    labels[str(k)] = str(v)
+            created = str(meta.get("creationTimestamp") or created)
         spec: dict[str, Any] = {
             "orchestrator": ident.orchestrator,
             "node": self.node,
@@ -414,9 +470,9 @@ class CNIHandlers:
             "metadata": {
                 "name": ident.wep_name,
                 "namespace": ident.namespace,
-                "labels": ident.labels,
+                "labels": labels,
                 "annotations": {ANNOTATION_HANDLE: req.handle, ANNOTATION_NETWORK: req.network},
-                "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "creationTimestamp": created,
             },
             "spec": spec,
         }
@@ -426,19 +482,19 @@ class CNIHandlers:
             raise CNIError(INVALID_CONFIG, f"workload endpoint would be invalid: {str(exc).splitlines()[0]}",
                            str(exc)) from None
 
-    async def _put_wep(self, key: str, doc: dict[str, Any]) -> None:
-        ds = self.agent.ds
-        for _ in range(10):
-            current = await ds.get(key)
-            rev = current.mod_revision if current is not None else 0
-            res = await ds.txn([mod_is(key, rev)], [Put(key, doc)])
-            if res.succeeded:
-                return
-        raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being written")
-
     async def _delete_wep(self, key: str, container_id: str) -> bool:
-        """Delete the WEP only while it still belongs to this container (a new sandbox may own it)."""
+        """Delete the WEP only while it still belongs to this container (a new sandbox may own it).
+
+        First against the revision the watch-fed snapshot holds (no read); a failed compare (the
+        snapshot lags our own write, or someone changed it) falls back to reading it.
+        """
         ds = self.agent.ds
+        snap = self.agent.snapshot
+        cached = snap.values.get(key)
+        if isinstance(cached, dict) and (cached.get("spec") or {}).get("containerID") in (None, container_id):
+            res = await ds.txn([mod_is(key, snap.revisions.get(key, 0))], [Delete(key)])
+            if res.succeeded:
+                return True
         for _ in range(10):
             current = await ds.get(key)
             if current is None:
@@ -550,6 +606,13 @@ class CNIHandlers:
         if reason:
             raise CNIError(NOT_AVAILABLE, f"the tabby node agent of {self.node} is not ready: {reason}")
         return {}
+
+
+def _pod_mac() -> str:
+    """A random locally administered unicast MAC for the pod side, chosen before the endpoint is written."""
+    b = bytearray(secrets.token_bytes(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 def _bare(ip: str) -> str:
