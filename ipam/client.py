@@ -29,5 +29,6 @@ class IPAMClient(Reports):
     """Allocate and release addresses from IP pools cut into node-affine blocks.
 
     The parts, one module each: ipam.cache (cached reads), ipam.config (configuration and pool selection),
-    ipam.claim (affinities, block claims), ipam.release, ipam.allocate, ipam.report.
+    ipam.claim (affinities, block claims), ipam.release, ipam.allocate, ipam.batch (group commit of
+    concurrent allocations), ipam.report.
     """

@@ -10,7 +10,7 @@ import structlog
 
 from datastore.keys import BLOCKS, IPAM
 from ipam._shared import _parse_block, _parse_ip, _Target
-from ipam.allocate import Allocation
+from ipam.batch import GroupCommit
 from ipam.block import Block, block_cidr_for
 from ipam.check import LEAKED_IP, CheckReport, analyse
 from ipam.errors import IPAMError
@@ -19,7 +19,7 @@ from ipam.model import BlockUtilisation, IPInfo, PoolUtilisation
 log = structlog.get_logger("tabby.ipam")
 
 
-class Reports(Allocation):
+class Reports(GroupCommit):
     """Reports and repair from a check report."""
 
     # -- reporting -----------------------------------------------------------------------
