@@ -534,11 +534,14 @@ class CNIHandlers:
                     del agent.dataplane.extra_workloads[ip]
             agent.dataplane.apply_now()
         ph.mark("route_apply")
-        released = await self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline)
-        ph.mark("ipam")
-        for key in sorted(keys):
-            await self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
-        ph.mark("wep")
+        # The release and the endpoint deletes are independent writes: in flight together, not one
+        # after the other (the next ADD needs neither to wait for the other).
+        released, *_ = await asyncio.gather(
+            self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline),
+            *(self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
+              for key in sorted(keys)),
+        )
+        ph.mark("ipam_wep")
         log.info("cni.deleted", node=self.node, pod=ident.pod or req.container_id, handle=req.handle,
                  ips=released, ms=ph.total(), phases_ms=ph.ms)
         return {}
