@@ -12,6 +12,8 @@ one JSON object (design.md benchmark contract).
     shared machine. p50/p99 of each.
 (b) burst: 30 pods ADDed at once on the node (kubelet starting a node full of pods): the time until
     all 30 ADDs have returned successfully, Tabby then the reference, same run.
+    ``plugin_version_p50_ms``: the tabby plugin answering VERSION alone (its interpreter start,
+    no agent), timed beside them: the floor no agent work can go below.
 (c) where Tabby's ADD time goes: the agent logs ``phases_ms`` with every ``cni.added`` /
     ``cni.deleted`` (controller/node/cni_handlers.py ``Phases``); medians per phase are reported
     for the sequential and the burst ADDs.
@@ -263,8 +265,10 @@ def main() -> None:
             timed(lambda: node.ref_proc("ADD", "warm", f"/run/netns/{warm_r}"), "warm-up ptp ADD")
             warm_logs = 1
             progress(f"(a) {n} sequential ADDs, tabby and ptp alternating")
-            t_add, r_add, t_del, r_del = [], [], [], []
+            t_add, r_add, t_del, r_del, t_ver = [], [], [], [], []
             for i in range(n):
+                # The floor: the tabby plugin answering VERSION itself (interpreter start, no agent).
+                t_ver.append(timed(lambda: node.tabby_proc("VERSION", "", ""), "tabby VERSION"))
                 t_add.append(timed(lambda i=i: node.tabby_proc("ADD", f"t{i}", f"/run/netns/{t_ns[i]}", pod=f"p{i}"),
                                    f"tabby ADD {i}"))
                 r_add.append(timed(lambda i=i: node.ref_proc("ADD", f"r{i}", f"/run/netns/{r_ns[i]}"), f"ptp ADD {i}"))
@@ -314,6 +318,7 @@ def main() -> None:
         "del_p50_ms": ms(statistics.median(t_del)), "del_p99_ms": ms(pct(t_del, 0.99)),
         "ref_del_p50_ms": ms(statistics.median(r_del)), "ref_del_p99_ms": ms(pct(r_del, 0.99)),
         "del_ratio": round(del_ratio, 3),
+        "plugin_version_p50_ms": ms(statistics.median(t_ver)),
         "burst30_s": round(t_burst, 3),
         "ref_burst30_s": round(r_burst, 3),
         "burst30_ratio": round(burst_ratio, 3),
