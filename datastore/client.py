@@ -336,6 +336,13 @@ class Datastore:
                 last = exc
                 if client is not None:
                     await self._rotate(client)
+            except asyncio.CancelledError as exc:
+                # Another call failed over and closed the channel this call was using (grpc cancels
+                # its in-flight calls): not a cancellation of this task, so try again on the new one.
+                task = asyncio.current_task()
+                if client is None or client is self._client or (task is not None and task.cancelling()):
+                    raise
+                last = exc
             except aexc.UnauthenticatedError as exc:
                 raise DatastoreError(f"etcd refused the credentials: {exc}") from exc
             except aexc.ClientError as exc:

@@ -131,7 +131,7 @@ class Agent:
     def _watch_health_changed(self, health: WatchHealth) -> None:
         if health.fresh:
             self.log.info("agent.datastore_fresh", stale_count=health.stale_count)
-        elif self.snapshot.synced:
+        elif self.model.synced:
             self.log.warning("agent.datastore_stale", reason=health.reason, cni="ADD answers code 11 until fresh")
 
     # -- derived state ---------------------------------------------------------------------------

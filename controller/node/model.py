@@ -159,6 +159,8 @@ class Model:
         self.invalid: dict[str, Invalid] = {}
         #: This node's WorkloadEndpoints by key: CNI DEL/CHECK/GC look there, never at the whole cluster.
         self._local_weps: dict[str, WorkloadEndpoint] = {}
+        #: every key's latest mod_revision (valid or not): writers compare against it instead of reading
+        self.revisions: dict[str, int] = {}
         self.revision = 0
         self.synced = False
         self._log = log.bind(node=nodename)
@@ -212,6 +214,7 @@ class Model:
         assert found is not None
         kind = found[0]
         current = self._entries.get(kv.key)
+        self.revisions[kv.key] = kv.mod_revision
         if current is not None and current.raw == kv.value:
             return []
         try:
@@ -243,6 +246,7 @@ class Model:
         return [Update(kv.key, kind, old, obj)]
 
     def _delete(self, key: str) -> list[Update]:
+        self.revisions.pop(key, None)
         entry = self._entries.pop(key, None)
         if entry is None:
             return []
@@ -256,6 +260,21 @@ class Model:
     def get(self, key: str) -> Any:
         entry = self._entries.get(key)
         return entry.obj if entry is not None else None
+
+    def document(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """The accepted document at ``key`` as stored (JSON) and the key's latest mod_revision (0: absent).
+
+        For writers that update a document in place with a compare (the CNI handlers' endpoint
+        writes): they keep fields they do not own (labels set with ``tabbyctl label``).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, 0
+        try:
+            doc = json.loads(entry.raw)
+        except ValueError:
+            return None, 0
+        return (doc if isinstance(doc, dict) else None), self.revisions.get(key, 0)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         return self.by_kind.get(kind, {})
