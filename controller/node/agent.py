@@ -39,7 +39,7 @@ from controller.node.cni_handlers import CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
 from controller.node.graph import CalcGraph, pod_mtu
-from controller.node.messages import InSync
+from controller.node.messages import InSync, RouteUpdate
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
@@ -176,9 +176,21 @@ class Agent:
                                    interface: str) -> ApplyResult | None:
         """A pod CNI just plumbed: a WorkloadEndpoint input of the graph before etcd echoes it; its
         routes go through the fast lane (applied at once; returns when they are in the kernel)."""
+        ips = list(ips)
         self.graph.routes.local_add(key, container_id, ips, interface)
         assert self.dataplane is not None
-        return await self.dataplane.apply_fast(self.graph.flush())
+        messages = self.graph.flush()
+        # The endpoint is written with the allocation, before the veth exists, so its etcd echo may
+        # have reached the graph first: then this flush holds no update for the pod, and a throttled
+        # write of its route may have failed for want of the device. The fast lane always carries the
+        # pod's own routes (the programmer writes only what the kernel lacks).
+        have = {m.dst for m in messages if isinstance(m, RouteUpdate)}
+        for ip in ips:
+            dst = f"{ip}/128" if ":" in ip else f"{ip}/32"
+            route = self.graph.routes.resolver.route_for(dst)
+            if dst not in have and route is not None:
+                messages.append(RouteUpdate(dst, route))
+        return await self.dataplane.apply_fast(messages)
 
     async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
         """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""
