@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import signal
 import time
@@ -186,7 +187,7 @@ class Agent:
         # pod's own routes (the programmer writes only what the kernel lacks).
         have = {m.dst for m in messages if isinstance(m, RouteUpdate)}
         for ip in ips:
-            dst = f"{ip}/128" if ":" in ip else f"{ip}/32"
+            dst = str(ipaddress.ip_network(ip))  # the resolver's key: "10.0.0.5/32", normalised v6
             route = self.graph.routes.resolver.route_for(dst)
             if dst not in have and route is not None:
                 messages.append(RouteUpdate(dst, route))
