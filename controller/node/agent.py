@@ -183,15 +183,16 @@ class Agent:
         messages = self.graph.flush()
         # The endpoint is written with the allocation, before the veth exists, so its etcd echo may
         # have reached the graph first: then this flush holds no update for the pod, and a throttled
-        # write of its route may have failed for want of the device. The fast lane always carries the
-        # pod's own routes (the programmer writes only what the kernel lacks).
+        # write of its route may have failed for want of the device, or gone with a half-done ADD's
+        # veth that this ADD replaced (the kernel drops a deleted device's routes without telling
+        # anyone). So the fast lane always carries the pod's own routes, written unconditionally.
         have = {m.dst for m in messages if isinstance(m, RouteUpdate)}
         for ip in ips:
             dst = str(ipaddress.ip_network(ip))  # the resolver's key: "10.0.0.5/32", normalised v6
             route = self.graph.routes.resolver.route_for(dst)
             if dst not in have and route is not None:
                 messages.append(RouteUpdate(dst, route))
-        return await self.dataplane.apply_fast(messages)
+        return await self.dataplane.apply_fast(messages, force=True)
 
     async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
         """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""

@@ -117,7 +117,7 @@ class Dataplane:
         self._log = log.bind(node=node)
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self._fast: list[tuple[list[RouteUpdate], concurrent.futures.Future[ApplyResult]]] = []
+        self._fast: list[tuple[list[RouteUpdate], bool, concurrent.futures.Future[ApplyResult]]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stop = threading.Event()
@@ -156,9 +156,11 @@ class Dataplane:
             self._inbox.extend(messages)
         self._wake()
 
-    async def apply_fast(self, messages: Iterable[Message]) -> ApplyResult | None:
+    async def apply_fast(self, messages: Iterable[Message], *, force: bool = False) -> ApplyResult | None:
         """The fast lane (CNI ADD/DEL): route updates applied at once, in one netlink batch; other
-        messages go to the normal buffer. Returns when the routes are in the kernel (or failed)."""
+        messages go to the normal buffer. Returns when the routes are in the kernel (or failed).
+        ``force``: write them even where the programmer's cache says they are there (see
+        RouteProgrammer.apply_changes)."""
         routes: list[RouteUpdate] = []
         rest: list[Message] = []
         for msg in messages:
@@ -168,7 +170,7 @@ class Dataplane:
             return None
         future: concurrent.futures.Future[ApplyResult] = concurrent.futures.Future()
         with self._lock:
-            self._fast.append((routes, future))
+            self._fast.append((routes, force, future))
         self._wake()
         return await asyncio.wrap_future(future)
 
@@ -186,7 +188,7 @@ class Dataplane:
             await asyncio.to_thread(self._thread.join, 10)
         with self._lock:
             fast, self._fast = self._fast, []
-        for _, future in fast:
+        for *_, future in fast:
             if not future.done():
                 future.set_exception(RuntimeError("the dataplane stopped"))
         self._wake_r.close()
@@ -333,7 +335,7 @@ class Dataplane:
         if not fast:
             return
         assert self.programmer is not None
-        for updates, future in fast:
+        for updates, force, future in fast:
             for upd in updates:
                 self._pending_routes.pop(upd.dst, None)  # the fast update is the graph's latest for dst
             upserts, removes = [], []
@@ -352,7 +354,7 @@ class Dataplane:
                 if not self._in_sync:
                     result = ApplyResult("changes")  # not in sync yet: the first resync will carry it
                 else:
-                    result = self.programmer.apply_changes(upserts, removes)
+                    result = self.programmer.apply_changes(upserts, removes, force=force)
                     self.stats.fast_applies += 1
                     self._after(result)
                 future.set_result(result)
