@@ -23,10 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from common import logs
     from controller.node.config import NodeConfig, NodeConfigError
+    from controller.node.liveness import liveness_ttl
 
     try:
         config = NodeConfig.from_env()
-    except NodeConfigError as exc:
+        liveness_ttl()  # checked here so a bad value stops the agent at once
+    except (NodeConfigError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     logs.configure(level=config.log_level, fmt=config.log_format)

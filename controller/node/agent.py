@@ -35,6 +35,7 @@ from controller.node.bgp import NodeBgp, backend_inputs, disabled_status
 from controller.node.cni_handlers import CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
+from controller.node.liveness import LeaseKeeper, liveness_ttl
 from controller.node.nlutil import netns_inode
 from controller.node.snapshot import Snapshot, pod_mtu
 from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchResync, mod_is
@@ -166,6 +167,9 @@ class Agent:
         if self.config.ip != "none":
             self.detected = await self.detect()
         await self.register()
+        # Liveness lease for the cluster controller (controller/node/liveness.py).
+        self.liveness = LeaseKeeper(self.config.etcd, self.config.nodename, liveness_ttl())
+        self._tasks.append(asyncio.create_task(self.liveness.run(), name="agent-liveness"))
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
         self.dataplane = Dataplane(
