@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aetcd.exceptions as aexc
 import structlog
 
-from datastore.client import KV, Datastore
+from datastore.client import KV, STATS, Datastore
 from datastore.errors import DatastoreError
 
 log = structlog.get_logger("tabby.datastore.watch")
@@ -59,6 +59,7 @@ async def watch_prefix(
         try:
             if next_rev is None:
                 kvs, rev = await ds.list(prefix)
+                STATS["watch_resyncs"] += 1
                 yield WatchResync(kvs, rev)
                 next_rev = rev + 1
             watch, it = await ds._raw_watch(prefix, next_rev)
@@ -84,6 +85,7 @@ async def watch_prefix(
             raise
         except Exception as exc:  # grpc raises a zoo of types on a dropped stream
             log.warning("watch.broken", prefix=prefix, error=repr(exc)[:200], retry_in=round(backoff, 2))
+        STATS["watch_breaks"] += 1
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, max_backoff)
         # The stream may have failed because the endpoint went away: start afresh.

@@ -106,7 +106,11 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_status(status: dict[str, Any]) -> str:
     """The text `calicoctl node status` prints, with Tabby's name."""
-    lines = ["Tabby process is running.", ""]
+    lines = ["Tabby process is running."]
+    if status.get("ready") is False:
+        reasons = status.get("not_ready_reasons") or [status.get("not_ready_reason") or "unknown"]
+        lines += [f"Not ready: {reason}" for reason in reasons]
+    lines.append("")
     if not status.get("enabled", True):
         lines.append(f"BGP is not in use (CALICO_NETWORKING_BACKEND={status.get('backend')}).")
         return "\n".join(lines) + "\n"

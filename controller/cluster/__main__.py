@@ -15,6 +15,7 @@ Runs the Tabby cluster controller: node liveness and cleanup, IPAM garbage colle
 election (run two for availability; one acts). Settings from the environment: ETCD_ENDPOINTS (and
 ETCD_*), TABBY_CONTROLLER_INTERVAL (10 s), TABBY_LEADER_TTL (15 s), TABBY_IPAM_GC_GRACE (900 s),
 TABBY_NODE_GRACE (0 = never expire Nodes), TABBY_NODE_CLEANUP_DELAY (30 s), TABBY_CONTROLLER_ID,
+TABBY_CONTROLLER_PROMETHEUSMETRICSPORT (9094, 0 = off), TABBY_CONTROLLER_PROMETHEUSMETRICSHOST,
 TABBY_LOG_LEVEL, TABBY_LOG_FORMAT. See docs/controller.md."""
 
 
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_controller(config))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the metrics port is taken, or not ours to bind
+        print(f"Error: TABBY_CONTROLLER_PROMETHEUSMETRICSPORT: cannot listen on port {config.metrics.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

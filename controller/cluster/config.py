@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from controller.metrics import MetricsConfigError, MetricsSettings, controller_settings
 from datastore import ConfigError, EtcdConfig
 
 
@@ -30,6 +31,8 @@ class ControllerConfig:
     identity: str | None = None
     log_level: str = "info"
     log_format: str = "console"
+    #: Prometheus endpoint: TABBY_CONTROLLER_PROMETHEUSMETRICSPORT (default 9094, 0 = off).
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ControllerConfig:
@@ -48,8 +51,13 @@ class ControllerConfig:
         fmt = (env.get("TABBY_LOG_FORMAT") or "console").strip().lower()
         if fmt not in ("console", "json"):
             raise ControllerConfigError(f"TABBY_LOG_FORMAT: must be console or json, got {fmt!r}")
+        try:
+            metrics = controller_settings(env)
+        except MetricsConfigError as exc:
+            raise ControllerConfigError(str(exc)) from None
         return cls(
             etcd=etcd,
+            metrics=metrics,
             interval=_seconds(env, "TABBY_CONTROLLER_INTERVAL", 10.0, positive=True),
             leader_ttl=int(ttl_raw),
             gc_grace=_seconds(env, "TABBY_IPAM_GC_GRACE", 900.0),

@@ -48,6 +48,8 @@ class LeaderElection:
         self.lease: int | None = None
         self.renewed_at = 0.0
         self.terms = 0
+        #: The last campaign poll reached etcd (readiness of a standby).
+        self.polled_ok = False
         self.log = log.bind(identity=self.identity)
 
     @property
@@ -64,7 +66,9 @@ class LeaderElection:
         last_seen: str | None = None
         while True:
             try:
-                if await self._try_acquire():
+                acquired = await self._try_acquire()
+                self.polled_ok = True
+                if acquired:
                     return
                 holder = await self.current_leader()
                 name = (holder or {}).get("identity")
@@ -72,6 +76,7 @@ class LeaderElection:
                     self.log.info("leader.standby", leader=name)
                     last_seen = name
             except DatastoreError as exc:
+                self.polled_ok = False
                 self.log.warning("leader.campaign_failed", error=str(exc)[:200])
             await asyncio.sleep(self.poll)
 

@@ -21,6 +21,7 @@ from controller.cluster.config import ControllerConfig
 from controller.cluster.ipam_gc import IpamGC
 from controller.cluster.leader import LeaderElection, LeadershipLost
 from controller.cluster.nodes import NodeLifecycle, read_view
+from controller.metrics import MetricsServer
 from datastore import Datastore, DatastoreError
 from ipam import IPAMClient
 
@@ -45,6 +46,8 @@ class Controller:
         self.last_cycle_at = 0.0
         self.last_cycle_seconds = 0.0
         self.log = log.bind(identity=self.election.identity)
+        self.metrics_settings = config.metrics
+        self.metrics_server: MetricsServer | None = None
 
     def _count(self, action: str, n: int) -> None:
         if n:
@@ -75,7 +78,20 @@ class Controller:
             self.log.info("controller.gc_cycle", candidates=result.candidates, confirmed=result.confirmed,
                           released=len(result.released_handles), skipped=len(result.skipped))
 
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready = leading, or standing by with etcd answering (the last campaign poll worked)."""
+        if self.leading or self.election.polled_ok:
+            return True, []
+        return False, ["etcd not reachable (no successful leader election poll)"]
+
     async def run(self, stop: asyncio.Event) -> None:
+        if self.metrics_settings.enabled:
+            from controller.cluster.metrics import controller_registry
+
+            self.metrics_server = MetricsServer(controller_registry(self), healthz=lambda: (True, []),
+                                                readyz=self.readiness)
+            await self.metrics_server.start(MetricsServer.listening_socket(self.metrics_settings.host,
+                                                                           self.metrics_settings.port))
         self.log.info("controller.starting", interval=self.config.interval, leader_ttl=self.config.leader_ttl,
                       gc_grace=self.config.gc_grace, node_grace=self.config.node_grace,
                       cleanup_delay=self.config.cleanup_delay)
@@ -101,6 +117,8 @@ class Controller:
                     self.log.warning("controller.standing_down", reason="leadership lost")
         finally:
             await self.election.resign()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             await self.ds.close()
             self.log.info("controller.stopped")
 

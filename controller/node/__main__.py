@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from common import logs
+    from controller.metrics import agent_settings
     from controller.node.config import NodeConfig, NodeConfigError
     from controller.node.liveness import liveness_ttl
 
     try:
         config = NodeConfig.from_env()
         liveness_ttl()  # checked here so a bad value stops the agent at once
+        agent_settings(os.environ)
     except (NodeConfigError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

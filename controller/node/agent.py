@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import time
@@ -29,13 +30,15 @@ from typing import Any
 
 import structlog
 
+from controller.metrics import MetricsServer, agent_settings
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
 from controller.node.bgp import NodeBgp, backend_inputs, disabled_status
-from controller.node.cni_handlers import CNIHandlers, Request
+from controller.node.cni_handlers import INTERNAL, CNIError, CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
 from controller.node.liveness import LeaseKeeper, liveness_ttl
+from controller.node.metrics import AgentMetrics, readiness, start_metrics
 from controller.node.nlutil import netns_inode
 from controller.node.snapshot import Snapshot, pod_mtu
 from datastore import Datastore, DatastoreError, Put, WatchEvent, WatchResync, mod_is
@@ -85,6 +88,9 @@ class Agent:
         self._tunnels_at = 0.0
         #: BGP (ExaBGP + RIB) with the ``bird`` backend only.
         self.bgp: NodeBgp | None = NodeBgp(self) if config.bgp_enabled else None
+        #: Prometheus endpoint, /healthz, /readyz (controller/node/metrics.py; FELIX_PROMETHEUSMETRICS*).
+        self.metrics = AgentMetrics(self)
+        self.metrics_server: MetricsServer | None = None
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
@@ -99,14 +105,26 @@ class Agent:
     async def handle(self, req: Request) -> dict[str, Any]:
         if req.command == "BGP_STATUS":
             return self.bgp_status()
-        return await self.handlers.handle(req)
+        start, code = time.monotonic(), None
+        try:
+            return await self.handlers.handle(req)
+        except CNIError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = INTERNAL
+            raise
+        finally:
+            self.metrics.observe_cni(req.command, time.monotonic() - start, code)
 
     def bgp_status(self) -> dict[str, Any]:
         """Sessions, counters and metrics for `tabbyctl node status` (answered before readiness too)."""
         out = disabled_status(self.config.networking_backend) if self.bgp is None else self.bgp.status()
         out["node"] = self.config.nodename
-        out["ready"] = not self.not_ready_reason()
-        out["not_ready_reason"] = self.not_ready_reason()
+        ready, reasons = readiness(self)
+        out["ready"] = ready
+        out["not_ready_reason"] = "; ".join(reasons)
+        out["not_ready_reasons"] = reasons
         return out
 
     # -- derived state ---------------------------------------------------------------------------
@@ -134,6 +152,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self.config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.api.start()
+        self.metrics_server = await start_metrics(self, agent_settings(os.environ))
         self.log.info("agent.starting", run_dir=str(self.config.run_dir), netns=self.config.netns or "",
                       ip=self.config.ip, autodetect=self.config.autodetect.describe())
         main = asyncio.create_task(self._main(), name="agent-main")
@@ -149,6 +168,8 @@ class Agent:
 
     async def close(self) -> None:
         await self.api.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.bgp is not None:
             await self.bgp.stop()  # ExaBGP keeps running: sessions and announcements survive a restart
         for task in self._tasks:
@@ -177,6 +198,7 @@ class Agent:
             node=self.config.nodename,
         )
         self.dataplane.managers.append(self.apply_tunnels)
+        self.dataplane.observers.append(self.metrics.observe_apply)
         self._tasks.append(asyncio.create_task(self._tunnels(), name="agent-tunnels"))
         await self._watch()
 

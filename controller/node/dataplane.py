@@ -56,6 +56,8 @@ class Dataplane:
         self._tasks: list[asyncio.Task[None]] = []
         self._log = log.bind(node=node)
         self.last_result: ApplyResult | None = None
+        #: Called with every ApplyResult (the metrics' apply histograms).
+        self.observers: list[Callable[[ApplyResult], None]] = []
 
     # -- calculation ---------------------------------------------------------------------------
     def desired(self) -> frozenset[Route]:
@@ -135,6 +137,8 @@ class Dataplane:
 
     def _after(self, result: ApplyResult) -> None:
         self.last_result = result
+        for observe in self.observers:
+            observe(result)
         if result.failures:
             self._schedule_resync()
 
@@ -155,4 +159,6 @@ class Dataplane:
     async def _after_watch(self, result: ApplyResult) -> None:
         # watch_kernel resynced against the last desired set; recalculate in case the snapshot moved.
         self.last_result = result
+        for observe in self.observers:
+            observe(result)
         self._dirty.set()

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from datastore import Datastore, EtcdConfig
 from datastore.keys import CONTROLLER_LEADER
 from ipam import IPAMClient
+from tests.helpers.etcd import free_port
 
 from .helpers import NETWORK, add_pool, allocate_pod
 
@@ -60,6 +63,14 @@ def _held(config: EtcdConfig, cid: str) -> list[str]:
     return asyncio.run(go())
 
 
+def _scrape(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def _released_by(log: Path) -> list[str]:
     out = []
     for line in log.read_text().splitlines():
@@ -86,11 +97,14 @@ def test_one_leader_acts_standby_takes_over_within_ttl(
     argv = {"A": [sys.executable, "-m", "controller.cluster"],
             "B": [sys.executable, "-m", "controller.cli.main", "controller", "run"]}
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports = {n: free_port() for n in "AB"}
     try:
         for name in "AB":
             with open(logs[name], "wb") as f:
-                procs[name] = subprocess.Popen(argv[name], env={**env, "TABBY_CONTROLLER_ID": name},
-                                               stderr=f, stdout=f, start_new_session=True)
+                procs[name] = subprocess.Popen(argv[name], env={
+                    **env, "TABBY_CONTROLLER_ID": name, "TABBY_CONTROLLER_PROMETHEUSMETRICSHOST": "127.0.0.1",
+                    "TABBY_CONTROLLER_PROMETHEUSMETRICSPORT": str(ports[name])}, stderr=f, stdout=f,
+                    start_new_session=True)
             if name == "A":
                 _wait_leader(etcd_config, "A", 15)
         time.sleep(1.0)
@@ -105,6 +119,14 @@ def test_one_leader_acts_standby_takes_over_within_ttl(
         assert _released_by(logs["A"]) == [f"{NETWORK}.leak1"]
         assert _released_by(logs["B"]) == []
         assert '"leader.standby"' in logs["B"].read_text()
+        metrics = {n: _scrape(ports[n], "/metrics") for n in "AB"}
+        assert 'tabby_controller_leader{identity="A"} 1.0' in metrics["A"][1]
+        assert 'tabby_controller_leader{identity="B"} 0.0' in metrics["B"][1]
+        assert 'tabby_controller_actions_total{action="gc_released_workload"} 1.0' in metrics["A"][1]
+        assert 'tabby_controller_actions_total{action="gc_released_workload"} 0.0' in metrics["B"][1]
+        assert "tabby_etcd_retries_total" in metrics["A"][1]
+        assert _scrape(ports["B"], "/readyz") == (200, "ok\n")  # a standby with etcd answering is ready
+        assert _scrape(ports["A"], "/healthz") == (200, "ok\n")
 
         os.kill(procs["A"].pid, signal.SIGKILL)
         procs["A"].wait(5)
