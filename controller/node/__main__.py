@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(level=config.log_level, fmt=config.log_format)
     try:
-        lock = acquire_lock(config.run_root, config.nodename)
+        lock = acquire_lock(config.run_dir, config.nodename)
     except AgentLocked as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

@@ -14,8 +14,9 @@ routes. Where the file lives:
   ``/var/lib/calico/nodename``).
 
 A second agent for the same node would fight the first over the socket, the routes and the
-datastore: :func:`acquire_lock` takes an exclusive ``flock`` on ``<run root>/locks/<node>.lock``
-for the life of the process and refuses with one line naming the running agent's pid.
+datastore: :func:`acquire_lock` takes an exclusive ``flock`` on ``<run dir>/agent.lock`` (the run
+directory holds the socket both would serve) for the life of the process and refuses with one
+line naming the running agent's pid.
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def remember_nodename(env: Mapping[str, str], name: str) -> Path | None:
     return path
 
 
-def lock_path(run_root: Path, nodename: str) -> Path:
-    return run_root / "locks" / f"{nodename}.lock"
+def lock_path(run_dir: Path) -> Path:
+    return run_dir / "agent.lock"
 
 
-def acquire_lock(run_root: Path, nodename: str) -> IO[str]:
-    """Hold ``<run root>/locks/<node>.lock`` (keep the returned file open); AgentLocked if taken."""
-    path = lock_path(run_root, nodename)
+def acquire_lock(run_dir: Path, nodename: str) -> IO[str]:
+    """Hold ``<run dir>/agent.lock`` (keep the returned file open); AgentLocked if taken."""
+    path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     f = open(path, "a+")  # noqa: SIM115 - held for the life of the process
     try:

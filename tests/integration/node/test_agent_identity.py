@@ -36,7 +36,7 @@ def test_restart_without_nodename_and_second_agent(node_lab: NodeLab, etcd_env: 
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
         f"Error: another tabby-node agent (pid {agent.proc.pid}) is already running for node {a} "  # type: ignore[union-attr]
-        f"(lock {node_lab.run_root}/locks/{a}.lock); stop it first"]
+        f"(lock {node_lab.run_root}/{a}/agent.lock); stop it first"]
     agent.stop(signal.SIGKILL)
     # The natural manual restart: no NODENAME (nor HOSTNAME). The nodename file written at first start names it.
     agent.env = {k: v for k, v in agent.env.items() if k not in ("NODENAME", "HOSTNAME")}

@@ -31,16 +31,16 @@ def test_unwritable_file_is_not_fatal(tmp_path: Path) -> None:
 
 
 def test_second_agent_for_the_same_node_is_refused(tmp_path: Path) -> None:
-    held = acquire_lock(tmp_path, "n1")
+    held = acquire_lock(tmp_path / "n1", "n1")
     try:
         # flock is per open file description: a second process is refused, naming our pid.
         code = ("import sys; from pathlib import Path; from controller.node.identity import acquire_lock\n"
-                f"acquire_lock(Path({str(tmp_path)!r}), 'n1')")
+                f"acquire_lock(Path({str(tmp_path / 'n1')!r}), 'n1')")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
         assert res.returncode != 0 and "already running for node n1" in res.stderr
         with pytest.raises(AgentLocked, match=r"another tabby-node agent \(pid \d+\) is already running for node n1"):
-            acquire_lock(tmp_path, "n1")
-        acquire_lock(tmp_path, "n2").close()  # other nodes are independent
+            acquire_lock(tmp_path / "n1", "n1")
+        acquire_lock(tmp_path / "n2", "n2").close()  # other nodes are independent
     finally:
         held.close()
-    acquire_lock(tmp_path, "n1").close()  # free again once the holder is gone
+    acquire_lock(tmp_path / "n1", "n1").close()  # free again once the holder is gone
