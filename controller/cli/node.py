@@ -54,8 +54,8 @@ def agent_sockets(nodename: str | None, run_root: str | None = None) -> list[Pat
     return out
 
 
-def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
-    """BGP_STATUS from the first agent that answers; None when none does."""
+def query_agent_command(paths: list[Path], command: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
+    """``command``'s answer (its result, or ``{"error": ...}``) from the first agent that answers; None if none."""
     for path in paths:
         if not path.exists():
             continue
@@ -63,7 +63,7 @@ def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str,
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(str(path))
-                sock.sendall(json.dumps({"command": "BGP_STATUS", "env": {}, "config": {}}).encode() + b"\n")
+                sock.sendall(json.dumps({"command": command, "env": {}, "config": {}}).encode() + b"\n")
                 data = b""
                 while not data.endswith(b"\n"):
                     chunk = sock.recv(1 << 16)
@@ -75,7 +75,15 @@ def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str,
             continue
         if isinstance(reply, dict) and isinstance(reply.get("result"), dict):
             return reply["result"]
+        if isinstance(reply, dict) and "error" in reply:
+            return {"error": reply["error"]}
     return None
+
+
+def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
+    """BGP_STATUS from the first agent that answers; None when none does."""
+    result = query_agent_command(paths, "BGP_STATUS", timeout)
+    return None if result is None or "error" in result else result
 
 
 def _since(ts: float) -> str:
@@ -145,3 +153,8 @@ def status(nodename: str | None, output: str, metrics: bool) -> None:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
         click.echo(render_status(result), nl=False)
+
+
+from controller.cli.diags import diags  # noqa: E402 - the diags module imports this one's helpers lazily
+
+node.add_command(diags)
