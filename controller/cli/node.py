@@ -155,6 +155,8 @@ def status(nodename: str | None, output: str, metrics: bool) -> None:
         click.echo(render_status(result), nl=False)
 
 
+from controller.cli.checksystem import checksystem  # noqa: E402
 from controller.cli.diags import diags  # noqa: E402 - the diags module imports this one's helpers lazily
 
 node.add_command(diags)
+node.add_command(checksystem)

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from felix_like.forward import ForwardAccepts
 from felix_like.ipip import IPIPConfig, IPIPManager
 from felix_like.nat import NATManager, NATPool
 from felix_like.vxlan import RemoteVTEP, VXLANLocal, VXLANManager, derive_vtep_mac
@@ -76,6 +77,7 @@ class TunnelManagers:
     vxlan: VXLANManager = field(init=False)
     ipip: IPIPManager = field(init=False)
     nat: NATManager = field(init=False)
+    forward: ForwardAccepts = field(init=False)
     vxlan_on: bool = False
     nat_on: bool = False
     last: TunnelInputs | None = None
@@ -84,6 +86,7 @@ class TunnelManagers:
         self.vxlan = VXLANManager(self.netns)
         self.ipip = IPIPManager(self.netns)
         self.nat = NATManager(self.netns)
+        self.forward = ForwardAccepts(self.netns)
 
     def apply(self, inputs: TunnelInputs, node: str) -> bool:
         """One pass (blocking: run in a thread). Returns True when routes must be resynced."""
@@ -106,5 +109,7 @@ class TunnelManagers:
             self.nat_on = True
             if nres.error:
                 log.warning("tunnels.nat_failed", node=node, error=nres.error)
+        # A FORWARD policy DROP in another base chain (Docker's) would drop pod traffic: accept ours there.
+        self.forward.apply()
         self.last = inputs
         return resync
