@@ -107,7 +107,10 @@ def test_one_leader_acts_standby_takes_over_within_ttl(
                     start_new_session=True)
             if name == "A":
                 _wait_leader(etcd_config, "A", 15)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # B up and standing by (it starts slowly on a loaded machine)
+        while '"leader.standby"' not in logs["B"].read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert '"leader.standby"' in logs["B"].read_text()
         assert _leader(etcd_config) == "A"
         # A leaked address is freed once, by the leader only.
         _leak(etcd_config, "leak1")
@@ -118,7 +121,6 @@ def test_one_leader_acts_standby_takes_over_within_ttl(
         time.sleep(0.5)
         assert _released_by(logs["A"]) == [f"{NETWORK}.leak1"]
         assert _released_by(logs["B"]) == []
-        assert '"leader.standby"' in logs["B"].read_text()
         metrics = {n: _scrape(ports[n], "/metrics") for n in "AB"}
         assert 'tabby_controller_leader{identity="A"} 1.0' in metrics["A"][1]
         assert 'tabby_controller_leader{identity="B"} 0.0' in metrics["B"][1]
