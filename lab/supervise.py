@@ -7,7 +7,8 @@ bounded backoff (``--backoff`` seconds, doubled per quick failure up to ``--max-
 the minimum once the program stayed up ``--reset-after`` seconds). Standard library only: the
 lab starts it as a program.
 
-Signals: SIGTERM/SIGINT stop the program (SIGTERM, then SIGKILL after ``--stop-timeout``) and
+The program dies with the supervisor (PR_SET_PDEATHSIG), as a container's processes die with its
+init. Signals: SIGTERM/SIGINT stop the program (SIGTERM, then SIGKILL after ``--stop-timeout``) and
 exit; SIGHUP restarts it now (``tabbyctl lab restart``). The state file (JSON, rewritten on every
 change) holds ``restarts``, ``pid``, ``last_exit`` and ``started_at``; ``lab inspect`` shows
 the restarts.
@@ -16,6 +17,7 @@ the restarts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +56,15 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the supervisor dies (PR_SET_PDEATHSIG), as a container's processes die
+    with its init: killing the node's recorded process must take the agent with it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
 def supervise(argv: list[str], state_path: Path, *, backoff: float, max_backoff: float, reset_after: float,
               stop_timeout: float) -> int:
     stopping = False
@@ -74,7 +85,7 @@ def supervise(argv: list[str], state_path: Path, *, backoff: float, max_backoff:
                              "supervisor_pid": os.getpid()}
     delay = backoff
     while not stopping:
-        proc = subprocess.Popen(argv)
+        proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # the supervisor is single-threaded
         started = time.monotonic()
         state.update(pid=proc.pid, started_at=time.time())
         _write_state(state_path, state)
