@@ -141,13 +141,16 @@ def deploy(topo: str | None, reconfigure: bool, timeout: float) -> None:
 @lab.command()
 @click.option("-t", "--topo", "topo", help=TOPO_HELP)
 @click.option("--cleanup", is_flag=True,
-              help="also sweep by name what the topology implies and delete the lab directory (logs); "
-                   "works after a crashed deploy")
+              help="also sweep by name what the topology implies and delete the lab directory, except the node "
+                   "logs; works after a crashed deploy")
+@click.option("--purge", is_flag=True, help="with --cleanup: delete the node logs too")
 @user_errors
-def destroy(topo: str | None, cleanup: bool) -> None:
-    """Remove every namespace, link, process and directory of the lab."""
+def destroy(topo: str | None, cleanup: bool, purge: bool) -> None:
+    """Remove every namespace, link, process and directory of the lab (node logs stay unless --purge)."""
     topology = _topology(topo)
-    report = destroy_lab(topology, cleanup=cleanup)
+    if purge and not cleanup:
+        raise LabError("--purge goes with --cleanup: destroy -t FILE --cleanup --purge")
+    report = destroy_lab(topology, cleanup=cleanup, purge=purge)
     if report.nothing:
         click.echo(f"lab {topology.name}: nothing to destroy", err=True)
     else:
@@ -166,12 +169,12 @@ def _half_built(topology: Topology) -> Path | None:
 
 def _print_table(rows: list[dict[str, str]]) -> None:
     table = Table(show_lines=False)
-    for column in ("#", "Name", "Kind", "Image", "State", "IPv4 Address"):
+    for column in ("#", "Name", "Kind", "Image", "State", "Restarts", "IPv4 Address"):
         table.add_column(column)
     for i, row in enumerate(rows, 1):
         colour = "green" if row["state"] == "running" else "red"
         table.add_row(str(i), row["name"], row["kind"], row["image"], f"[{colour}]{row['state']}[/{colour}]",
-                      row["ipv4_address"])
+                      row.get("restarts", ""), row["ipv4_address"])
     console = Console()
     if not console.is_terminal:
         console.width = 200  # piped or captured: never truncate names
@@ -327,3 +330,39 @@ def check(topo: str | None, count: int, wait: int) -> None:
                    f"(first: {report['failed'][0]['from']} -> {report['failed'][0]['to']} "
                    f"{report['failed'][0]['ip']})", err=True)
         sys.exit(1)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.argument("node")
+@user_errors
+def restart(topo: str | None, node: str) -> None:
+    """Restart a node's supervised processes (the tabby/node agent) and wait until they run again."""
+    from lab import supervision
+
+    handle = load_lab(_topology(topo))
+    if node not in handle.topology.nodes:
+        raise LabError(f"node {node!r} is not in lab {handle.topology.name} "
+                       f"(nodes: {', '.join(sorted(handle.topology.nodes))})")
+    names = supervision.restart(handle.state.node_dir(node), node)
+    click.echo(f"node {node}: restarted {', '.join(names)}", err=True)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
+@click.option("-p", "--process", default=None, help="only this process's log (e.g. tabby-node, bgpd)")
+@click.argument("node")
+@user_errors
+def logs(topo: str | None, follow: bool, process: str | None, node: str) -> None:
+    """Print a node's process logs (kept after destroy; --cleanup --purge removes them)."""
+    from lab import logs as logs_mod
+    from lab.state import lab_dir
+
+    topology = _topology(topo)
+    if node not in topology.nodes:
+        raise LabError(f"node {node!r} is not in lab {topology.name} (nodes: {', '.join(sorted(topology.nodes))})")
+    try:
+        logs_mod.show(lab_dir(topology.name) / "nodes" / node, node, process=process, follow=follow)
+    except KeyboardInterrupt:
+        return

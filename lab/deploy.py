@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from lab import kinds, netns
+from lab import kinds, netns, supervision
 from lab.errors import LabError, NotRootError
 from lab.state import LabState, lab_dir, lab_lock
 from lab.topology import Node, Topology, load_topology
@@ -370,21 +370,40 @@ class DestroyReport:
         return not (self.namespaces or self.killed or self.paths or self.was_deployed)
 
 
-def destroy(topology: Topology | str | Path | None, *, cleanup: bool = False) -> DestroyReport:
+def destroy(topology: Topology | str | Path | None, *, cleanup: bool = False, purge: bool = True) -> DestroyReport:
     """Remove every process, namespace and directory of the lab; idempotent.
 
     Without ``cleanup`` it works from the lab's state record and keeps the node logs. With
     ``cleanup`` it also sweeps what the topology implies (namespaces by name, FRR pathspaces,
     processes in those namespaces), works with a missing or corrupt record, and removes the
-    lab directory: after a crashed deploy this leaves nothing behind.
+    lab directory: after a crashed deploy this leaves nothing behind. ``purge=False`` (``tabbyctl
+    lab destroy --cleanup``) keeps the node logs (``nodes/<node>/*.log``) in the lab directory.
     """
     topo = _topology(topology)
     require_root("destroy")
     with lab_lock(topo.name):
-        return _teardown(topo, cleanup=cleanup)
+        return _teardown(topo, cleanup=cleanup, purge=purge)
 
 
-def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
+def _remove_keeping_logs(directory: Path) -> None:
+    """Delete the lab directory except ``nodes/<node>/*.log``."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name == "nodes" and entry.is_dir():
+            for node_dir in entry.iterdir():
+                for item in (node_dir.iterdir() if node_dir.is_dir() else []):
+                    if item.is_dir() and not item.is_symlink():
+                        shutil.rmtree(item, ignore_errors=True)
+                    elif item.suffix != ".log":
+                        item.unlink(missing_ok=True)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _teardown(topo: Topology, *, cleanup: bool, purge: bool = True) -> DestroyReport:
     report = DestroyReport(lab=topo.name)
     try:
         state = LabState.load(topo.name)
@@ -413,12 +432,17 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
             netns.delete(name)
             report.namespaces.append(name)
     for path in paths:
-        if Path(path).exists():
+        if Path(path).is_dir() and not Path(path).is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             report.paths.append(path)
+        elif Path(path).exists() or Path(path).is_symlink():
+            Path(path).unlink(missing_ok=True)  # a file a node left on the host (an agent's nodename file)
+            report.paths.append(path)
     directory = lab_dir(topo.name)
-    if cleanup:
+    if cleanup and purge:
         shutil.rmtree(directory, ignore_errors=True)
+    elif cleanup:
+        _remove_keeping_logs(directory)
     else:
         (directory / "state.json").unlink(missing_ok=True)
     log.info("lab destroyed", lab=topo.name, namespaces=len(report.namespaces), killed=report.killed,
@@ -454,6 +478,7 @@ def inspect_rows(topo: Topology, state: LabState | None) -> list[dict[str, str]]
             "kind": node.kind,
             "state": status,
             "ipv4_address": str(node.mgmt_ipv4) if node.mgmt_ipv4 else "N/A",
+            "restarts": str(supervision.restarts(state.node_dir(node.name))) if state is not None else "0",
             "ipv6_address": "N/A",
             "owner": "root",
         })

@@ -331,7 +331,8 @@ class GobgpHandler(ImageHandler):
 
 
 class EtcdHandler(ImageHandler):
-    """A single-member etcd, clients on <mgmt ip>:2379 and 127.0.0.1:2379, data in the node's directory."""
+    """An etcd member, clients on <mgmt ip>:2379 and 127.0.0.1:2379, data in the node's directory: alone, or a
+    member of the cluster its env ``ETCD_INITIAL_CLUSTER`` names (peers on <mgmt ip>:2380)."""
 
     name = "etcd"
     binaries = ("etcd", "etcdctl")
@@ -342,12 +343,18 @@ class EtcdHandler(ImageHandler):
         if node.mgmt_ipv4 is not None:
             urls.insert(0, f"http://{node.mgmt_ipv4.ip}:{ETCD_CLIENT_PORT}")
         peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        cluster = f"{node.name}={peer}"
+        # A member of a cluster (the etcd image's own variable, ETCD_INITIAL_CLUSTER=name=http://ip:2380,...):
+        # peers talk over the management network.
+        if node.env.get("ETCD_INITIAL_CLUSTER") and node.mgmt_ipv4 is not None:
+            peer = f"http://{node.mgmt_ipv4.ip}:{ETCD_PEER_PORT}"
+            cluster = node.env["ETCD_INITIAL_CLUSTER"]
         ctx.spawn("etcd", [
             "etcd", "--name", node.name, "--data-dir", str(ctx.workdir / "etcd-data"),
             "--listen-client-urls", ",".join(urls), "--advertise-client-urls", urls[0],
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{node.name}={peer}", "--log-level", "warn",
-        ])
+            "--initial-cluster", cluster, "--log-level", "warn",
+        ], env={k: v for k, v in ctx.env.items() if k != "ETCD_INITIAL_CLUSTER"})
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
         def up() -> bool:

@@ -173,7 +173,7 @@ def tabby_lab_fixture(tmp_path: Path) -> Iterator[Callable[[Path], TabbyLab]]:
         for lab in labs:
             state = LabState.load(lab.topo.name)
             processes = state.processes if state else []
-            proc = lab_cli("destroy", "-t", str(lab.path), "--cleanup", timeout=120)
+            proc = lab_cli("destroy", "-t", str(lab.path), "--cleanup", "--purge", timeout=120)
             if proc.returncode != 0:
                 problems.append(f"destroy failed: {proc.stderr.strip()}")
             problems += tabby_leftovers(lab)
