@@ -237,11 +237,43 @@ def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> N
     names = topo.netns_names()
     reporter.phase("namespaces", len(names))
 
+    settings = docker_ipv4_settings()
+    node_names = {n.netns for n in topo.nodes.values()}
+
     def make(name: str) -> None:
         state.record_netns(name)
         netns.add(name)
+        if name in node_names:
+            netns.run(netns.netns_argv(name, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())]))
 
     _parallel(names, make, reporter)
+
+
+def docker_ipv4_settings(proc_sys: Path = Path("/proc/sys")) -> dict[str, str]:
+    """The IPv4 settings a container on a Docker host starts with.
+
+    A new network namespace copies ``net.ipv4.conf.{all,default}`` from the initial namespace
+    (``net.core.devconf_inherit_init_net=0``, the default; IPv6 starts at kernel defaults), and
+    Docker turns IPv4 forwarding on for the host. So FRR labs written for containerlab never set
+    ``ip_forward``, and their routers forward. Here: the deploying process's (initial) values,
+    writable keys only, then forwarding on. ``sysctls:`` of the file is applied after, and wins.
+    """
+    out: dict[str, str] = {}
+    for conf in ("all", "default"):
+        directory = proc_sys / "net" / "ipv4" / "conf" / conf
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            try:
+                if not path.stat().st_mode & 0o200:
+                    continue
+                value = path.read_text().strip()
+            except OSError:
+                continue
+            if value and " " not in value and "\t" not in value:
+                out[f"net.ipv4.conf.{conf}.{path.name}"] = value
+    out["net.ipv4.conf.all.forwarding"] = "1"
+    out["net.ipv4.conf.default.forwarding"] = "1"
+    out["net.ipv4.ip_forward"] = "1"
+    return out
 
 
 def _mgmt_peer(index: int) -> str:

@@ -532,14 +532,8 @@ def _resolve_node(
     if not _NAME_RE.match(name):
         problems.add(loc, "node names may hold only letters, digits, '_', '.', '-'")
         ok = False
-    group = None
-    if raw.group is not None:
-        if raw.group not in groups:
-            known = ", ".join(groups) or "none defined"
-            problems.add((*loc, "group"), f"group {raw.group!r} is not in topology.groups ({known})")
-            ok = False
-        else:
-            group = groups[raw.group]
+    # containerlab accepts a group that topology.groups does not declare: it contributes nothing
+    group = groups.get(raw.group) if raw.group is not None else None
     kind = raw.kind or (group.kind if group else None) or defaults.kind
     if not kind:
         problems.add(loc, "no kind: set kind on the node, its group, or topology.defaults")

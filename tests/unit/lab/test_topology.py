@@ -170,3 +170,18 @@ def test_parse_topology_resolves_relative_to_given_path() -> None:
     assert topo.name == "other"
     assert topo.nodes["frr"].netns == "clab-other-frr"
     assert topo.nodes["bird"].startup_config.path == EXAMPLES / "triangle" / "bird.conf"
+
+
+def test_undeclared_group_is_accepted_and_contributes_nothing(tmp_path: Path) -> None:
+    """containerlab accepts ``group: spines`` without topology.groups.spines (it is only a label)."""
+    topo = parse("""
+name: g
+topology:
+  defaults: {kind: linux, image: alpine}
+  groups:
+    leaves: {image: frr}
+  nodes:
+    s1: {group: spines}
+""", tmp_path)
+    assert topo.nodes["s1"].group == "spines"
+    assert topo.nodes["s1"].image == "alpine"
