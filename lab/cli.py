@@ -251,7 +251,7 @@ def exec_(topo: str | None, all_nodes: bool, timeout: float | None, args: tuple[
 def _exec_passthrough(handle: Lab, node: str, argv: list[str], timeout: float | None) -> int:
     """One node: the command's own stdin/stdout/stderr and exit code, as ``docker exec`` gives."""
     n = handle.topology.nodes[node]
-    full = netns.netns_argv(n.netns, handle.exec_argv(node, argv))
+    full = kinds.node_argv(n, handle.state, handle.exec_argv(node, argv))
     try:
         return subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:

@@ -12,11 +12,14 @@ names the topology implies.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +30,15 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from lab import kinds, netns
+from lab import kinds, mountns, netns
 from lab.errors import LabError, NotRootError
-from lab.state import LabState, lab_dir, lab_lock
-from lab.topology import Node, Topology, load_topology
+from lab.state import LabState, ProcessRecord, lab_dir, lab_lock, process_start_time, state_root
+from lab.topology import Healthcheck, Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
 
 POD_NETNS_INFIX = "-pod-"  # pod namespaces: <node namespace>-pod-<name> (lab.pods)
+DEFAULT_RUN_ROOT = "/run/tabby"  # the node agent's default run root: shared with every node
 READY_TIMEOUT = 60.0
 EXEC_TIMEOUT = 60.0
 MAX_WORKERS = 16
@@ -122,8 +126,12 @@ class Lab:
     def node_dir(self, node: str) -> Path:
         return self.state.node_dir(self.topology.node(node).name)
 
+    def node_path(self, node: str, path: str) -> Path:
+        """``path`` as ``node`` sees it in its own root (e.g. ``/var/run/frr/bgpd.pid``), readable from the host."""
+        return kinds.node_path(self.topology.node(node), self.state, path)
+
     def exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` as it runs in ``node`` (``vtysh`` gets ``-N ns``, ``birdc`` its socket)."""
+        """``argv`` as it runs in ``node`` (``birdc`` gets its socket)."""
         n = self.topology.node(node)
         return kinds.handler_for(n.image).exec_argv(n, self.state.node_dir(node), list(argv))
 
@@ -131,7 +139,7 @@ class Lab:
              input_text: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in ``node``'s namespace with the node's environment; output captured as text."""
         n = self.topology.node(node)
-        full = netns.netns_argv(n.netns, self.exec_argv(node, argv))
+        full = kinds.node_argv(n, self.state, self.exec_argv(node, argv), cwd=cwd)
         try:
             proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text,
                                   env=kinds.node_env(n), check=False, cwd=cwd)
@@ -203,7 +211,7 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         state = LabState(name=topo.name, topology=str(topo.path))
         state.save()
         lab = Lab(topo, state)
-        for warning in [*topo.warnings, *_ignored_binds(topo)]:
+        for warning in topo.warnings:
             state.record_warning(warning)
             reporter.warn(warning)
         started = time.monotonic()
@@ -221,16 +229,6 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         log.info("lab deployed", lab=topo.name, nodes=len(topo.nodes), links=len(topo.links),
                  seconds=round(time.monotonic() - started, 2))
         return lab
-
-
-CONFIG_BIND_DIRS = ("/etc/frr/", "/etc/bird/", "/etc/bird.conf", "/usr/local/etc/bird.conf", "/etc/gobgp/")
-
-
-def _ignored_binds(topo: Topology) -> list[str]:
-    """Binds other than router configs cannot be honoured without a mount namespace: say so."""
-    return [f"node {node.name}: bind {bind.source} -> {bind.target} is ignored (nodes see the host's filesystem)"
-            for node in topo.nodes.values() for bind in node.binds
-            if not bind.target.startswith(CONFIG_BIND_DIRS)]
 
 
 def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> None:
@@ -336,6 +334,8 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
                  timeout: float) -> None:
     reporter.phase("nodes", len(topo.nodes))
 
+    warnings: list[str] = []
+
     def start(node: Node) -> None:
         ctx = kinds.NodeContext(topology=topo, node=node, state=state)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -343,16 +343,134 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
         for path in handler.host_paths(node):  # e.g. an agent's run directory: destroy removes it
             state.record_path(path)
         try:
+            _start_root(ctx, handler, timeout)
+            if node.startup_delay:
+                time.sleep(node.startup_delay)
             handler.start(ctx)
             handler.wait_ready(ctx, timeout)
+            if node.healthcheck is not None:
+                _wait_healthy(ctx, node.healthcheck)
         except LabError as exc:
             raise LabError(exc.problems[0], [p if p.startswith("node ") else f"node {node.name}: {p}"
                                              for p in exc.problems]) from None
         except OSError as exc:
             raise LabError(f"node {node.name}: {exc}") from None
+        finally:
+            warnings.extend(ctx.warnings)
         log.info("node ready", lab=topo.name, node=node.name, image=node.image, handler=handler.name)
 
-    _parallel(list(topo.nodes.values()), start, reporter, label=lambda n: n.name)
+    try:
+        for wave in start_waves(topo):
+            _parallel(wave, start, reporter, label=lambda n: n.name)
+    finally:
+        for warning in warnings:
+            state.record_warning(warning)
+            reporter.warn(warning)
+
+
+def start_waves(topo: Topology) -> list[list[Node]]:
+    """Nodes in the order ``stages``/``wait-for`` ask for: each wave starts once the ones before are up.
+
+    containerlab lets a node's stage wait for another node's stage (create, create-links,
+    configure, healthy). Here links are made for every node before any program starts, so a
+    dependency means: start after that node is up (its program answers, its healthcheck passed);
+    that satisfies every stage a file can name. Cycles are refused when the file is read.
+    """
+    done: set[str] = set()
+    left = dict(topo.nodes)
+    waves: list[list[Node]] = []
+    while left:
+        wave = [n for n in left.values() if all(d in done or d not in topo.nodes for d in n.wait_for)]
+        if not wave:  # unreachable: topology refuses cycles
+            raise LabError(f"lab {topo.name}: wait-for cycle among {', '.join(left)}")
+        waves.append(wave)
+        for node in wave:
+            done.add(node.name)
+            del left[node.name]
+    return waves
+
+
+def _wait_healthy(ctx: kinds.NodeContext, check: Healthcheck) -> None:
+    """Docker's healthcheck as readiness: healthy at the first success of ``check.argv`` in the node;
+    after ``start-period``, ``retries`` failures in a row make the node unhealthy (deploy fails)."""
+    started = time.monotonic()
+    failures = 0
+    last = ""
+    while True:
+        ctx.check_alive()
+        try:
+            proc = ctx.run(list(check.argv), check=False, timeout=check.timeout)
+            if proc.returncode == 0:
+                return
+            output = (proc.stdout + proc.stderr).strip().splitlines()
+            last = output[-1] if output else f"exit {proc.returncode}"
+        except LabError as exc:
+            last = exc.problems[0]
+        if time.monotonic() - started >= check.start_period:
+            failures += 1
+            if failures >= check.retries:
+                raise LabError(f"node {ctx.node.name}: unhealthy: healthcheck {shlex.join(check.argv)!r} failed "
+                               f"{failures} times: {last}")
+        time.sleep(check.interval)
+
+
+def shared_paths(node: Node) -> list[str]:
+    """Host directories every node sees as the host does: the lab state root and the run root.
+
+    Sockets, logs and pod records live there, so host-side tools (``lab pod add``, logs, flows)
+    find what the node's processes made. Nested paths collapse into their parent.
+    """
+    candidates = [state_root(), Path(DEFAULT_RUN_ROOT)]
+    if node.env.get("TABBY_RUN_ROOT"):
+        candidates.append(Path(node.env["TABBY_RUN_ROOT"]))
+    if node.env.get("TABBY_RUN_DIR"):
+        candidates.append(Path(node.env["TABBY_RUN_DIR"]).parent)
+    kept: list[Path] = []
+    for path in sorted((p.resolve() for p in candidates if p.is_absolute()), key=lambda p: len(p.parts)):
+        if path != Path("/") and not any(path == k or k in path.parents for k in kept):
+            kept.append(path)
+    return [str(p) for p in kept]
+
+
+def _start_root(ctx: kinds.NodeContext, handler: kinds.ImageHandler, timeout: float) -> None:
+    """Start the holder of the node's mount namespace (``lab.mountns``) and wait until it pivoted.
+
+    Recorded like any node process (destroy kills it, and its namespace goes with the last
+    process in it); it lives in the node's network namespace, so a crash before the record is
+    written is still swept by name.
+    """
+    node = ctx.node
+    extra_binds, dirs = handler.root_setup(ctx)
+    base = ctx.workdir / "rootfs"
+    base.mkdir(parents=True, exist_ok=True)
+    for bind in node.binds:  # sources under the lab directory (__clabNodeDir__) are made here, as containerlab does
+        if not bind.source.exists() and ctx.state.dir in bind.source.parents:
+            bind.source.mkdir(parents=True, exist_ok=True)
+    shared = shared_paths(node)
+    for path in shared:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    spec = {
+        "base": str(base),
+        "hostname": node.name,
+        "shared": shared,
+        "binds": [{"source": str(b.source), "target": b.target, "ro": "ro" in (b.mode or "").split(",")}
+                  for b in (*node.binds, *extra_binds)],
+        "dirs": dirs,
+    }
+    argv = [sys.executable, "-I", mountns.__file__, json.dumps(spec)]
+    with open(ctx.workdir / f"{kinds.MOUNTNS_PROCESS}.log", "ab") as err:
+        proc = subprocess.Popen(netns.netns_argv(node.netns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, start_new_session=True)
+    ctx.state.record_holder(ProcessRecord(pid=proc.pid, start_time=process_start_time(proc.pid), node=node.name,
+                                           name=kinds.MOUNTNS_PROCESS, argv=argv[:3]))
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    proc.stdout.close()
+    if line != "ready":
+        reason = line.removeprefix("error: ") or ctx.log_tail(kinds.MOUNTNS_PROCESS) or "no answer"
+        raise LabError(f"node {node.name}: cannot build its root filesystem: {reason}")
+    ctx.popens[kinds.MOUNTNS_PROCESS] = proc
 
 
 def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
@@ -361,12 +479,12 @@ def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
     They run in the topology file's directory, so a relative path in an ``exec`` (``tabbyctl apply
     -f lab/pools.yaml``) names the file beside the topology, as a relative bind source does.
     """
-    nodes = [n for n in lab.nodes.values() if n.exec]
-    reporter.phase("exec", sum(len(n.exec) for n in nodes))
+    nodes = [n for n in lab.nodes.values() if n.exec or n.stage_exec]
+    reporter.phase("exec", sum(len(n.exec) + len(n.stage_exec) for n in nodes))
     failures: list[str] = []
 
     def run_node(node: Node) -> None:
-        for command in node.exec:
+        for command in (*node.stage_exec, *node.exec):
             argv = shlex.split(command)
             try:
                 proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT, cwd=lab.topology.directory.resolve())
@@ -435,7 +553,7 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
             paths += [str(p) for p in kinds.handler_for(node.image).host_paths(node) if str(p) not in paths]
     report.was_deployed = state is not None
 
-    pids = [p.pid for p in (state.processes if state else []) if p.alive()]
+    pids = [p.pid for p in (state.processes + state.holders if state else []) if p.alive()]
     for name in namespaces:
         pids += netns.pids(name)
     report.killed = len(set(pids))

@@ -58,7 +58,7 @@ def test_etcd_node_and_node_env(make_lab: Callable[..., LabRun]) -> None:
     # the node's env reaches exec and the node's main process, the caller's does not
     assert lab.exec("client", ["sh", "-c", "echo $NODENAME $AS $ETCD_ENDPOINTS"]).stdout.split() == [
         "client-1", "65010", "http://172.20.20.2:2379"]
-    (cmd,) = [p for p in lab.state.processes if p.node == "client"]
+    (cmd,) = [p for p in lab.state.processes if p.node == "client" and p.name == "cmd"]
     environ = Path(f"/proc/{cmd.pid}/environ").read_bytes().split(b"\0")
     assert b"NODENAME=client-1" in environ and b"AS=65010" in environ
     rows = {r["name"]: r["state"] for r in lab.inspect()}
@@ -94,3 +94,18 @@ def test_a_daemon_that_dies_fails_the_deploy_naming_the_node(make_lab: Callable[
     # the half-built lab is still there for inspection until destroyed (the fixture checks it all goes)
     topo = load_topology(run.path)
     wait_for("state recorded", lambda: LabState.load(topo.name) is not None, timeout=5)
+
+
+def test_a_cmd_that_exits_at_once_is_a_warning_with_its_output_kept(make_lab: Callable[..., LabRun]) -> None:
+    run = make_lab(LABS / "dead-cmd.clab.yml", deploy_it=False)
+    proc = lab_cli("deploy", "-t", str(run.path))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert any("node dead: cmd" in w and "exited with code 3" in w and "no such config" in w for w in warnings), \
+        proc.stderr
+    topo = load_topology(run.path)
+    log = LabState.load(topo.name).node_dir("dead") / "cmd.log"  # type: ignore[union-attr]
+    assert log.read_text().splitlines() == ["starting up", "no such config"]
+    rows = json.loads(lab_cli("inspect", "-t", str(run.path), "-f", "json").stdout)["containers"]
+    assert {r["name"]: r["state"] for r in rows} == {topo.nodes["dead"].netns: "exited",
+                                                     topo.nodes["alive"].netns: "running"}
