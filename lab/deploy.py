@@ -12,6 +12,7 @@ names the topology implies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -32,7 +33,7 @@ import structlog
 
 from lab import kinds, mountns, netns
 from lab.errors import LabError, NotRootError
-from lab.state import LabState, ProcessRecord, lab_dir, lab_lock, process_start_time, state_root
+from lab.state import STATE_FILE, LabState, ProcessRecord, lab_dir, lab_lock, process_start_time, state_root
 from lab.topology import Healthcheck, Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
@@ -207,6 +208,7 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         if taken:
             raise LabError(f"lab {topo.name}: namespace {taken[0]} already exists (another lab, or a leftover: "
                            f"ip netns del {taken[0]})")
+        _refuse_paths_in_use(topo)
         shutil.rmtree(lab_dir(topo.name) / "nodes", ignore_errors=True)
         state = LabState(name=topo.name, topology=str(topo.path))
         state.save()
@@ -229,6 +231,29 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         log.info("lab deployed", lab=topo.name, nodes=len(topo.nodes), links=len(topo.links),
                  seconds=round(time.monotonic() - started, 2))
         return lab
+
+
+def _refuse_paths_in_use(topo: Topology) -> None:
+    """Two labs sharing an agent's run directory break each other (destroying one kills the other's
+    agents): refuse a deploy whose host paths a running lab (its namespaces exist) recorded."""
+    ours = {str(p): node.name for node in topo.nodes.values() for p in kinds.handler_for(node.image).host_paths(node)}
+    if not ours:
+        return
+    root = state_root()
+    for state_file in sorted(root.glob(f"*/{STATE_FILE}")) if root.is_dir() else []:
+        other = state_file.parent.name
+        if other == topo.name:
+            continue
+        try:
+            state = LabState.load(other)
+        except LabError:
+            continue
+        if state is None or not any(netns.exists(ns) for ns in state.netns):
+            continue
+        for path in state.paths:
+            if path in ours:
+                raise LabError(f"lab {topo.name}: node {ours[path]}'s run directory {path} is used by running lab "
+                               f"{other}; destroy {other} or give the node another TABBY_RUN_ROOT")
 
 
 def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> None:
@@ -566,6 +591,8 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
         if Path(path).exists():
             shutil.rmtree(path, ignore_errors=True)
             report.paths.append(path)
+    if cleanup:
+        report.paths += _sweep_by_netns(topo)
     directory = lab_dir(topo.name)
     if cleanup:
         shutil.rmtree(directory, ignore_errors=True)
@@ -574,6 +601,31 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
     log.info("lab destroyed", lab=topo.name, namespaces=len(report.namespaces), killed=report.killed,
              cleanup=cleanup)
     return report
+
+
+def _sweep_by_netns(topo: Topology) -> list[str]:
+    """``<run root>/by-netns/``: the agents' socket links by namespace inode. A lab's run root is its
+    own by default (the whole directory goes); in a shared one only links into this lab's run
+    directories or dangling ones go, and the directory once empty."""
+    removed: list[str] = []
+    roots = {node.env["TABBY_RUN_ROOT"] for node in topo.nodes.values() if node.env.get("TABBY_RUN_ROOT")}
+    run_dirs = {str(p) for node in topo.nodes.values() for p in kinds.handler_for(node.image).host_paths(node)}
+    for root in sorted(roots):
+        by_netns = Path(root) / "by-netns"
+        if not by_netns.is_dir():
+            continue
+        for link in by_netns.iterdir():
+            target = os.readlink(link) if link.is_symlink() else ""
+            if not link.exists() or any(target.startswith(d.rstrip("/") + "/") for d in run_dirs):
+                link.unlink(missing_ok=True)
+                removed.append(str(link))
+        with contextlib.suppress(OSError):
+            by_netns.rmdir()
+            removed.append(str(by_netns))
+        if Path(root).resolve().is_relative_to(lab_dir(topo.name)):
+            with contextlib.suppress(OSError):
+                Path(root).rmdir()
+    return removed
 
 
 # --------------------------------------------------------------------------- inspect

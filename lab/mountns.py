@@ -64,7 +64,10 @@ def pivot_root(new: str, old: str) -> None:
 
 
 def _top_level_mounts(exclude: list[str]) -> list[str]:
-    """Mount points directly under ``/`` (proc, sys, dev, /run/netns, ...), skipping ours."""
+    """Mount points whose parent is the root mount (proc, sys, dev, /run/netns, ...), skipping ours.
+
+    They are bound into the node's root as they are (recursively), except ``/run`` when it is a
+    mount of its own (usual on systemd hosts): see ``build``."""
     rows = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     root_ids = {r[0] for r in rows if r[4] == "/"}
     points: list[str] = []
@@ -103,8 +106,17 @@ def build(spec: dict[str, Any]) -> None:
           f"lowerdir=/,upperdir={base}/upper,workdir={base}/work")
     for point in _top_level_mounts([base, *shared]):
         target = merged + point
-        if os.path.isdir(target):
-            mount(point, target, None, MS_BIND | MS_REC)
+        if not os.path.isdir(target):
+            continue
+        if point == "/run":
+            # a container's /run is its own (FRR's /run/frr must not be shared between nodes): a fresh
+            # tmpfs, with the host's /run/netns back in (pods' namespace files) and the shared paths below
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+            if os.path.isdir("/run/netns"):
+                os.makedirs(target + "/netns", exist_ok=True)
+                mount("/run/netns", target + "/netns", None, MS_BIND | MS_REC)
+            continue
+        mount(point, target, None, MS_BIND | MS_REC)
     for path in shared:
         target = Path(merged + path)
         _make_target(target, True)

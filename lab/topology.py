@@ -768,6 +768,10 @@ def _resolve_node(
             if sep and key and not key.startswith("#"):
                 env_files[key.removeprefix("export ").strip()] = value.strip().strip('"').strip("'")
     env = {**env_files, **env}  # env wins over env-files, as in containerlab
+    if str(image or "").startswith("tabby/node") and "TABBY_RUN_ROOT" not in env and "TABBY_RUN_DIR" not in env:
+        # every per-node path derives from the lab name: two labs with the same node names never share
+        # an agent's run directory (the agent, the CNI plugin and the lab all read TABBY_RUN_ROOT)
+        env["TABBY_RUN_ROOT"] = str(lab_dir(lab) / "run")
 
     wait_for: list[str] = list(_pick(layers, "wait_for") or [])
     stage_exec: list[str] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.topology.conftest import LABS, LabRun, frr_peers, ping, wait_for
+from tests.topology.conftest import LABS, LabRun, frr_peers, lab_cli, ping, wait_for
 
 FIDELITY = LABS / "fidelity"
 
@@ -59,6 +59,15 @@ def test_routers_forward_without_sysctls(make_lab: Callable[..., LabRun]) -> Non
     assert run.lab.exec("r1", ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
     # IPv6 settings are the kernel's defaults, not the host's
     assert run.lab.exec("r1", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "0"
+
+    # the picture of the deployed lab: addresses, AS numbers, sessions with their state
+    picture = run.path.parent / "fwd.dot"
+    proc = lab_cli("graph", "-t", str(run.path), "-o", str(picture))
+    assert proc.returncode == 0, proc.stderr
+    dot = picture.read_text()
+    assert "AS 65001" in dot and "AS 65002" in dot and "eth1 10.0.12.1/30" in dot
+    assert '"r1" -- "r2" [style=dashed, color="#2e7d32", label="BGP Established"' in dot
+    assert '"h1" -- "__mgmt__"' in dot
 
 
 def test_undeclared_group(make_lab: Callable[..., LabRun]) -> None:

@@ -149,7 +149,8 @@ topology:
 
 
 def test_ignored_containerlab_keys_warn(tmp_path: Path) -> None:
-    topo = parse("name: w\ntopology:\n  defaults: {cpu: 2}\n  nodes:\n    r1: {kind: linux, image: a, ports: ['80:80']}\n"
+    topo = parse("name: w\ntopology:\n  defaults: {cpu: 2}\n  nodes:\n"
+                 "    r1: {kind: linux, image: a, ports: ['80:80']}\n"
                  "    r2: {kind: linux, image: a, ports: ['81:80']}\n", tmp_path)
     assert topo.warnings == (  # once per key, naming the nodes
         "key 'ports' is ignored (nothing observable depends on it without a container runtime): nodes r1, r2",
