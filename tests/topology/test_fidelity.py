@@ -11,7 +11,7 @@ both routers), then destroyed by the fixture with nothing left; the host's ``/``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,13 +43,15 @@ def check_routed_lab(run: LabRun) -> None:
 
 
 @pytest.fixture
-def host_root_unchanged() -> Callable[[], None]:
+def host_root_unchanged() -> Iterator[Callable[[], None]]:
+    """Check while deployed (call it) and again after destroy (teardown; request it before make_lab)."""
     before = host_root_snapshot()
 
     def check() -> None:
         assert host_root_snapshot() == before, "a lab node changed the host's / or /etc/frr"
 
-    return check
+    yield check
+    check()
 
 
 def test_routers_forward_without_sysctls(make_lab: Callable[..., LabRun]) -> None:
@@ -74,7 +76,7 @@ def test_undeclared_group(make_lab: Callable[..., LabRun]) -> None:
     check_routed_lab(make_lab(FIDELITY / "group.clab.yml"))
 
 
-def test_directory_bind_of_etc_frr(make_lab: Callable[..., LabRun], host_root_unchanged: Callable[[], None]) -> None:
+def test_directory_bind_of_etc_frr(host_root_unchanged: Callable[[], None], make_lab: Callable[..., LabRun]) -> None:
     run = make_lab(FIDELITY / "dir-bind.clab.yml")
     check_routed_lab(run)
     lab = run.lab
@@ -87,7 +89,7 @@ def test_directory_bind_of_etc_frr(make_lab: Callable[..., LabRun], host_root_un
     host_root_unchanged()
 
 
-def test_script_bind_run_by_cmd(make_lab: Callable[..., LabRun], host_root_unchanged: Callable[[], None]) -> None:
+def test_script_bind_run_by_cmd(host_root_unchanged: Callable[[], None], make_lab: Callable[..., LabRun]) -> None:
     run = make_lab(FIDELITY / "script-cmd.clab.yml")
     check_routed_lab(run)
     lab = run.lab
