@@ -78,6 +78,15 @@ def _gobgp(lab: Lab, node: str, live: NodeLive) -> None:
             "Established" if state in (6, "established", "ESTABLISHED") else str(state)
 
 
+def _pod_label(pod: dict[str, object]) -> str:
+    """``web-1 10.244.0.5`` (``ns/name`` outside ``default``), as ``lab pod list`` names pods."""
+    name = str(pod.get("name"))
+    if pod.get("namespace") not in (None, "default"):
+        name = f"{pod.get('namespace')}/{name}"
+    ips = " ".join(str(ip).split("/")[0] for ip in pod.get("ips") or [])  # type: ignore[union-attr]
+    return f"{name} {ips}".strip()
+
+
 def collect(lab: Lab) -> Live:
     """The picture's live data for every node of a deployed lab."""
     live: Live = {}
@@ -92,6 +101,6 @@ def collect(lab: Lab) -> Live:
             _gobgp(lab, name, info)
         elif node.env.get("AS"):
             info.asn = node.env["AS"]
-        info.pods = sorted(str(p.get("key") or p.get("name")) for p in lab.state.pods if p.get("node") == name)
+        info.pods = sorted(_pod_label(p) for p in lab.state.pods if p.get("node") == name)
         live[name] = info
     return live

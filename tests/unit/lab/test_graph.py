@@ -72,3 +72,10 @@ def test_live_view_shows_addresses_as_sessions_pods_and_the_mgmt_network(triangl
         assert f'"{name}" -- "__mgmt__"' in dot
     md = to_mermaid(triangle, live)
     assert '-.-|"BGP Established"|' in md and "n0 -.- mgmt" in md
+
+
+def test_pods_are_named_as_lab_pod_list_names_them() -> None:
+    from lab.live import _pod_label
+
+    assert _pod_label({"name": "web-1", "namespace": "default", "ips": ["10.244.0.5/32"]}) == "web-1 10.244.0.5"
+    assert _pod_label({"name": "db", "namespace": "shop", "ips": []}) == "shop/db"
