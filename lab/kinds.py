@@ -184,6 +184,8 @@ def node_argv(node: Node, state: LabState | None, argv: Sequence[str], *, cwd: P
         raise LabError(f"node {node.name}: its mount namespace is gone (holder pid {record.pid} exited); "
                        "redeploy the lab")
     wd = str(cwd) if cwd is not None else os.getcwd()
+    if not (Path(f"/proc/{record.pid}/root") / os.path.realpath(wd).lstrip("/")).is_dir():
+        wd = "/"  # the caller's directory is not in the node's root (e.g. under a host-only /run): as docker exec
     # not nsenter --wd: it opens the directory before entering, leaving the process a cwd outside its root
     return ["nsenter", "-t", str(record.pid), "-m", "-n", "-u", "--", "env", "-C", wd, "--", *argv]
 
