@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lab import Lab, deploy, destroy  # noqa: E402
+from lab.kinds import node_argv  # noqa: E402
 
 TARGET_RATIO = 3.0
 TARGET_P99_MS = 300.0
@@ -235,9 +236,9 @@ def ns_count(netns: str, proto: str) -> int:
     return out.count("\n")
 
 
-def zebra_kernel_routes(netns: str) -> int:
+def zebra_kernel_routes(vtysh: list[str]) -> int:
     """How many kernel routes FRR's zebra knows (they must all be in before t0)."""
-    out = subprocess.run(["vtysh", "-N", netns, "-c", "show ip route summary json"], capture_output=True, text=True,
+    out = subprocess.run([*vtysh, "-c", "show ip route summary json"], capture_output=True, text=True,
                          timeout=30, check=False).stdout
     try:
         return sum(r.get("rib", 0) for r in json.loads(out).get("routes", []) if r.get("type") == "kernel")
@@ -308,15 +309,16 @@ def percentile(values: list[float], q: float) -> float:
 # ----------------------------------------------------------------------------- the two runs
 
 
-def vtysh_bgp(netns: str, command: str) -> None:
-    subprocess.run(["vtysh", "-N", netns, "-c", "configure terminal", "-c", "router bgp 65001",
+def vtysh_bgp(vtysh: list[str], command: str) -> None:
+    """``vtysh`` is the argv that reaches the FRR node (its network and mount namespaces: ``node_argv``)."""
+    subprocess.run([*vtysh, "-c", "configure terminal", "-c", "router bgp 65001",
                     "-c", "address-family ipv4 unicast", "-c", command], check=True, timeout=60)
 
 
-def converge_once(ns: dict[str, str], n_prefixes: int) -> dict[str, float]:
+def converge_once(ns: dict[str, str], n_prefixes: int, vtysh: list[str]) -> dict[str, float]:
     """t0 = FRR starts redistributing; seconds until each kernel holds every prefix (polled, bounded)."""
     t0 = time.monotonic()
-    vtysh_bgp(ns["frr"], "redistribute kernel")
+    vtysh_bgp(vtysh, "redistribute kernel")
     done: dict[str, float] = {}
     last_report = t0
     while len(done) < 2:
@@ -346,19 +348,20 @@ def run_convergence(workdir: Path, n_prefixes: int, tag: str) -> dict[str, Any]:
     try:
         lab = deploy(topo)
         ns = {n: lab.node_netns(n) for n in ("frr", "tabby", "bird")}
+        vtysh = node_argv(lab.topology.node("frr"), lab.state, ["vtysh"])
         wait_until("FRR sessions Established", lambda: frr_established(lab, "frr", {"10.30.0.2", "10.30.0.3"}), 90, 1)
         wait_until("Tabby session Established", lambda: tabby_sessions(lab, "tabby").get("10.30.0.1") == "Established",
                    90, 1)
         batch = d / "routes.batch"
         batch.write_text("".join(f"route add blackhole {prefix(i)}\n" for i in range(n_prefixes)))
         subprocess.run(["ip", "-n", ns["frr"], "-batch", str(batch)], check=True, timeout=120)
-        wait_until("zebra has read the kernel routes", lambda: zebra_kernel_routes(ns["frr"]) >= n_prefixes, 60, 0.2)
+        wait_until("zebra has read the kernel routes", lambda: zebra_kernel_routes(vtysh) >= n_prefixes, 60, 0.2)
         rounds: list[dict[str, float]] = []
         for r in range(ROUNDS):
-            rounds.append(converge_once(ns, n_prefixes))
+            rounds.append(converge_once(ns, n_prefixes, vtysh))
             progress(f"round {r + 1}: tabby {rounds[-1]['tabby']:.2f}s, bird {rounds[-1]['bird']:.2f}s")
             if r + 1 < ROUNDS:  # withdraw everything, wait for both kernels to empty, go again
-                vtysh_bgp(ns["frr"], "no redistribute kernel")
+                vtysh_bgp(vtysh, "no redistribute kernel")
                 wait_until("both kernels empty", lambda: ns_count(ns["tabby"], "81") == 0
                            and ns_count(ns["bird"], "bird") == 0, CONVERGE_TIMEOUT, 0.5)
                 time.sleep(1.0)

@@ -126,8 +126,7 @@ def tabby_leftovers(lab: TabbyLab) -> list[str]:
     found += [f"pod namespace {ns}" for ns in pod_netns_left(lab.topo)]
     if lab.run_root.exists():
         for path in sorted(lab.run_root.rglob("*")):
-            if not (path.is_dir() and path.name == "by-netns" and not any(path.iterdir())):
-                found.append(f"path {path}")
+            found.append(f"path {path}")  # by-netns/ too: destroy --cleanup removes it
     return found
 
 
