@@ -83,6 +83,17 @@ def _in_namespace(res: Resource, namespace: str | None) -> Resource:
     return parse_resource(doc, f"{res.KIND} {res.name}", 0)
 
 
+def enforce_support_policy(resources: Sequence[Resource]) -> None:
+    """Refuse valid fields Tabby cannot honour yet, warn about recorded-only ones (support policy)."""
+    from controller import support_policy
+
+    report = support_policy.check(resources)
+    if report.refused:
+        raise UserError(report.refused)
+    for line in report.warnings:
+        click.echo(f"Warning: {line}", err=True)
+
+
 def kind_class(name: str) -> type[Resource]:
     from datamodel.resources import kind_for_name
 
@@ -126,6 +137,7 @@ def _write_command(mode: str, filename: str, namespace: str | None, skip_exists:
     from controller.resource_store import ResourceStore
 
     resources = load_resources(filename, namespace)
+    enforce_support_policy(resources)
 
     async def body(ds: Any) -> Outcome:
         return await ResourceStore(ds).write(resources, mode, skip_exists=skip_exists)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from datamodel.resources.common import (
     DEFAULT_AS_NUMBER,
@@ -148,6 +148,10 @@ _GLOBAL_ONLY = (
 )
 
 
+def _zero_is_unset(value: object) -> object:
+    return None if value == 0 and not isinstance(value, bool) else value
+
+
 class BGPConfigurationSpec(CalicoModel):
     """spec of a BGPConfiguration. Unset fields are None; `default` gets Calico's defaults filled in."""
 
@@ -160,7 +164,8 @@ class BGPConfigurationSpec(CalicoModel):
     serviceClusterIPs: list[ServiceIPBlock] | None = None
     communities: list[Community] | None = None
     prefixAdvertisements: list[PrefixAdvertisement] | None = None
-    listenPort: int | None = Field(default=None, ge=1, le=65535)
+    # Go's omitempty: listenPort 0 is "unset" (the default 179 then applies), as Calico reads it.
+    listenPort: Annotated[int | None, BeforeValidator(_zero_is_unset)] = Field(default=None, ge=1, le=65535)
     nodeMeshPassword: BGPPassword | None = None
     nodeMeshMaxRestartTime: Duration | None = None
     bindMode: Literal["None", "NodeIP"] | None = None
