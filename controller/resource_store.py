@@ -394,6 +394,11 @@ class ResourceStore:
                 continue
             if ref.cls.KIND == "IPPool":
                 problems.extend(await self._pool_delete_problems(ref, kv.json()))
+            if ref.cls.KIND == "BGPConfiguration" and ref.name == "default":
+                problems.append(
+                    "BGPConfiguration default cannot be deleted: it holds the cluster-wide BGP settings"
+                    " (change it with apply or patch instead)"
+                )
             plan.refs.append(ref)
             plan.docs.append(None)
             plan.compares.append((ref.key, kv.mod_revision))

@@ -248,6 +248,64 @@ FIELDS: dict[str, Policy] = {
 }
 
 
+# ---------------------------------------------------------------- FelixConfiguration
+# The node agent does not read FelixConfiguration yet (a follow-up): every field is accepted and
+# stored with a warning naming the environment variable that does take effect, where one exists.
+_FELIX_UNREAD = "stored, but the node agent does not read FelixConfiguration yet"
+_FELIX_SAMPLES: dict[str, tuple[Any, str]] = {
+    "logSeverityScreen": ("Debug", "; set TABBY_LOG_LEVEL on the agent"),
+    "logSeverityFile": ("Debug", ""),
+    "logSeveritySys": ("Debug", ""),
+    "routeRefreshInterval": ("60s", "; TABBY_RESYNC_INTERVAL sets the agent's resync"),
+    "reportingInterval": ("60s", ""),
+    "ipipEnabled": (True, "; IPIP follows the pools' ipipMode"),
+    "ipipMTU": (1440, "; set TABBY_MTU on the agent"),
+    "vxlanEnabled": (True, "; VXLAN follows the pools' vxlanMode"),
+    "vxlanMTU": (1410, "; set TABBY_MTU on the agent"),
+    "vxlanMTUV6": (1390, ""),
+    "vxlanPort": (4790, ""),
+    "vxlanVNI": (4097, ""),
+    "mtuIfacePattern": ("^eth", ""),
+    "prometheusMetricsEnabled": (True, ""),
+    "prometheusMetricsHost": ("127.0.0.1", ""),
+    "prometheusMetricsPort": (9092, ""),
+    "healthEnabled": (True, ""),
+    "healthHost": ("127.0.0.1", ""),
+    "healthPort": (9098, ""),
+    "failsafeInboundHostPorts.protocol": ("UDP", ""),
+    "failsafeInboundHostPorts.port": (22, ""),
+    "failsafeInboundHostPorts.net": ("10.0.0.0/8", ""),
+    "failsafeOutboundHostPorts.protocol": ("UDP", ""),
+    "failsafeOutboundHostPorts.port": (53, ""),
+    "failsafeOutboundHostPorts.net": ("10.0.0.0/8", ""),
+    "natOutgoingAddress": ("192.0.2.9", ""),
+    "deviceRouteSourceAddress": ("10.0.0.1", ""),
+    "deviceRouteSourceAddressIPv6": ("fd00::1", ""),
+    "interfacePrefix": ("tab", ""),
+    "defaultEndpointToHostAction": ("Accept", ""),
+    "ipv6Support": (False, ""),
+    "wireguardEnabled": (True, ""),
+    "bpfEnabled": (True, ""),
+}
+for _field, (_sample, _hint) in _FELIX_SAMPLES.items():
+    FIELDS[f"FelixConfiguration.spec.{_field}"] = Warned(f"{_FELIX_UNREAD}{_hint}", sample=_sample)
+
+# ---------------------------------------------------------------- ClusterInformation (written by Tabby)
+FIELDS.update(
+    {
+        "ClusterInformation.spec.calicoVersion": Consumed(
+            "tests/integration/cli/test_calicoctl_fidelity.py::test_cluster_information_written_once_and_version_shows_it"
+        ),
+        "ClusterInformation.spec.datastoreReady": Consumed(
+            "tests/integration/cli/test_calicoctl_fidelity.py::test_cluster_information_written_once_and_version_shows_it"
+        ),
+        "ClusterInformation.spec.clusterGUID": Warned("clusterGUID is informational: Tabby writes it once", sample="x"),
+        "ClusterInformation.spec.clusterType": Warned("clusterType is informational: Tabby writes it", sample="x"),
+        "ClusterInformation.spec.variant": Warned("variant is informational: Tabby writes it", sample="x"),
+    }
+)
+
+
 @dataclass
 class PolicyReport:
     """What the support policy says about an input: refusals (apply fails) and warnings."""
@@ -260,13 +318,13 @@ def _values(value: Any, path: Sequence[str]) -> Iterator[tuple[str, Any]]:
     """(printable path, value) for every value found at ``path`` (lists are walked, unset skipped)."""
     if value is None:
         return
+    if not path:  # a leaf (a list of scalars such as filters is reported as one field)
+        yield "", value
+        return
     if isinstance(value, list):
         for i, item in enumerate(value):
             for where, found in _values(item, path):
                 yield f"[{i}]{where}", found
-        return
-    if not path:
-        yield "", value
         return
     if isinstance(value, dict):
         yield from ((f".{path[0]}{w}", v) for w, v in _values(value.get(path[0]), path[1:]))
@@ -301,6 +359,11 @@ def check(resources: Sequence[Resource]) -> PolicyReport:
 
 def _combination_refusals(res: Resource, label: str) -> list[str]:
     """Valid Calico combinations of fields that Tabby cannot honour (not tied to one field)."""
+    if res.KIND == "FelixConfiguration":
+        return [
+            f"{label}: spec.{key}: a FelixConfiguration field Tabby does not model; Tabby cannot check or honour it"
+            for key in res.spec.model_extra or {}
+        ]
     if res.KIND == "BGPPeer":
         spec = res.spec
         if spec.peerIP and spec.asNumber is None:

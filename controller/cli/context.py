@@ -42,6 +42,8 @@ class CliState:
     config_file: str | None = None
     etcd_endpoints: str | None = None
     log_level: str = "warning"
+    #: Write ClusterInformation on first contact with a datastore that has none (calico-node's rule).
+    initialise: bool = True
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def etcd_config(self, timeout: float | None = None) -> EtcdConfig:
@@ -65,6 +67,10 @@ class CliState:
             ds = Datastore(config)
             try:
                 await ds.connect()
+                if self.initialise:
+                    from controller.cluster_info import ensure_cluster_information
+
+                    await ensure_cluster_information(ds)
                 return await body(ds)
             finally:
                 await ds.close()

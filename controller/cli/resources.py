@@ -49,19 +49,30 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: {exc.strerror or exc}") from None
 
 
-def load_resources(filename: str, namespace: str | None = None) -> list[Resource]:
-    """Parse every document of ``filename``; any bad document fails the whole input."""
+def load_resources(filename: str, namespace: str | None = None, *, skip_unsupported: bool = False) -> list[Resource]:
+    """Parse every document of ``filename``; any bad document fails the whole input.
+
+    With ``skip_unsupported``, documents of Calico kinds Tabby does not model are left out (and
+    named on stderr) instead of failing the input.
+    """
     from datamodel.resources import ResourceError, parse_documents
 
     resources: list[Resource] = []
     problems: list[str] = []
+    skipped: list[str] | None = [] if skip_unsupported else None
     for text, source in _read_sources(filename):
         try:
-            resources.extend(parse_documents(text, source))
+            resources.extend(parse_documents(text, source, skipped))
         except ResourceError as exc:
             problems.extend(exc.problems)
     if problems:
         raise UserError(problems)
+    if skipped:
+        click.echo(
+            f"Skipped {len(skipped)} document(s) of Calico kinds Tabby does not support: {', '.join(skipped)}", err=True
+        )
+    if not resources and skipped:
+        raise UserError("nothing left to apply: every document is of a Calico kind Tabby does not support")
     if not resources:
         raise UserError(f"{'<stdin>' if filename == '-' else filename}: no resources found")
     return [_in_namespace(r, namespace) for r in resources]
@@ -122,6 +133,14 @@ def _namespace_option(func: Any) -> Any:
     )
 
 
+def _skip_unsupported_option(func: Any) -> Any:
+    return click.option(
+        "--skip-unsupported",
+        is_flag=True,
+        help="Leave out documents of Calico kinds Tabby does not support and apply the rest.",
+    )(func)
+
+
 def _filename_option(required: bool) -> Any:
     return click.option(
         "-f",
@@ -133,10 +152,12 @@ def _filename_option(required: bool) -> Any:
 
 
 # -- create / apply / replace -------------------------------------------------------------
-def _write_command(mode: str, filename: str, namespace: str | None, skip_exists: bool = False) -> None:
+def _write_command(
+    mode: str, filename: str, namespace: str | None, skip_exists: bool = False, skip_unsupported: bool = False
+) -> None:
     from controller.resource_store import ResourceStore
 
-    resources = load_resources(filename, namespace)
+    resources = load_resources(filename, namespace, skip_unsupported=skip_unsupported)
     enforce_support_policy(resources)
 
     async def body(ds: Any) -> Outcome:
@@ -150,29 +171,32 @@ def _write_command(mode: str, filename: str, namespace: str | None, skip_exists:
 @click.command()
 @_filename_option(required=True)
 @click.option("--skip-exists", is_flag=True, help="Do not fail on resources that already exist.")
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def create(filename: str, skip_exists: bool, namespace: str | None) -> None:
+def create(filename: str, skip_exists: bool, skip_unsupported: bool, namespace: str | None) -> None:
     """Create resources from a file; fails (writing nothing) if any already exists."""
-    _write_command("create", filename, namespace, skip_exists)
+    _write_command("create", filename, namespace, skip_exists, skip_unsupported)
 
 
 @click.command()
 @_filename_option(required=True)
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def apply(filename: str, namespace: str | None) -> None:
+def apply(filename: str, skip_unsupported: bool, namespace: str | None) -> None:
     """Create resources, or replace them where they exist."""
-    _write_command("apply", filename, namespace)
+    _write_command("apply", filename, namespace, skip_unsupported=skip_unsupported)
 
 
 @click.command()
 @_filename_option(required=True)
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def replace(filename: str, namespace: str | None) -> None:
+def replace(filename: str, skip_unsupported: bool, namespace: str | None) -> None:
     """Replace existing resources; fails (writing nothing) if any does not exist."""
-    _write_command("replace", filename, namespace)
+    _write_command("replace", filename, namespace, skip_unsupported=skip_unsupported)
 
 
 # -- delete ---------------------------------------------------------------------------------
@@ -180,9 +204,12 @@ def replace(filename: str, namespace: str | None) -> None:
 @click.argument("target", nargs=-1, metavar="[KIND NAME...]")
 @_filename_option(required=False)
 @click.option("--skip-not-exists", is_flag=True, help="Do not fail on resources that do not exist.")
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def delete(target: tuple[str, ...], filename: str | None, skip_not_exists: bool, namespace: str | None) -> None:
+def delete(
+    target: tuple[str, ...], filename: str | None, skip_not_exists: bool, skip_unsupported: bool, namespace: str | None
+) -> None:
     """Delete resources named in a file, or KIND NAME...; all of them or none."""
     from controller.resource_store import Ref, ResourceStore
 
@@ -190,7 +217,7 @@ def delete(target: tuple[str, ...], filename: str | None, skip_not_exists: bool,
     if filename:
         if target:
             raise UserError("give either -f FILE or KIND NAME..., not both")
-        resources = load_resources(filename, namespace)
+        resources = load_resources(filename, namespace, skip_unsupported=skip_unsupported)
         refs = [Ref.of(r) for r in resources]
     else:
         if len(target) < 2:

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from controller.cluster_info import ensure_cluster_information
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
 from controller.node.bgp import NodeBgp, backend_inputs, disabled_status
@@ -165,6 +166,7 @@ class Agent:
         await asyncio.to_thread(enable_forwarding, self.config.netns)
         if self.config.ip != "none":
             self.detected = await self.detect()
+        await ensure_cluster_information(self.ds)
         await self.register()
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)

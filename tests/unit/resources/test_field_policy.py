@@ -32,6 +32,8 @@ BASE: dict[str, dict[str, Any]] = {
     "BGPConfiguration": {"metadata": {"name": "default"}, "spec": {}},
     "BGPPeer": {"metadata": {"name": "p"}, "spec": {"peerIP": "192.0.2.1", "asNumber": 65001}},
     "WorkloadEndpoint": {"metadata": {"name": "w", "namespace": "default"}, "spec": {}},
+    "FelixConfiguration": {"metadata": {"name": "default"}, "spec": {}},
+    "ClusterInformation": {"metadata": {"name": "default"}, "spec": {}},
 }
 #: Sample values that need company to be valid (Calico's cross-field rules).
 COMPANIONS: dict[str, dict[str, Any]] = {
@@ -134,7 +136,13 @@ def _with_sample(path: str, sample: Any) -> dict[str, Any]:
             doc["spec"][key] = value
     # A field inside a list (ports.name, addresses.type, ...) is set on one list item.
     for key, value in list(doc["spec"].items()):
-        if isinstance(value, dict) and key in ("ports", "addresses", "orchRefs"):
+        if isinstance(value, dict) and key in (
+            "ports",
+            "addresses",
+            "orchRefs",
+            "failsafeInboundHostPorts",
+            "failsafeOutboundHostPorts",
+        ):
             doc["spec"][key] = [value]
     if kind == "BGPPeer" and "localWorkloadSelector" in doc["spec"]:
         doc["spec"].pop("peerIP", None)
@@ -144,6 +152,8 @@ def _with_sample(path: str, sample: Any) -> dict[str, Any]:
         item = doc["spec"]["ports"][0]
         item.setdefault("name", "http")
         item.setdefault("port", 80)
+    if ".failsafe" in path:
+        next(iter(v for k, v in doc["spec"].items() if k.startswith("failsafe")))[0].setdefault("port", 22)
     if path.startswith("Node.spec.orchRefs."):
         doc["spec"]["orchRefs"][0].setdefault("orchestrator", "k8s")
     if path.startswith("Node.spec.addresses."):
@@ -184,4 +194,19 @@ def test_peer_ip_without_as_number_is_refused_at_apply_not_at_parse() -> None:
     assert check([res]).refused == [
         "BGPPeer tor: spec.asNumber: Tabby does not support this yet: a peerIP without asNumber (Calico takes the AS"
         " of the node with that address); give the peer's asNumber"
+    ]
+
+
+def test_unmodelled_felix_field_is_refused_at_apply() -> None:
+    res = parse_resource(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "FelixConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"bpfKubeProxyIptablesCleanupEnabled": False},
+        }
+    )
+    assert check([res]).refused == [
+        "FelixConfiguration default: spec.bpfKubeProxyIptablesCleanupEnabled: a FelixConfiguration field Tabby does"
+        " not model; Tabby cannot check or honour it"
     ]

