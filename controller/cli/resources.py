@@ -94,6 +94,20 @@ def _in_namespace(res: Resource, namespace: str | None) -> Resource:
     return parse_resource(doc, f"{res.KIND} {res.name}", 0)
 
 
+def terminal_progress(verb: str) -> Any:
+    """A ``progress(done, total)`` that redraws one stderr line, only when stderr is a terminal
+    (scripts and pipes get no progress noise)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{verb} {done}/{total} resources ({100 * done // max(total, 1)}%){end}")
+        sys.stderr.flush()
+
+    return show
+
+
 def enforce_support_policy(resources: Sequence[Resource]) -> None:
     """Refuse valid fields Tabby cannot honour yet, warn about recorded-only ones (support policy)."""
     from controller import support_policy
@@ -161,7 +175,10 @@ def _write_command(
     enforce_support_policy(resources)
 
     async def body(ds: Any) -> Outcome:
-        return await ResourceStore(ds).write(resources, mode, skip_exists=skip_exists)  # type: ignore[arg-type]
+        store = ResourceStore(ds, progress=terminal_progress(verb_ing[mode]))
+        return await store.write(resources, mode, skip_exists=skip_exists)  # type: ignore[arg-type]
+
+    verb_ing = {"create": "creating", "replace": "replacing", "apply": "applying"}
 
     outcome = state().run(body)
     verb = {"create": "created", "replace": "replaced", "apply": "applied"}[mode]
@@ -226,7 +243,9 @@ def delete(
         refs = [Ref(cls, name, namespace) for name in target[1:]]
 
     async def body(ds: Any) -> Outcome:
-        return await ResourceStore(ds).delete(refs, skip_not_exists=skip_not_exists)
+        return await ResourceStore(ds, progress=terminal_progress("deleting")).delete(
+            refs, skip_not_exists=skip_not_exists
+        )
 
     outcome = state().run(body)
     kinds = {r.cls.KIND for r in refs}
