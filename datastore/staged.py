@@ -167,6 +167,7 @@ class IntentWriter:
         (everything staged so far is rolled back first, so nothing is visible)."""
         await self._begin(ops)
         staged: list[StagedOp] = []
+        revisions: dict[str, int] = {}  # key -> mod_revision of its staged value
         try:
             for batch in _batches(ops, _staged_size):
                 compares = [mod_is(o.key, o.expected) for o in batch]
@@ -175,6 +176,7 @@ class IntentWriter:
                 if not result.succeeded:
                     raise Conflict(f"a key of intent {self.intent} changed during staging")
                 staged.extend(batch)
+                revisions.update((o.key, result.revision) for o in batch)
                 if self.progress is not None:
                     self.progress(len(staged), len(ops))
             record = await self.ds.get(RECORDS + self.intent)
@@ -193,9 +195,20 @@ class IntentWriter:
             await self._end()
             raise
         log.info("staged.committed", intent=self.intent, keys=len(ops), revision=result.revision)
-        await _clean_up(self.ds, self.intent, [o.key for o in ops])
+        await self._finish(ops, revisions)
         await self._end()
         return result.revision
+
+    async def _finish(self, ops: Sequence[StagedOp], revisions: Mapping[str, int]) -> None:
+        """Clean up without reading back: each key still holds our staged value at the revision
+        the staging transaction gave it (no one else writes a key a live intent holds)."""
+        for batch in _batches(list(ops), lambda o: len(o.key) + len(encode(o.value or {})) + 50):
+            compares = [mod_is(o.key, revisions[o.key]) for o in batch]
+            writes: list[Put | Delete] = [Delete(o.key) if o.value is None else Put(o.key, o.value) for o in batch]
+            result = await self.ds.txn(compares, writes)
+            if not result.succeeded:  # someone touched a key: fall back to the careful path
+                await _rewrite(self.ds, self.intent, [o.key for o in batch], forward=True)
+        await _forget(self.ds, self.intent)
 
     def _envelope(self, op: StagedOp) -> dict[str, Any]:
         return {ENVELOPE: {"intent": self.intent, "prev": op.prev, "delete": op.value is None}, "value": op.value}
@@ -245,8 +258,17 @@ async def _forget(ds: Datastore, intent: str) -> None:
 
 async def _rewrite(ds: Datastore, intent: str, keys: Sequence[str], forward: bool) -> None:
     """Turn every key still staged by ``intent`` into its new (forward) or previous value."""
+    current: dict[str, KV] | None = None
+    if len(keys) > 64:
+        current = {}
+        for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in keys}):
+            listed, _ = await ds.list(prefix)
+            current.update((kv.key, kv) for kv in listed)
     for batch in _batches(list(keys), len):
-        kvs = await asyncio.gather(*(ds.get(k) for k in batch))
+        if current is not None:
+            kvs = [current.get(k) for k in batch]
+        else:
+            kvs = list(await asyncio.gather(*(ds.get(k) for k in batch)))
         compares = []
         ops: list[Put | Delete] = []
         for key, kv in zip(batch, kvs, strict=True):
