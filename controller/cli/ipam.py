@@ -171,8 +171,14 @@ async def _allocated_ips(ds: Any) -> list[tuple[str, str, str]]:
 @ipam.command()
 @click.option("--ip", "ips", multiple=True, metavar="IP", help="Address to release (repeatable).")
 @click.option("--from-report", "report_file", metavar="FILE", help="Release the leaks listed by `ipam check -o`.")
+@click.option(
+    "--allow-in-use",
+    is_flag=True,
+    help="Release an --ip even though a live WorkloadEndpoint or Node tunnel holds it (a deliberate"
+    " deviation from calicoctl, which frees it silently).",
+)
 @datastore_options
-def release(ips: tuple[str, ...], report_file: str | None) -> None:
+def release(ips: tuple[str, ...], report_file: str | None, allow_in_use: bool) -> None:
     """Release addresses by IP, or the leaked ones a check report lists."""
     from ipam.client import IPAMClient
 
@@ -190,7 +196,21 @@ def release(ips: tuple[str, ...], report_file: str | None) -> None:
             + (f"; {skipped} changed since the report and were left alone" if skipped else "")
         )
         return
-    not_released = state().run(lambda ds: IPAMClient(ds).release_ips(list(ips)))
+    async def body(ds: Any) -> list[str]:
+        if not allow_in_use:
+            live = await live_in_use(ds) or {}
+            held = [ip.strip() for ip in ips if ip.strip() in live]
+            if held:
+                raise UserError(
+                    [
+                        f"IP address {ip} is in use by a live workload or tunnel (handle {live[ip]}); releasing it"
+                        " would let IPAM hand it out twice. Pass --allow-in-use to release it anyway"
+                        for ip in held
+                    ]
+                )
+        return await IPAMClient(ds).release_ips(list(ips))
+
+    not_released = state().run(body)
     failed = set(not_released)
     for ip in ips:
         if ip.strip() not in failed:

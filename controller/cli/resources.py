@@ -265,16 +265,18 @@ def _check_format(fmt: str) -> str:
     raise UserError(f"unknown output format {fmt!r}: use ps, wide, yaml, json or custom-columns=COL,COL")
 
 
-def _table(resources: Sequence[Resource], fmt: str) -> str:
+def _table(resources: Sequence[Resource], fmt: str, wide: dict[str, Any] | None = None) -> str:
+    """``wide`` holds extra wide_row() arguments (a Node's inherited cluster AS)."""
+    extra = wide or {}
     if fmt == "ps":
         rows = [r.ps_row() for r in resources]
     elif fmt == "wide":
-        rows = [r.wide_row() for r in resources]
+        rows = [r.wide_row(**extra) for r in resources]
     else:
         columns = [c.strip().upper() for c in fmt.split("=", 1)[1].split(",") if c.strip()]
         if not columns:
             raise UserError("custom-columns= needs at least one column name")
-        rows = [{c: {**r.wide_row(), **r.ps_row()}.get(c, "") for c in columns} for r in resources]
+        rows = [{c: {**r.wide_row(**extra), **r.ps_row()}.get(c, "") for c in columns} for r in resources]
         return output.tabwriter(rows, columns)
     if not rows:
         return ""
@@ -327,8 +329,12 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
     fmt = _check_format(fmt)
     cls = kind_class(kind)
 
+    wide_args: dict[str, Any] = {}
+
     async def body(ds: Any) -> tuple[list[Resource], int, list[str]]:
         store = ResourceStore(ds)
+        if cls.KIND == "Node" and fmt != "ps":
+            wide_args["default_asn"] = await _cluster_as(store)
         if not names:
             items, rev = await store.list(cls, namespace, all_namespaces=all_namespaces)
             return items, rev, []
@@ -357,7 +363,7 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
         if doc is not None:
             click.echo(output.to_yaml(doc) if fmt == "yaml" else output.to_json(doc), nl=False)
     else:
-        text = _table(items, fmt)
+        text = _table(items, fmt, wide_args)
         if not items and not (names and missing):
             headers = _empty_headers(cls, fmt)
             text = output.tabwriter([], headers) if headers else ""
@@ -365,6 +371,18 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
             click.echo(text, nl=False)
     if missing:
         raise UserError(missing)
+
+
+async def _cluster_as(store: Any) -> int:
+    """The AS a node without its own inherits: BGPConfiguration default's asNumber, else 64512."""
+    from controller.resource_store import NotFound
+    from datamodel.resources import DEFAULT_AS_NUMBER, kind_for_name
+
+    try:
+        cfg = await store.get(kind_for_name("bgpconfiguration"), "default")
+    except NotFound:
+        return DEFAULT_AS_NUMBER
+    return cfg.spec.asNumber or DEFAULT_AS_NUMBER
 
 
 # -- label --------------------------------------------------------------------------------------

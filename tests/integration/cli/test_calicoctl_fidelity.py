@@ -107,3 +107,39 @@ def test_delete_default_bgp_configuration_is_refused(ctl: Any) -> None:
         " (change it with apply or patch instead)"
     ]
     assert ctl("get", "bgpconfiguration", "default").rc == 0
+
+
+def test_get_nodes_wide_shows_the_inherited_cluster_as(ctl: Any) -> None:
+    docs = (
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 63400}\n"
+        "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\n"
+        "spec: {bgp: {ipv4Address: 10.0.0.1/24}}\n"
+        "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n2}\n"
+        "spec: {bgp: {ipv4Address: 10.0.0.2/24, asNumber: 65002}}\n"
+    )
+    assert ctl("apply", "-f", "-", input=docs).rc == 0
+    rows = [line.split() for line in ctl("get", "nodes", "-o", "wide").out.splitlines()]
+    assert rows[0][:3] == ["NAME", "ASN", "IPV4"]
+    assert rows[1][:3] == ["n1", "(63400)", "10.0.0.1/24"]
+    assert rows[2][:3] == ["n2", "65002", "10.0.0.2/24"]
+
+
+def test_datastore_settings_as_calicoctl_reads_them(ctl: Any, etcd_env: dict[str, str], tmp_path: Any) -> None:
+    res = ctl("get", "ippools", env={**etcd_env, "DATASTORE_TYPE": "kubernetes"})
+    assert res.rc == 1
+    assert res.err_lines == [
+        "Error: DATASTORE_TYPE=kubernetes: Tabby supports only the etcdv3 datastore (unset it, or set etcdv3)"
+    ]
+    env = {k: v for k, v in etcd_env.items() if k != "ETCD_ENDPOINTS"}
+    res = ctl("get", "ippools", env={**env, "CALICO_ETCD_ENDPOINTS": etcd_env["ETCD_ENDPOINTS"]})
+    assert res.rc == 0, res.err
+    cfg = tmp_path / "calicoctl.cfg"
+    cfg.write_text(
+        "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {}\n"
+        f"spec:\n  datastoreType: etcdv3\n  etcdEndpoints: {etcd_env['ETCD_ENDPOINTS']}\n"
+    )
+    res = ctl("get", "ippools", env={**env, "TABBY_CALICOCTL_CFG": str(cfg), "TABBY_ETCD_TIMEOUT": "2"})
+    assert res.rc == 0, res.err  # the default config file was read (no endpoint anywhere else)
+    cfg.write_text(cfg.read_text().replace("etcdv3", "kubernetes"))
+    res = ctl("get", "ippools", env={**env, "TABBY_CALICOCTL_CFG": str(cfg)})
+    assert res.rc == 1 and "datastoreType: only etcdv3 is supported" in res.err
