@@ -143,3 +143,16 @@ def test_datastore_settings_as_calicoctl_reads_them(ctl: Any, etcd_env: dict[str
     cfg.write_text(cfg.read_text().replace("etcdv3", "kubernetes"))
     res = ctl("get", "ippools", env={**env, "TABBY_CALICOCTL_CFG": str(cfg)})
     assert res.rc == 1 and "datastoreType: only etcdv3 is supported" in res.err
+
+
+def test_datastore_migrate_lock_and_unlock(ctl: Any) -> None:
+    res = ctl("datastore", "migrate", "lock")
+    assert res.rc == 0 and res.out.strip() == "Datastore locked.", res.err
+    info = yaml.safe_load(ctl("get", "clusterinformation", "default", "-o", "yaml").out)
+    assert info["spec"]["datastoreReady"] is False
+    res = ctl("datastore", "migrate", "unlock")
+    assert res.rc == 0 and res.out.strip() == "Datastore unlocked."
+    info = yaml.safe_load(ctl("get", "clusterinformation", "default", "-o", "yaml").out)
+    assert info["spec"]["datastoreReady"] is True
+    res = ctl("datastore", "migrate", "export")
+    assert res.rc == 1 and "not implemented" in res.err
