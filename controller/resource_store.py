@@ -317,7 +317,7 @@ class ResourceStore:
         ref = Ref(cls, name, self._namespace(cls, namespace))
 
         async def step() -> Resource:
-            kv = await self.ds.get(ref.key)
+            kv = await staged.get_resolved(self.ds, ref.key)
             if kv is None:
                 raise NotFound([f"resource does not exist: {ref.label}"])
             current = self._decode(cls, kv).to_dict()

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict
+from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict, staged
 from datastore.keys import (
     BLOCKS,
     IPAM,
@@ -130,7 +130,7 @@ class IPAMClient:
     async def _all_pools(self, fresh: bool = False) -> list[Pool]:
         if not fresh and self._pools is not None and self._fresh(self._pools[0]):
             return self._pools[1]
-        kvs, _ = await self.ds.list(POOLS_PREFIX)
+        kvs, _ = await staged.read_resolved(self.ds, POOLS_PREFIX)  # a large apply in flight: old pools
         pools = []
         for kv in kvs:
             try:
@@ -144,7 +144,7 @@ class IPAMClient:
         hit = self._labels.get(node)
         if hit is not None and self._fresh(hit[0]):
             return hit[1]
-        kv = await self.ds.get(resource_key("nodes", node))
+        kv = await staged.get_resolved(self.ds, resource_key("nodes", node))
         labels: dict[str, str] = {}
         if kv is not None:
             try:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from datastore import KV, WatchEvent, WatchResync
+from datastore import KV, WatchEvent, WatchResync, staged
 from datastore.keys import BLOCKS, GUARDS, HANDLES, key_to_cidr, resource_prefix
 from felix_like.routes import (
     BlockInfo,
@@ -71,13 +71,16 @@ class Snapshot:
     # -- feeding ------------------------------------------------------------------------------
     def _interesting(self, key: str) -> bool:
         # Handles are many and the dataplane never needs them; everything else is small.
-        return not key.startswith(HANDLES) and not key.startswith(GUARDS)
+        return not key.startswith((HANDLES, GUARDS, staged.INTENTS))
 
     def _decode(self, kv: KV) -> Any:
+        """The JSON value; a value staged by a large apply reads as its previous value (None:
+        ignore the event) until the apply's cleanup writes the plain value (datastore/staged.py)."""
         try:
-            return json.loads(kv.value)
+            value = json.loads(kv.value)
         except ValueError:
             return None
+        return staged.resolve(value, {}) if staged.is_staged(value) else value
 
     def apply(self, item: WatchEvent | WatchResync) -> Change:
         """Fold one watch item into the cache; a resync replaces everything."""
