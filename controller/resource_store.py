@@ -109,13 +109,17 @@ class Ref:
         return cls(type(res), res.name, res.namespace, str(version) if version else None)
 
 
-@dataclass
+@dataclass(repr=False)
 class Outcome:
     """What a write or delete did: resources as now stored (or as they were, for deletes)."""
 
     done: list[Resource] = field(default_factory=list)
     skipped: list[Ref] = field(default_factory=list)
     revision: int = 0
+
+    def __repr__(self) -> str:
+        # asyncio may repr a finished task's result; 10,000 models would take seconds to print.
+        return f"Outcome(done={len(self.done)}, skipped={len(self.skipped)}, revision={self.revision})"
 
 
 @dataclass

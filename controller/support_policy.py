@@ -334,19 +334,29 @@ def _triggers(policy: Refused | Warned, value: Any) -> bool:
     return policy.when is None or value in policy.when
 
 
-def check(resources: Sequence[Resource]) -> PolicyReport:
-    """Apply the table to the documents of one input (as ``to_dict()`` stores them)."""
-    report = PolicyReport()
-    for res in resources:
-        doc = res.to_dict()
-        label = f"{res.KIND} {res.name}"
+_BY_KIND: dict[str, list[tuple[list[str], Refused | Warned]]] = {}
+
+
+def _policed_by_kind() -> dict[str, list[tuple[list[str], Refused | Warned]]]:
+    """FIELDS' refused/warned entries grouped by kind, paths split (built once)."""
+    if not _BY_KIND:
         for key, policy in FIELDS.items():
             if isinstance(policy, Consumed):
                 continue
             kind, _, rest = key.partition(".")
-            if kind != res.KIND:
-                continue
-            parts = rest.split(".")
+            _BY_KIND.setdefault(kind, []).append((rest.split("."), policy))
+    return _BY_KIND
+
+
+def check(resources: Sequence[Resource]) -> PolicyReport:
+    """Apply the table to the documents of one input (as ``to_dict()`` stores them)."""
+    report = PolicyReport()
+    by_kind = _policed_by_kind()
+    for res in resources:
+        policed = by_kind.get(res.KIND, ())
+        doc = res.to_dict() if policed else {}
+        label = f"{res.KIND} {res.name}"
+        for parts, policy in policed:
             for where, value in _values(doc.get(parts[0]), parts[1:]):
                 if not _triggers(policy, value):
                     continue
