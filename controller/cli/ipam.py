@@ -177,17 +177,34 @@ async def _allocated_ips(ds: Any) -> list[tuple[str, str, str]]:
     help="Release an --ip even though a live WorkloadEndpoint or Node tunnel holds it (a deliberate"
     " deviation from calicoctl, which frees it silently).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --from-report: release even though the datastore is not locked (calicoctl's --force).",
+)
 @datastore_options
-def release(ips: tuple[str, ...], report_file: str | None, allow_in_use: bool) -> None:
+def release(ips: tuple[str, ...], report_file: str | None, allow_in_use: bool, force: bool) -> None:
     """Release addresses by IP, or the leaked ones a check report lists."""
     from ipam.client import IPAMClient
 
     if bool(ips) == bool(report_file):
         raise UserError("give either --ip IP or --from-report FILE")
     if report_file:
+        from controller.cluster_info import datastore_ready
+
         report = _read_report(report_file)
         listed = [p.get("ip") for p in report.get("problems") or [] if p.get("kind") == "allocated-not-in-use"]
-        released = state().run(lambda ds: IPAMClient(ds).release_from_report(report))
+
+        async def from_report(ds: Any) -> list[str]:
+            # As calicoctl: a report is only safe to act on while nothing allocates (locked).
+            if not force and await datastore_ready(ds):
+                raise UserError(
+                    "the datastore is not locked: run `tabbyctl datastore migrate lock` before `ipam check -o`"
+                    " and this release (then unlock), or pass --force"
+                )
+            return await IPAMClient(ds).release_from_report(report)
+
+        released = state().run(from_report)
         for ip in released:
             click.echo(f"Successfully released IP address {ip}")
         skipped = len(listed) - len(released)

@@ -157,6 +157,9 @@ def test_ipam_release_from_report_skips_reused_addresses(
     problems[2]["handle_id"] = "net.someone-else-before"
     report = write("report.json", json.dumps({"summary": {"ok": False}, "problems": problems}))
     res = ctl("ipam", "release", "--from-report", report)
+    assert res.rc == 1 and "the datastore is not locked" in res.err  # as calicoctl: lock first
+    assert ctl("datastore", "migrate", "lock").rc == 0
+    res = ctl("ipam", "release", "--from-report", report)
     assert res.rc == 0, res.err
     assert f"Successfully released IP address {allocated[0]}" in res.out
     assert f"Successfully released IP address {allocated[1]}" in res.out
@@ -165,6 +168,9 @@ def test_ipam_release_from_report_skips_reused_addresses(
 
     res = ctl("ipam", "release", "--from-report", write("junk.json", "[1, 2]"))
     assert res.rc == 1 and "not a report" in res.err
+    assert ctl("datastore", "migrate", "unlock").rc == 0
+    res = ctl("ipam", "release", "--from-report", report, "--force")
+    assert res.rc == 0 and "Released 0 of 3" in res.out, res.err
 
 
 def test_ipam_configure(ctl: Any) -> None:
