@@ -220,7 +220,7 @@ def replace(filename: str, skip_unsupported: bool, namespace: str | None) -> Non
 @click.command()
 @click.argument("target", nargs=-1, metavar="[KIND NAME...]")
 @_filename_option(required=False)
-@click.option("--skip-not-exists", is_flag=True, help="Do not fail on resources that do not exist.")
+@click.option("-s", "--skip-not-exists", is_flag=True, help="Do not fail on resources that do not exist.")
 @_skip_unsupported_option
 @_namespace_option
 @datastore_options

@@ -156,3 +156,9 @@ def test_datastore_migrate_lock_and_unlock(ctl: Any) -> None:
     assert info["spec"]["datastoreReady"] is True
     res = ctl("datastore", "migrate", "export")
     assert res.rc == 1 and "not implemented" in res.err
+
+
+def test_delete_short_skip_not_exists(ctl: Any) -> None:
+    res = ctl("delete", "ippool", "nope", "-s")
+    assert res.rc == 0, res.err
+    assert "Skipped 1 resource(s) that do not exist: IPPool nope" in res.out
