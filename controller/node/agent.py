@@ -166,7 +166,10 @@ class Agent:
         await asyncio.to_thread(enable_forwarding, self.config.netns)
         if self.config.ip != "none":
             self.detected = await self.detect()
-        await ensure_cluster_information(self.ds)
+        try:
+            await ensure_cluster_information(self.ds)
+        except DatastoreError as exc:  # etcd away at start: registration's own retries wait for it
+            self.log.warning("agent.cluster_info_skipped", error=str(exc))
         await self.register()
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
