@@ -96,8 +96,14 @@ class CliState:
                 await ds.connect()
                 if self.initialise:
                     from controller.cluster_info import ensure_cluster_information
+                    from datastore import DatastoreError
 
-                    await ensure_cluster_information(ds)
+                    try:
+                        await ensure_cluster_information(ds)
+                    except DatastoreError as exc:  # e.g. a read-only etcd user: reads still work
+                        import structlog
+
+                        structlog.get_logger("tabby.cli").debug("cli.cluster_info_skipped", error=str(exc))
                 return await body(ds)
             finally:
                 await ds.close()
