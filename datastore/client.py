@@ -475,11 +475,11 @@ class Datastore:
 
     async def delete(self, key: str) -> bool:
         result = await self._call(lambda c: c.delete(self._abs(key)))
-        return bool(result.deleted)
+        return bool(getattr(result, "deleted", 0))  # aetcd returns None when the key was absent
 
     async def delete_prefix(self, prefix: str) -> int:
         result = await self._call(lambda c: c.delete_prefix(self._abs(prefix)))
-        return int(result.deleted)
+        return int(getattr(result, "deleted", 0) or 0)  # aetcd returns None when nothing matched
 
     async def txn(
         self,

@@ -17,6 +17,7 @@ import click
 
 from controller.cli.context import CliState, user_problems
 from controller.cli.controller import controller
+from controller.cli.datastore_cmd import datastore
 from controller.cli.ipam import ipam
 from controller.cli.node import node
 from controller.cli.resources import COMMANDS
@@ -86,7 +87,7 @@ def cli(
     logs.configure(level=obj.log_level, fmt=log_format)
 
 
-for _command in (*COMMANDS, ipam, version, node, controller):
+for _command in (*COMMANDS, ipam, version, node, controller, datastore):
     cli.add_command(_command)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from controller.cluster_info import ensure_cluster_information
 from controller.metrics import MetricsServer, agent_settings
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
@@ -245,6 +246,10 @@ class Agent:
         await asyncio.to_thread(enable_forwarding, self.config.netns)
         if self.config.ip != "none":
             self.detected = await self.detect()
+        try:
+            await ensure_cluster_information(self.ds)
+        except DatastoreError as exc:  # etcd away at start: registration's own retries wait for it
+            self.log.warning("agent.cluster_info_skipped", error=str(exc))
         await self.register()
         self.graph.set_local_node(self.local_ip, self.interface)
         # Liveness lease for the cluster controller (controller/node/liveness.py).
