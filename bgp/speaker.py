@@ -3,7 +3,7 @@ backoff, reload it when only sessions changed, and keep per-peer session state f
 
 Process layout (see docs/bgp-speaker.md):
 
-    agent (this Speaker + BgpBridge, unix socket server <run_dir>/api.sock)
+    agent (this Speaker + relay_link.BgpBridge, unix socket server <run_dir>/api.sock)
       |  (ExaBGP is started with start_new_session: it is not killed with the agent)
       v
     ip netns exec <ns> exabgp server <run_dir>/exabgp.conf      pid in <run_dir>/exabgp.pid
@@ -38,8 +38,7 @@ from typing import Literal
 import structlog
 
 from bgp import exabgp_config
-from bgp.bridge import (
-    BgpBridge,
+from bgp.exabgp_codec import (
     Disconnected,
     Event,
     Hello,
@@ -49,6 +48,7 @@ from bgp.bridge import (
     format_announce,
     format_withdraw,
 )
+from bgp.relay_link import BgpBridge
 from bgp.types import Announcement, PeerSpec, SpeakerSpec, normalize_prefix
 
 __all__ = ["ApplyResult", "SessionStatus", "Speaker"]

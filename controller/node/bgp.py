@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from bgp.announce import compute_announcements, diff
-from bgp.bridge import Disconnected, EndOfRib, Event, PeerState, Update
+from bgp.exabgp_codec import Disconnected, EndOfRib, Event, PeerState, Update
 from bgp.peers import compute_peers, speaker_spec
 from bgp.rib import Rib
 from bgp.speaker import Speaker

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bgp.bridge import EndOfRib, Hello, PeerState, Update
+from bgp.exabgp_codec import EndOfRib, Hello, PeerState, Update
 from bgp.speaker import Speaker
 from bgp.types import GLOBAL, Announcement, PeerSpec, SpeakerSpec
 from tests.integration.bgp.conftest import Events, LoopThread

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp import exabgp_api
-from bgp.bridge import (
+from bgp.exabgp_codec import (
     BadLine,
     EndOfRib,
     Hello,
