@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bgp.types import Announcement, Path, normalize_prefix
+from bgp.types import Announcement, GracefulRestart, Path, normalize_prefix
 
 __all__ = [
     "ACK_DONE",
@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "Hello",
     "Notification",
+    "Open",
     "PeerState",
     "Shutdown",
     "Update",
@@ -94,6 +95,18 @@ class EndOfRib:
 
 
 @dataclass(frozen=True, slots=True)
+class Open:
+    """The OPEN received from `peer` (`api { receive { open; } }`): its BGP Identifier, and its Graceful
+    Restart capability (None: it sent none), which decides what happens to its paths when the session drops."""
+
+    peer: str
+    router_id: str
+    asn: int
+    hold_time: int
+    graceful_restart: GracefulRestart | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A NOTIFICATION sent or received on a session (the reason a session died, for `node status`)."""
 
@@ -109,7 +122,7 @@ class Shutdown:
     """ExaBGP said it is exiting (all its sessions are about to drop)."""
 
 
-Event = Hello | Disconnected | PeerState | Update | EndOfRib | Notification | Shutdown
+Event = Hello | Disconnected | PeerState | Open | Update | EndOfRib | Notification | Shutdown
 
 
 class BadLine(ValueError):
@@ -119,7 +132,7 @@ class BadLine(ValueError):
 # ---------------------------------------------------------------------------------------------
 # parsing (pure)
 # ---------------------------------------------------------------------------------------------
-_IGNORED_TYPES = frozenset({"open", "keepalive", "refresh", "negotiated", "fsm", "signal", "operational", "packets"})
+_IGNORED_TYPES = frozenset({"keepalive", "refresh", "negotiated", "fsm", "signal", "operational", "packets"})
 _FREE_TEXT = frozenset({"reload in progress", "restart in progress", "shutdown in progress", "shutdown"})
 ACK_DONE = "done"
 ACK_ERROR = "error"
@@ -241,6 +254,44 @@ def _update(peer: str, local_as: int, peer_as: int, update: dict[str, Any]) -> U
     return Update(peer=peer, announces=tuple(announces), withdraws=tuple(withdraws))
 
 
+_GR_FAMILIES = {"ipv4/unicast": "ipv4 unicast", "ipv6/unicast": "ipv6 unicast"}
+
+
+def _graceful_restart(value: Any) -> GracefulRestart:
+    """ExaBGP 5.0.15's rendering of the capability (`Graceful.json`), whose labels are swapped against
+    RFC 4724: a family's list holds "restart" when its F (forwarding state) bit is set, and
+    `restart-flags` holds "forwarding" when the R (restart state) bit is set. Families other than IPv4/IPv6
+    unicast are not ours and are left out."""
+    cap = _dict(value, "graceful-restart")
+    families = []
+    for name, flags in _dict(cap.get("address-family-flags", {}), "address-family-flags").items():
+        flag_list = _list(flags, "address-family flags")
+        if name in _GR_FAMILIES:
+            families.append((_GR_FAMILIES[name], "restart" in flag_list))
+    return GracefulRestart(
+        restart_time=_int(cap.get("time"), "graceful-restart time", 0, 4095),
+        families=tuple(sorted(families)),
+        restarting="forwarding" in _list(cap.get("restart-flags", []), "restart-flags"),
+    )
+
+
+def _open(peer: str, neighbor: dict[str, Any]) -> Open | None:
+    if neighbor.get("direction", "receive") != "receive":
+        return None  # our own OPEN (only if someone subscribes `send { open; }`): nothing to learn
+    message = _dict(neighbor.get("open"), "open")
+    caps = _dict(message.get("capabilities", {}), "capabilities")
+    # a received OPEN's capabilities are keyed by their code as a number ("64": ExaBGP stores the raw byte);
+    # the name is what ExaBGP would print for a capability it built itself
+    gr = caps.get("64", caps.get("graceful-restart"))
+    return Open(
+        peer=peer,
+        router_id=_addr(message.get("router_id"), "router_id"),
+        asn=_int(message.get("asn"), "open asn"),
+        hold_time=_int(message.get("hold_time"), "hold_time", 0, 65535),
+        graceful_restart=None if gr is None else _graceful_restart(gr),
+    )
+
+
 def parse_line(line: str) -> Event | str | None:
     """One line from the relay -> an Event, an ack string ("done"/"error"), or None (known but not interesting).
 
@@ -301,6 +352,8 @@ def parse_line(line: str) -> Event | str | None:
             peer_as=peer_as,
             time=float(stamp) if isinstance(stamp, int | float) and not isinstance(stamp, bool) else 0.0,
         )
+    if kind == "open":
+        return _open(peer, neighbor)
     if kind == "update":
         message = _dict(neighbor.get("message"), "neighbor.message")
         if "eor" in message:

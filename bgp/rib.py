@@ -16,10 +16,20 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from bgp.types import DEFAULT_LOCAL_PREF, ORIGIN_RANK, Announcement, BestRoute, Path, PeerSpec, normalize_prefix
+from bgp.types import (
+    DEFAULT_LOCAL_PREF,
+    ORIGIN_RANK,
+    Announcement,
+    BestRoute,
+    GracefulRestart,
+    Path,
+    PeerSpec,
+    family_of,
+    normalize_prefix,
+)
 
 __all__ = [
     "REJECT_AS_LOOP",
@@ -104,12 +114,22 @@ def select_best(paths: Iterable[Path]) -> BestRoute | None:
 
 @dataclass(slots=True)
 class _Session:
-    """What the RIB knows about one neighbour: its spec (AS, RR client), router id, state, GR timer."""
+    """What the RIB knows about one neighbour: its spec (AS, RR client), router id, state, GR state.
+
+    `received` is the GR capability of the last OPEN seen (`peer_open`), `open_pending` says it has not
+    been applied yet; `peer_up` moves it to `gr`, the capability of the session that is (or last was)
+    Established, which is what `peer_down` acts on. `stale_deadline` is set at the first loss and never
+    pushed out while stale paths remain: a peer that keeps flapping without End-of-RIB loses them after
+    one restart time.
+    """
 
     spec: PeerSpec | None
     router_id: str = ""
+    open_router_id: str = ""
     up: bool = False
-    restart_time: float | None = None
+    received: GracefulRestart | None = None
+    open_pending: bool = False
+    gr: GracefulRestart | None = None
     stale_deadline: float | None = None
 
 
@@ -154,47 +174,88 @@ class Rib:
 
     # ------------------------------------------------------------------ sessions
 
+    def peer_open(self, peer: str, router_id: str = "", graceful_restart: GracefulRestart | None = None) -> None:
+        """The peer's OPEN arrived (before its session is Established): remember its BGP Identifier (tie-breaks,
+        ORIGINATOR_ID when reflecting) and its Graceful Restart capability (None: it sent none)."""
+        sess = self._sessions.setdefault(peer, _Session(spec=None))
+        sess.open_router_id = router_id
+        sess.received = graceful_restart
+        sess.open_pending = True
+
     def peer_up(self, peer: PeerSpec, router_id: str = "", *, now: float | None = None) -> None:
-        """A session reached Established. Paths kept stale from a graceful restart stay until the peer
-        refreshes them or sends End-of-RIB; their timer restarts now (the restart time covered getting
-        the session back; the peer now needs time to re-send its table)."""
+        """A session reached Established (or, without a new OPEN, its spec changed while up).
+
+        With a new OPEN (RFC 4724 4.2): stale paths of every <AFI, SAFI> the new capability does not list
+        with its F bit set go at once (no capability: all of them); the rest stay until End-of-RIB or the
+        deadline set when the session was lost, which is not pushed out. The router id is the OPEN's BGP
+        Identifier when known, else `router_id` (a Tabby node's address)."""
         sess = self._sessions.get(peer.address)
         if sess is None:
             sess = self._sessions[peer.address] = _Session(spec=peer)
         sess.spec = peer
-        sess.router_id = router_id
+        sess.router_id = sess.open_router_id or router_id
         sess.up = True
-        if sess.stale_deadline is not None and sess.restart_time is not None:
-            sess.stale_deadline = self._now(now) + sess.restart_time
+        if sess.open_pending:
+            sess.open_pending = False
+            sess.gr = sess.received
+            gr = sess.gr
+            self._drop_stale(peer.address, lambda family: gr is None or not gr.forwarding(family))
 
-    def peer_down(
-        self, peer: str, graceful: bool = False, restart_time: float | None = None, *, now: float | None = None
-    ) -> None:
-        """A session went down. ExaBGP sends no withdrawals for it, so without graceful restart every
-        path of the peer goes now; with it (negotiated, restart_time > 0) they are kept, marked stale,
-        until `end_of_rib(peer)` or the deadline passes in `sweep_expired`."""
+    def peer_down(self, peer: str, *, local_restart_time: float | None = None, now: float | None = None) -> None:
+        """A session went down. ExaBGP sends no withdrawals for it, so the RIB decides (RFC 4724 4.2):
+
+        - the peer's last GR capability lists no <AFI, SAFI> (or it sent none, or Restart Time 0): every
+          path of the peer goes now;
+        - else paths of the listed families are kept, marked stale, for the peer's Restart Time (capped:
+          a deadline already running is never pushed out), and paths of other families go now.
+
+        `local_restart_time`: the session was lost because *our* speaker went away (ExaBGP or its relay,
+        not the peer): keep every family for that long (the restarting side keeps its forwarding state;
+        0 or None with no peer capability: flush)."""
         sess = self._sessions.setdefault(peer, _Session(spec=None))
         sess.up = False
         self._forget_reflected_to(peer)
-        if graceful and restart_time and restart_time > 0 and self._adj_in.get(peer):
-            sess.restart_time = restart_time
-            sess.stale_deadline = self._now(now) + restart_time
-            for prefix, path in list(self._adj_in[peer].items()):
-                if not path.stale:
-                    self._store(peer, replace(path, stale=True))
-                    self._recompute(prefix)
-            return
-        sess.restart_time = None
-        sess.stale_deadline = None
-        self._drop_peer_paths(peer, only_stale=False)
-
-    def end_of_rib(self, peer: str) -> None:
-        """The peer finished re-sending its table: whatever is still stale was withdrawn while it was away."""
-        self._drop_peer_paths(peer, only_stale=True)
-        sess = self._sessions.get(peer)
-        if sess is not None:
+        gr = sess.gr
+        if local_restart_time:
+            hold: float = local_restart_time
+            kept: Callable[[str], bool] = lambda family: True  # noqa: E731
+        elif gr is not None and gr.restart_time > 0 and gr.families:
+            hold = gr.restart_time
+            kept = gr.lists
+        else:
+            self._drop_peer_paths(peer, only_stale=False)
             sess.stale_deadline = None
-            sess.restart_time = None
+            return
+        for prefix, path in list(self._adj_in.get(peer, {}).items()):
+            if not kept(family_of(prefix)):
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+            elif not path.stale:
+                self._store(peer, replace(path, stale=True))
+                self._recompute(prefix)
+        if not self._has_stale(peer):
+            sess.stale_deadline = None
+            return
+        deadline = self._now(now) + hold
+        sess.stale_deadline = deadline if sess.stale_deadline is None else min(sess.stale_deadline, deadline)
+
+    def end_of_rib(self, peer: str, family: str | None = None) -> None:
+        """The peer finished re-sending its table for `family` (None: every family): whatever of it is still
+        stale was withdrawn while it was away."""
+        self._drop_stale(peer, lambda f: family is None or f == family)
+
+    def _has_stale(self, peer: str) -> bool:
+        return any(p.stale for p in self._adj_in.get(peer, {}).values())
+
+    def _drop_stale(self, peer: str, which: Callable[[str], bool]) -> None:
+        """Drop the peer's stale paths whose family `which` selects; clear the deadline when none are left."""
+        for prefix, path in list(self._adj_in.get(peer, {}).items()):
+            if path.stale and which(family_of(prefix)):
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+        sess = self._sessions.get(peer)
+        if sess is not None and not self._has_stale(peer):
+            sess.stale_deadline = None
 
     def sweep_expired(self, now: float | None = None) -> list[str]:
         """Drop the stale paths of every peer whose graceful-restart deadline has passed; returns those peers."""
@@ -204,7 +265,7 @@ class Rib:
             if sess.stale_deadline is not None and sess.stale_deadline <= t:
                 swept.append(address)
         for address in swept:
-            self.end_of_rib(address)
+            self._drop_stale(address, lambda family: True)
         return sorted(swept, key=_id_key)
 
     def stale_deadline(self, peer: str) -> float | None:

@@ -22,17 +22,21 @@ __all__ = [
     "DEFAULT_LOCAL_PREF",
     "DEFAULT_PORT",
     "GLOBAL",
+    "IPV4_UNICAST",
+    "IPV6_UNICAST",
     "MESH",
     "NODE_SPECIFIC",
     "ORIGIN_RANK",
     "Announcement",
     "BestRoute",
+    "GracefulRestart",
     "NextHopMode",
     "Origin",
     "Path",
     "PeerSpec",
     "PeerType",
     "SpeakerSpec",
+    "family_of",
     "normalize_prefix",
 ]
 
@@ -53,6 +57,10 @@ DEFAULT_HOLD_TIME = 90
 DEFAULT_GRACEFUL_RESTART = 120
 DEFAULT_LOCAL_PREF = 100
 
+IPV4_UNICAST = "ipv4 unicast"
+IPV6_UNICAST = "ipv6 unicast"
+"""<AFI, SAFI> spelled as ExaBGP's commands and update messages spell them."""
+
 
 def normalize_prefix(prefix: str) -> str:
     """Canonical network text ("10.0.0.1" -> "10.0.0.1/32", "10.0.0.0/24" kept); host bits are refused.
@@ -60,6 +68,34 @@ def normalize_prefix(prefix: str) -> str:
     One spelling per prefix, so RIB keys, announcements and kernel routes compare equal.
     """
     return str(ipaddress.ip_network(prefix, strict=True))
+
+
+def family_of(prefix: str) -> str:
+    """The <AFI, SAFI> a unicast prefix belongs to ("ipv4 unicast" / "ipv6 unicast")."""
+    return IPV6_UNICAST if ":" in prefix else IPV4_UNICAST
+
+
+@dataclass(frozen=True, slots=True)
+class GracefulRestart:
+    """A peer's Graceful Restart capability (RFC 4724 3) as received in its last OPEN.
+
+    `families`: the <AFI, SAFI> tuples it listed, each with its F bit (True: the peer preserved its
+    forwarding state for that family across the restart). An empty tuple is a helper-only speaker (FRR
+    in its default mode): it helps us restart but keeps no forwarding state itself, so its paths must
+    go the moment its session does. `restarting`: the R bit (the peer has just restarted).
+    """
+
+    restart_time: int
+    families: tuple[tuple[str, bool], ...] = ()
+    restarting: bool = False
+
+    def lists(self, family: str) -> bool:
+        """Whether the capability lists `family` (its paths are kept stale when the session drops)."""
+        return any(f == family for f, _ in self.families)
+
+    def forwarding(self, family: str) -> bool:
+        """Whether `family` is listed with its F bit set (stale paths survive the re-established session)."""
+        return any(f == family and kept for f, kept in self.families)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,10 @@ Why this shape (Calico's ``bird`` backend, with ExaBGP + our own RIB instead of 
   and only announces/withdraws deltas, until every peer has re-sent its table (End-of-RIB, or a few
   seconds after a replayed session came up and a ROUTE-REFRESH was sent) or the hold time passed.
 
-Graceful restart: ExaBGP 5.0's ``state`` message does not say whether the peer negotiated graceful
-restart, so a dropped session keeps its paths stale for the restart time we configured for it
+Graceful restart (RFC 4724, receiving side): each peer's OPEN (ExaBGP ``receive { open; }``) goes to
+``Rib.peer_open``; the RIB keeps a dropped session's paths stale only for the <AFI, SAFI> tuples of that
+peer's capability, for the peer's Restart Time (see docs/bgp-rib.md). When *our* ExaBGP (or its relay)
+goes away instead, we are the restarting side and keep every path for the restart time we advertise
 (``PeerSpec.graceful_restart``; None/0 = flush at once).
 """
 
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from bgp.announce import compute_announcements, diff
-from bgp.exabgp_codec import Disconnected, EndOfRib, Event, PeerState, Update
+from bgp.exabgp_codec import Disconnected, EndOfRib, Event, Open, PeerState, Update
 from bgp.peers import compute_peers, speaker_spec
 from bgp.rib import Rib
 from bgp.speaker import Speaker
@@ -270,6 +272,13 @@ class NodeBgp:
         rib = self.rib
         if rib is None:
             return
+        if isinstance(event, Open):
+            rib.peer_open(event.peer, event.router_id, event.graceful_restart)
+            gr = event.graceful_restart
+            self.log.info("bgp.open", peer=event.peer, router_id=event.router_id,
+                          restart_time=None if gr is None else gr.restart_time,
+                          families=None if gr is None else [f + ("" if kept else " (F=0)") for f, kept in gr.families])
+            return
         if isinstance(event, PeerState):
             spec = self.peers.get(event.peer)
             if spec is None:
@@ -286,7 +295,7 @@ class NodeBgp:
             elif event.state == "down" and event.peer in self._up:
                 # only a session that was up: a failed reconnect also says `down`, and re-marking would
                 # push the stale deadline out on every attempt
-                self._peer_down(event.peer, spec, event.reason or "session down")
+                self._peer_down(event.peer, event.reason or "session down")
         elif isinstance(event, Update):
             counters = self.counters.setdefault(event.peer, PeerCounters())
             counters.updates += 1
@@ -295,29 +304,33 @@ class NodeBgp:
         elif isinstance(event, EndOfRib):
             self.counters.setdefault(event.peer, PeerCounters()).eors += 1
             self._eor.add(event.peer)
-            rib.end_of_rib(event.peer)
+            rib.end_of_rib(event.peer, event.family)
         elif isinstance(event, Disconnected):
             # ExaBGP (or its relay) went away: no `down` lines will come for its sessions. Keep the
             # paths stale (the peers re-send them and End-of-RIB once the new ExaBGP is up).
             for address in sorted(self._up):
                 spec = self.peers.get(address)
                 if spec is not None:
-                    self._peer_down(address, spec, f"ExaBGP link lost: {event.reason}")
+                    self._peer_down(address, f"ExaBGP link lost: {event.reason}",
+                                    local_restart=spec.graceful_restart)
         else:
             return
         await self._after_rib()
 
-    def _peer_down(self, address: str, spec: PeerSpec, why: str) -> None:
+    def _peer_down(self, address: str, why: str, local_restart: int | None = None) -> None:
+        """The RIB decides what stays stale (the peer's GR capability, or ``local_restart`` when our own
+        speaker went away)."""
         assert self.rib is not None
-        restart = spec.graceful_restart or 0
-        self.rib.peer_down(address, graceful=restart > 0, restart_time=restart)
+        self.rib.peer_down(address, local_restart_time=local_restart)
         self._up.discard(address)
         self._eor.discard(address)
         counters = self.counters.get(address)
         if counters is not None:
             counters.up_at = None
-        self.log.info("bgp.peer_down", peer=address, graceful=restart > 0, restart_s=restart, reason=why,
-                      stale=self.rib.counters().stale_per_peer.get(address, 0))
+        deadline = self.rib.stale_deadline(address)
+        self.log.info("bgp.peer_down", peer=address, reason=why,
+                      stale=self.rib.counters().stale_per_peer.get(address, 0),
+                      stale_for_s=None if deadline is None else round(deadline - time.monotonic(), 1))
 
     async def _reflect_to(self, peer: str) -> None:
         """A session came up on a route reflector: its full reflected table; drop what it no longer gets."""
@@ -507,8 +520,8 @@ def disabled_status(backend: str) -> dict[str, Any]:
 
 
 def _router_id(spec: PeerSpec) -> str:
-    """A Tabby node's router id is its address (speaker_spec); a router outside: unknown until OPEN
-    (ExaBGP does not report it), so the RIB falls back to the peer address in tie-breaks."""
+    """Fallback router id until the peer's OPEN is seen (the RIB prefers the OPEN's BGP Identifier): a Tabby
+    node's is its address (speaker_spec); a router outside: unknown, the RIB uses the peer address."""
     return spec.address if spec.peer_node else ""
 
 

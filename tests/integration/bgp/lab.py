@@ -123,6 +123,18 @@ class Frr:
         """`show bgp ipv4 unicast <prefix> json` ({} or without paths when absent)."""
         return self.json(f"show bgp ipv4 unicast {prefix} json")
 
+    def kill(self, daemon: str = "bgpd") -> None:
+        """SIGKILL one daemon (a ToR whose BGP dies: its TCP sessions are closed by the kernel, no NOTIFICATION)."""
+        pid = int((self.run_dir / f"{daemon}.pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+    def start(self, daemon: str = "bgpd") -> None:
+        """Start one daemon again (it comes up with an empty configuration: `configure` it)."""
+        run("ip", "netns", "exec", self.ns.name, f"/usr/lib/frr/{daemon}", "-d", "-N", self.ns.name)
+        wait_for(f"FRR {daemon} answering", lambda: self.vtysh("show bgp summary json", check=False).returncode == 0,
+                 timeout=15)
+
     def close(self) -> None:
         for daemon in reversed(self.DAEMONS):
             pidfile = self.run_dir / f"{daemon}.pid"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, select_best
-from bgp.types import GLOBAL, MESH, Path, PeerSpec
+from bgp.types import GLOBAL, MESH, GracefulRestart, Path, PeerSpec
 
 LOCAL_AS = 64512
 P = "10.65.0.0/26"
@@ -298,19 +298,37 @@ def test_peer_down_without_graceful_restart_removes_its_paths() -> None:
     assert rib.adj_rib_in("10.0.0.2") == {}
 
 
-# ---------------------------------------------------------------- graceful restart
+# ---------------------------------------------------------------- graceful restart (RFC 4724, receiving side)
+
+V4 = "ipv4 unicast"
+V6 = "ipv6 unicast"
+P6 = "fd00:65::/122"
 
 
-def gr_rib() -> Rib:
-    rib = rib_with(ibgp("10.0.0.2"))
-    rib.update("10.0.0.2", [path("10.0.0.2"), path("10.0.0.2", prefix="10.65.1.0/26")])
+def gr_cap(restart_time: int = 120, **families: bool) -> GracefulRestart:
+    """A capability listing families given as v4=True (F bit set) / v6=False (F bit clear)."""
+    names = {"v4": V4, "v6": V6}
+    return GracefulRestart(restart_time, tuple(sorted((names[k], f) for k, f in families.items())))
+
+
+def gr_rib(cap: GracefulRestart | None = None, peer: str = "10.0.0.2") -> Rib:
+    """One iBGP peer that negotiated `cap` (default: 120 s, IPv4 with F set) and sent two v4 paths."""
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open(peer, peer, gr_cap(v4=True) if cap is None else cap)
+    rib.peer_up(ibgp(peer))
+    rib.update(peer, [path(peer), path(peer, prefix="10.65.1.0/26")])
     return rib
+
+
+def reconnect(rib: Rib, cap: GracefulRestart | None, peer: str = "10.0.0.2", router_id: str = "") -> None:
+    rib.peer_open(peer, router_id or peer, cap)
+    rib.peer_up(ibgp(peer))
 
 
 def test_graceful_down_keeps_paths_stale_and_routes_programmed() -> None:
     rib = gr_rib()
     rib.drain_changes()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
     assert set(rib.best()) == {P, "10.65.1.0/26"}
     assert all(p.stale for p in rib.adj_rib_in("10.0.0.2").values())
     assert rib.stale_deadline("10.0.0.2") == 1120.0
@@ -320,22 +338,104 @@ def test_graceful_down_keeps_paths_stale_and_routes_programmed() -> None:
     assert all(c is not None and c.next_hops == ("10.0.0.2",) for c in rib.drain_changes().values())
 
 
+def test_peer_without_graceful_restart_capability_loses_its_paths_at_once() -> None:
+    # the critical defect: a router that never negotiated GR was kept stale for our own restart time
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open("10.0.0.2", "10.0.0.2", None)
+    rib.peer_up(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
+def test_peer_never_seen_opening_is_treated_as_without_capability() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {}
+
+
+def test_helper_only_capability_without_tuples_loses_its_paths_at_once() -> None:
+    # FRR's default: a GR capability with a restart time but no <AFI, SAFI> (it keeps no forwarding state)
+    rib = gr_rib(GracefulRestart(120, ()))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
+def test_zero_restart_time_loses_its_paths_at_once() -> None:
+    rib = gr_rib(gr_cap(0, v4=True))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {}
+
+
+def test_only_families_listed_in_the_capability_are_kept() -> None:
+    rib = gr_rib(gr_cap(v4=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert set(rib.best()) == {P, "10.65.1.0/26"}
+
+
+def test_stale_for_the_peers_restart_time_not_ours() -> None:
+    rib = gr_rib(gr_cap(7, v4=True))
+    rib.peer_down("10.0.0.2", now=1000.0)
+    assert rib.stale_deadline("10.0.0.2") == 1007.0
+    assert rib.sweep_expired(now=1006.9) == []
+    assert rib.sweep_expired(now=1007.0) == ["10.0.0.2"]
+    assert rib.best() == {}
+
+
+def test_reconnect_with_f_bit_clear_flushes_that_family_at_once() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v4=False, v6=True))
+    assert set(rib.best()) == {P6}
+    assert rib.adj_rib_in("10.0.0.2")[P6].stale
+
+
+def test_reconnect_with_family_missing_flushes_that_family_at_once() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v6=True))
+    assert set(rib.best()) == {P6}
+
+
+def test_reconnect_without_capability_flushes_everything_stale() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, None)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
 def test_graceful_restart_refresh_then_eor_sweeps_only_unrefreshed() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
-    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1010.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
+    reconnect(rib, gr_cap(v4=True))
     rib.update("10.0.0.2", [path("10.0.0.2")])
     assert not rib.adj_rib_in("10.0.0.2")[P].stale
     rib.drain_changes()
-    rib.end_of_rib("10.0.0.2")
+    rib.end_of_rib("10.0.0.2", V4)
     assert set(rib.best()) == {P}
     assert rib.drain_changes() == {"10.65.1.0/26": None}
     assert rib.stale_deadline("10.0.0.2") is None
 
 
+def test_end_of_rib_sweeps_only_its_family() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v4=True, v6=True))
+    rib.end_of_rib("10.0.0.2", V6)
+    assert set(rib.best()) == {P, "10.65.1.0/26"}
+    assert rib.stale_deadline("10.0.0.2") == 120.0
+    rib.end_of_rib("10.0.0.2", V4)
+    assert rib.best() == {} and rib.stale_deadline("10.0.0.2") is None
+
+
 def test_graceful_restart_expiry_sweeps_stale_paths() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
     assert rib.sweep_expired(now=1119.0) == []
     assert len(rib.best()) == 2
     assert rib.sweep_expired(now=1120.0) == ["10.0.0.2"]
@@ -343,35 +443,69 @@ def test_graceful_restart_expiry_sweeps_stale_paths() -> None:
     assert rib.next_deadline() is None
 
 
-def test_peer_up_restarts_the_stale_timer() -> None:
+def test_repeated_flaps_without_end_of_rib_do_not_push_the_deadline_out() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
-    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1100.0)
-    assert rib.stale_deadline("10.0.0.2") == 1220.0
-    assert rib.sweep_expired(now=1150.0) == []
-
-
-def test_graceful_down_with_zero_restart_time_removes_at_once() -> None:
-    rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=0)
+    rib.peer_down("10.0.0.2", now=1000.0)
+    for t in (1030.0, 1060.0, 1090.0):
+        reconnect(rib, gr_cap(v4=True))
+        rib.update("10.0.0.2", [path("10.0.0.2", prefix="10.65.2.0/26")])  # a fresh path, never an EoR
+        rib.peer_down("10.0.0.2", now=t)
+        assert rib.stale_deadline("10.0.0.2") == 1120.0
+    assert rib.sweep_expired(now=1119.0) == []
+    assert rib.sweep_expired(now=1120.0) == ["10.0.0.2"]
     assert rib.best() == {}
+
+
+def test_a_new_loss_after_end_of_rib_starts_a_new_restart_time() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", now=1000.0)
+    reconnect(rib, gr_cap(v4=True))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.end_of_rib("10.0.0.2", V4)
+    rib.peer_down("10.0.0.2", now=2000.0)
+    assert rib.stale_deadline("10.0.0.2") == 2120.0
+
+
+def test_peer_up_without_a_new_open_keeps_the_capability_and_stale_paths() -> None:
+    # the agent re-registers an up session whose spec changed: no OPEN, no re-establishment
+    rib = gr_rib()
+    rib.peer_up(ibgp("10.0.0.2", rr_client=True))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert len(rib.best()) == 2
+
+
+def test_local_speaker_restart_keeps_every_family_for_our_restart_time() -> None:
+    # our ExaBGP went away (not the peer): we are the restarting side and keep forwarding state
+    rib = rib_with(ibgp("10.0.0.2"))  # no OPEN seen
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", local_restart_time=30, now=0.0)
+    assert set(rib.best()) == {P} and rib.stale_deadline("10.0.0.2") == 30.0
+
+
+def test_router_id_comes_from_the_open() -> None:
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open("10.0.0.2", "192.0.2.99", None)
+    rib.peer_up(ebgp("10.0.0.2"), router_id="")
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert rib.best()[P].path.peer_router_id == "192.0.2.99"
 
 
 def test_forget_peer_drops_stale_paths_too() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=0.0)
+    rib.peer_down("10.0.0.2", now=0.0)
     rib.forget_peer("10.0.0.2")
     assert rib.best() == {}
     assert rib.next_deadline() is None
 
 
 def test_stale_path_loses_nothing_in_the_decision() -> None:
-    # A stale path keeps forwarding (that is the point of graceful restart) and still competes.
-    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
-    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200)])
+    # A stale path keeps forwarding (RFC 4724: that is the point of graceful restart) and still competes,
+    # also inside the ECMP set.
+    rib = gr_rib(peer="10.0.0.2")
+    rib.peer_up(ibgp("10.0.0.3"))
     rib.update("10.0.0.3", [path("10.0.0.3")])
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=60, now=0.0)
-    assert rib.best()[P].path.peer_address == "10.0.0.2"
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best()[P].next_hops == ("10.0.0.2", "10.0.0.3")
 
 
 # ---------------------------------------------------------------- change feed and counters
