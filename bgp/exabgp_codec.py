@@ -17,7 +17,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bgp.types import Announcement, GracefulRestart, Path, normalize_prefix
+from bgp.types import (
+    AS_CONFED_SEQUENCE,
+    AS_CONFED_SET,
+    AS_SEQUENCE,
+    AS_SET,
+    Announcement,
+    GracefulRestart,
+    Path,
+    normalize_prefix,
+)
 
 __all__ = [
     "ACK_DONE",
@@ -170,17 +179,31 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _as_path(value: Any) -> tuple[int, ...]:
-    """ExaBGP 5 gives `{"0": {"element": "as-sequence", "value": [..]}, ...}` (older: a plain list). AS_SET and
-    confederation segments are flattened in order: loop detection needs every AS, length is not decided here."""
+_SEGMENT_KINDS = frozenset({AS_SEQUENCE, AS_SET, AS_CONFED_SEQUENCE, AS_CONFED_SET})
+
+
+def _as_path(value: Any) -> tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]:
+    """ExaBGP 5 gives `{"0": {"element": "as-sequence", "value": [..]}, ...}` (older: a plain list).
+
+    Returns every AS in order (loop detection needs them all) and the segments, the latter only when some
+    segment is not an AS_SEQUENCE (AS_SET and confederation segments change the path length, and a
+    reflected path must keep its AS_SETs)."""
     if isinstance(value, list):
-        return tuple(_int(a, "as-path element") for a in value)
+        return tuple(_int(a, "as-path element") for a in value), ()
     segments = _dict(value, "as-path")
-    out: list[int] = []
+    flat: list[int] = []
+    structure: list[tuple[str, tuple[int, ...]]] = []
     for key in sorted(segments, key=lambda k: int(k) if k.isascii() and k.isdigit() else -1):
         seg = _dict(segments[key], "as-path segment")
-        out.extend(_int(a, "as-path element") for a in _list(seg.get("value"), "as-path segment value"))
-    return tuple(out)
+        kind = seg.get("element", AS_SEQUENCE)
+        if kind not in _SEGMENT_KINDS:
+            raise BadLine(f"as-path segment kind {str(kind)[:30]!r} unknown")
+        ases = tuple(_int(a, "as-path element") for a in _list(seg.get("value"), "as-path segment value"))
+        flat.extend(ases)
+        structure.append((kind, ases))
+    if all(kind == AS_SEQUENCE for kind, _ in structure):
+        return tuple(flat), ()
+    return tuple(flat), tuple(structure)
 
 
 def _communities(value: Any, parts: int, what: str) -> tuple[str, ...]:
@@ -203,7 +226,9 @@ def _attributes(attr: dict[str, Any]) -> dict[str, Any]:
             raise BadLine(f"origin {origin[:20]!r} unknown")
         out["origin"] = origin
     if "as-path" in attr:
-        out["as_path"] = _as_path(attr["as-path"])
+        out["as_path"], segments = _as_path(attr["as-path"])
+        if segments:
+            out["as_path_segments"] = segments
     if "med" in attr:
         out["med"] = _int(attr["med"], "med")
     if "local-preference" in attr:
@@ -398,7 +423,11 @@ def format_announce(ann: Announcement, peer: str | None = None) -> str:
     if ann.origin not in ("igp", "egp", "incomplete"):
         raise ValueError(f"origin {ann.origin!r}")
     parts = [f"{_peer_prefix(peer)}announce route {prefix} next-hop {nh} origin {ann.origin}"]
-    if ann.as_path:
+    if ann.as_path_segments:
+        rendered = _render_segments(ann.as_path_segments)
+        if rendered:
+            parts.append("as-path " + rendered)
+    elif ann.as_path:
         parts.append("as-path [ " + " ".join(str(_check_u32(a, "AS")) for a in ann.as_path) + " ]")
     if ann.med is not None:
         parts.append(f"med {_check_u32(ann.med, 'med')}")
@@ -419,6 +448,22 @@ def format_announce(ann: Announcement, peer: str | None = None) -> str:
     if ann.cluster_list:
         parts.append("cluster-list [ " + " ".join(str(ipaddress.IPv4Address(c)) for c in ann.cluster_list) + " ]")
     return " ".join(parts)
+
+
+def _render_segments(segments: tuple[tuple[str, tuple[int, ...]], ...]) -> str:
+    """ExaBGP's as-path syntax: `[ a b ]` an AS_SEQUENCE, `( c d )` an AS_SET, one after the other.
+    Confederation segments are left out: Tabby is in no confederation, and RFC 5065 5 says they must not
+    leave one."""
+    out = []
+    for kind, ases in segments:
+        text = " ".join(str(_check_u32(a, "AS")) for a in ases)
+        if kind == AS_SEQUENCE and ases:
+            out.append(f"[ {text} ]")
+        elif kind == AS_SET and ases:
+            out.append(f"( {text} )")
+        elif kind not in (AS_CONFED_SEQUENCE, AS_CONFED_SET, AS_SEQUENCE, AS_SET):
+            raise ValueError(f"as-path segment kind {kind!r}")
+    return " ".join(out)
 
 
 def format_withdraw(prefix: str, peer: str | None = None) -> str:

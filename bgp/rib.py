@@ -35,8 +35,10 @@ __all__ = [
     "REJECT_AS_LOOP",
     "REJECT_CLUSTER_LOOP",
     "REJECT_ORIGINATOR",
+    "NextHopCheck",
     "Rib",
     "RibCounters",
+    "next_hop_check",
     "select_best",
 ]
 
@@ -46,6 +48,9 @@ REJECT_ORIGINATOR = "originator_id"
 """ORIGINATOR_ID equals our router id (RFC 4456 8): a reflector sent our own route back to us."""
 REJECT_CLUSTER_LOOP = "cluster_list_loop"
 """Our cluster id in CLUSTER_LIST (RFC 4456 8): the route already went through our cluster."""
+
+NextHopCheck = Callable[[str, str], bool]
+"""`(prefix, next_hop) -> usable`: whether the node can reach a path's NEXT_HOP for that prefix."""
 
 _UNKNOWN_ID = 1 << 128  # sorts after every real router id / address
 
@@ -59,6 +64,26 @@ def _id_key(text: str | None) -> int:
         return int(ipaddress.ip_address(text))
     except ValueError:
         return _UNKNOWN_ID
+
+
+def next_hop_check(local_addresses: Iterable[str], ipip_pools: Iterable[str] = ()) -> NextHopCheck:
+    """The NEXT_HOP rule of Tabby's route programmer (Calico's BIRD rules), as a decision-process check: a
+    hop is usable when it is on the subnet of one of the node's addresses (`"10.0.0.1/24"`), or when the
+    prefix is IPv4 inside an IPIP pool (Always or CrossSubnet: reached through tunl0 onlink)."""
+    subnets = [ipaddress.ip_interface(a).network for a in local_addresses]
+    pools = [ipaddress.ip_network(p) for p in ipip_pools]
+
+    def ok(prefix: str, next_hop: str) -> bool:
+        try:
+            hop = ipaddress.ip_address(next_hop)
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return False
+        if hop.version == 4 and net.version == 4 and any(net.version == p.version and net.subnet_of(p) for p in pools):  # type: ignore[arg-type]
+            return True
+        return any(hop.version == s.version and hop in s for s in subnets)
+
+    return ok
 
 
 def _local_pref(path: Path) -> int:
@@ -75,26 +100,31 @@ def _tie_break_key(path: Path) -> tuple[int, int, int]:
     )
 
 
-def select_best(paths: Iterable[Path]) -> BestRoute | None:
-    """The decision process over one prefix's candidate paths; None when there are none.
+def select_best(paths: Iterable[Path], next_hop_ok: NextHopCheck | None = None) -> BestRoute | None:
+    """The decision process over one prefix's candidate paths; None when there are none usable.
 
     Filtering, one attribute at a time, keeps the result a function of the *set* of paths (never of
     the order they arrived in), which a pairwise "compare with the current best" loop cannot promise
     once MED is compared only within a neighbour AS (that comparison is not transitive).
 
-    1. highest LOCAL_PREF (absent = 100); 2. shortest AS_PATH; 3. lowest ORIGIN (igp < egp <
+    0. paths whose NEXT_HOP `next_hop_ok(prefix, next_hop)` rejects are excluded first (RFC 4271 9.1.2:
+    an unresolvable path is not a candidate, so a usable path that would have lost wins instead);
+    1. highest LOCAL_PREF (absent = 100); 2. shortest AS_PATH (an AS_SET counts 1, confederation
+    segments 0); 3. lowest ORIGIN (igp < egp <
     incomplete); 4. lowest MED among paths from the same neighbour AS (absent = 0; paths from
     different neighbour ASes all survive this step - "deterministic MED"); 5. eBGP over iBGP.
     The survivors are the multipath (ECMP) set; 6. the best of them by lowest router id /
     ORIGINATOR_ID, then shortest CLUSTER_LIST, then lowest peer address.
     """
     cands = list(paths)
+    if next_hop_ok is not None:
+        cands = [p for p in cands if next_hop_ok(p.prefix, p.next_hop)]
     if not cands:
         return None
     top = max(_local_pref(p) for p in cands)
     cands = [p for p in cands if _local_pref(p) == top]
-    shortest = min(len(p.as_path) for p in cands)
-    cands = [p for p in cands if len(p.as_path) == shortest]
+    shortest = min(p.path_length for p in cands)
+    cands = [p for p in cands if p.path_length == shortest]
     origin = min(ORIGIN_RANK[p.origin] for p in cands)
     cands = [p for p in cands if ORIGIN_RANK[p.origin] == origin]
     lowest_med: dict[int | None, int] = {}
@@ -159,10 +189,18 @@ class Rib:
     `reflect()`); Tabby nodes with Node.spec.bgp.routeReflectorClusterID pass it.
     """
 
-    def __init__(self, local_as: int, router_id: str, cluster_id: str | None = None) -> None:
+    def __init__(
+        self,
+        local_as: int,
+        router_id: str,
+        cluster_id: str | None = None,
+        next_hop_ok: NextHopCheck | None = None,
+    ) -> None:
         self.local_as = local_as
         self.router_id = router_id
         self.cluster_id = cluster_id
+        self._next_hop_ok = next_hop_ok
+        self._originated: frozenset[str] = frozenset()
         self._sessions: dict[str, _Session] = {}
         self._adj_in: dict[str, dict[str, Path]] = {}
         self._by_prefix: dict[str, dict[str, Path]] = {}
@@ -284,6 +322,23 @@ class Rib:
         self._forget_reflected_to(peer)
         self._sessions.pop(peer, None)
 
+    def set_next_hop_check(self, next_hop_ok: NextHopCheck | None) -> None:
+        """Replace the NEXT_HOP resolvability check (the node's subnet or pools changed) and re-run the
+        decision for every prefix; the differences show up in `drain_changes()`."""
+        self._next_hop_ok = next_hop_ok
+        for prefix in list(self._by_prefix):
+            self._recompute(prefix)
+
+    def set_originated(self, prefixes: Iterable[str]) -> list[tuple[str, Announcement]]:
+        """The prefixes this node announces itself. A reflector never reflects a path for one of them: its
+        own route is its best (locally originated), and ExaBGP keeps one route per prefix and neighbor,
+        so a reflected announcement would overwrite the originated one in its adj-rib-out (and its
+        withdrawal would take the originated one with it). Returns what `reflect` sends for the change."""
+        new = frozenset(normalize_prefix(p) for p in prefixes)
+        changed = new ^ self._originated
+        self._originated = new
+        return self.reflect(dict.fromkeys(changed))
+
     # ------------------------------------------------------------------ updates
 
     def update(self, peer: str, announce: Iterable[Path] = (), withdraw: Iterable[str] = ()) -> None:
@@ -320,6 +375,11 @@ class Rib:
             changes["ibgp"] = path.peer_as == self.local_as
         if sess is not None and sess.router_id:
             changes["peer_router_id"] = sess.router_id
+        ibgp = changes.get("ibgp", path.ibgp)
+        if not ibgp:
+            # LOCAL_PREF is not sent over eBGP and is ignored if received (RFC 4271 5.1.5); ORIGINATOR_ID and
+            # CLUSTER_LIST are iBGP-only attributes and are discarded from an eBGP peer (RFC 7606 7.9, 7.10)
+            changes.update(local_pref=None, originator_id=None, cluster_list=())
         return replace(path, **changes)  # type: ignore[arg-type]
 
     def _loop_reason(self, path: Path) -> str | None:
@@ -361,7 +421,7 @@ class Rib:
 
     def _recompute(self, prefix: str) -> None:
         old = self._best.get(prefix)
-        new = select_best(self._by_prefix.get(prefix, {}).values())
+        new = select_best(self._by_prefix.get(prefix, {}).values(), self._next_hop_ok)
         if new == old:
             return
         if prefix not in self._pending:
@@ -462,13 +522,14 @@ class Rib:
             med=p.med,
             origin=p.origin,
             as_path=p.as_path,
+            as_path_segments=p.as_path_segments,
             originator_id=originator,
             cluster_list=cluster_list,
         )
 
     def _wanted(self, prefix: str) -> dict[str, Announcement]:
         best = self._best.get(prefix)
-        if best is None or self.cluster_id is None:
+        if best is None or self.cluster_id is None or prefix in self._originated:
             return {}
         ann = self._reflected_announcement(best)
         return {target: ann for target in self._targets(best)}

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "AS_CONFED_SEQUENCE",
+    "AS_CONFED_SET",
+    "AS_SEQUENCE",
+    "AS_SET",
     "DEFAULT_GRACEFUL_RESTART",
     "DEFAULT_HOLD_TIME",
     "DEFAULT_LOCAL_PREF",
@@ -56,6 +60,12 @@ DEFAULT_PORT = 179
 DEFAULT_HOLD_TIME = 90
 DEFAULT_GRACEFUL_RESTART = 120
 DEFAULT_LOCAL_PREF = 100
+
+AS_SEQUENCE = "as-sequence"
+AS_SET = "as-set"
+AS_CONFED_SEQUENCE = "confed-sequence"
+AS_CONFED_SET = "confed-set"
+"""AS_PATH segment kinds, spelled as ExaBGP's JSON spells them."""
 
 IPV4_UNICAST = "ipv4 unicast"
 IPV6_UNICAST = "ipv6 unicast"
@@ -102,6 +112,10 @@ class GracefulRestart:
 class Path:
     """One route received from one peer (an Adj-RIB-In entry), with the attributes best-path needs.
 
+    `as_path` holds every AS of AS_PATH in order (loop detection needs them all); `as_path_segments`
+    keeps the segment structure ((kind, ASes) with kind one of AS_SEQUENCE, AS_SET, AS_CONFED_SEQUENCE,
+    AS_CONFED_SET) when the path has anything but AS_SEQUENCEs, else it is empty.
+
     `med` None means "absent" (treated as 0, RFC 4271 9.1.2.2 c); `local_pref` None means "absent"
     (treated as DEFAULT_LOCAL_PREF, which is what an eBGP-learned path gets). The `peer_*` and `ibgp`
     fields describe the session it came from; the RIB fills them from the session when it knows it.
@@ -123,11 +137,25 @@ class Path:
     peer_router_id: str = ""
     ibgp: bool = False
     stale: bool = False
+    as_path_segments: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def path_length(self) -> int:
+        """AS_PATH length for the decision process (RFC 4271 9.1.2.2 a): an AS_SET counts 1 whatever its
+        size, confederation segments count 0 (RFC 5065 5.3). Without segments, every AS counts 1."""
+        if not self.as_path_segments:
+            return len(self.as_path)
+        return sum(
+            len(ases) if kind == AS_SEQUENCE else 1 if kind == AS_SET else 0 for kind, ases in self.as_path_segments
+        )
 
     @property
     def neighbour_as(self) -> int | None:
         """The AS the path was learned from for MED comparison: the first AS in AS_PATH (None if empty,
         i.e. originated inside our AS)."""
+        for kind, ases in self.as_path_segments:
+            if kind == AS_SEQUENCE and ases:
+                return ases[0]
         return self.as_path[0] if self.as_path else None
 
 
@@ -206,7 +234,8 @@ class Announcement:
 
     `next_hop` is "self" or an explicit address (reflected routes keep the original next hop).
     `originator_id`/`cluster_list` are set only on reflected routes (RFC 4456). `as_path` is what to
-    send besides our own AS (ExaBGP prepends the local AS on eBGP sessions itself).
+    send besides our own AS (ExaBGP prepends the local AS on eBGP sessions itself); `as_path_segments`, when
+    set, replaces it with the segment structure (a reflected path keeps its AS_SETs).
     """
 
     prefix: str
@@ -220,3 +249,4 @@ class Announcement:
     originator_id: str | None = None
     cluster_list: tuple[str, ...] = ()
     withdraw: bool = False
+    as_path_segments: tuple[tuple[str, tuple[int, ...]], ...] = ()

@@ -37,7 +37,7 @@ import structlog
 from bgp.announce import compute_announcements, diff
 from bgp.exabgp_codec import Disconnected, EndOfRib, Event, Open, PeerState, Update
 from bgp.peers import compute_peers, speaker_spec
-from bgp.rib import Rib
+from bgp.rib import Rib, next_hop_check
 from bgp.speaker import Speaker
 from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
 from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node, ResourceError, parse_resource
@@ -98,6 +98,7 @@ class NodeBgp:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._parsed: dict[str, tuple[int, Any]] = {}
+        self._next_hop_key: tuple[str | None, tuple[str, ...]] | None = None
 
     # -- start-up ----------------------------------------------------------------------------
     def capture_kernel_routes(self, interface: str) -> None:
@@ -204,7 +205,11 @@ class NodeBgp:
             peers = compute_peers(local, nodes, configs, bgp_peers)
             if spec != self.spec or peers != list(self.peers.values()):
                 await self._apply_sessions(spec, peers)
+            self._update_next_hop_check(pools)
             own = self.own_prefixes(pools, configs)
+            if self.rib is not None and self.rib.cluster_id is not None:
+                # a reflector reflects nothing it originates itself (one route per prefix and peer)
+                await self._send_reflected(self.rib.set_originated(a.prefix for a in own))
             if own != self._own:
                 announce, withdraw = diff(self._own, own)
                 self._own = own
@@ -218,6 +223,19 @@ class NodeBgp:
                     for ann in withdraw:
                         await self.speaker.withdraw(ann.prefix)
             await self._after_rib()
+
+    def _update_next_hop_check(self, pools: list[IPPool]) -> None:
+        """Give the RIB the route programmer's NEXT_HOP rule (local subnet, or an IPIP pool), so a path whose
+        next hop cannot be reached is no candidate at all (RFC 4271 9.1.2) instead of a best path the
+        dataplane then drops."""
+        if self.rib is None:
+            return
+        local = self.agent.local_ip
+        key = (local, tuple(sorted(p.spec.cidr for p in pools if p.spec.ipipMode != "Never")))
+        if key == self._next_hop_key and self.rib.has_next_hop_check:
+            return
+        self._next_hop_key = key
+        self.rib.set_next_hop_check(next_hop_check([local], key[1]) if local else None)
 
     async def _apply_sessions(self, spec: SpeakerSpec, peers: list[PeerSpec]) -> None:
         old = self.peers

@@ -262,3 +262,24 @@ def test_relay_replays_the_last_open_before_the_states(tmp_path: pathlib.Path) -
     assert hello["replay"] == 1
     assert [json.loads(line)["type"] for line in lines[1:]] == ["open", "state"]
     assert json.loads(lines[1])["neighbor"]["direction"] == "receive"
+
+
+def test_as_set_and_confederation_segments_are_kept() -> None:
+    msg = json.loads(UPDATE)
+    msg["neighbor"]["message"]["update"]["attribute"]["as-path"] = {
+        "0": {"element": "confed-sequence", "value": [64601]},
+        "1": {"element": "as-sequence", "value": [64513]},
+        "2": {"element": "as-set", "value": [1, 2]},
+    }
+    event = parse_line(json.dumps(msg))
+    assert isinstance(event, Update)
+    (p,) = event.announces
+    assert p.as_path == (64601, 64513, 1, 2)
+    assert p.as_path_segments == (("confed-sequence", (64601,)), ("as-sequence", (64513,)), ("as-set", (1, 2)))
+    assert p.path_length == 2 and p.neighbour_as == 64513
+    msg["neighbor"]["message"]["update"]["attribute"]["as-path"] = {"0": {"element": "as-bogus", "value": [1]}}
+    with pytest.raises(BadLine):
+        parse_line(json.dumps(msg))
+    # a plain sequence keeps no segments (nothing to preserve)
+    (plain,) = parse_line(UPDATE).announces  # type: ignore[union-attr]
+    assert plain.as_path_segments == ()

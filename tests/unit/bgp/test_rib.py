@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, select_best
-from bgp.types import GLOBAL, MESH, GracefulRestart, Path, PeerSpec
+from bgp.exabgp_codec import format_announce
+from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, next_hop_check, select_best
+from bgp.types import (
+    AS_CONFED_SEQUENCE,
+    AS_CONFED_SET,
+    AS_SEQUENCE,
+    AS_SET,
+    GLOBAL,
+    MESH,
+    Announcement,
+    GracefulRestart,
+    Path,
+    PeerSpec,
+)
 
 LOCAL_AS = 64512
 P = "10.65.0.0/26"
@@ -534,3 +548,125 @@ def test_counters() -> None:
     assert (c.prefixes, c.paths) == (2, 3)
     assert [p.peer_address for p in rib.paths(P)] == ["10.0.0.2", "10.0.0.3"]
     assert rib.best_for("10.65.1.0/26") is not None
+
+
+# ---------------------------------------------------------------- decision process fixes (issue 11)
+
+
+def test_unresolvable_next_hop_is_excluded_before_best_path() -> None:
+    # the better path (LOCAL_PREF 200) has a next hop the node cannot reach: the usable one wins,
+    # instead of the prefix getting a best route the dataplane then drops
+    check = next_hop_check(["10.0.0.1/24"])
+    rib = Rib(LOCAL_AS, "10.0.0.1", next_hop_ok=check)
+    for peer in ("10.0.0.2", "10.0.0.3"):
+        rib.peer_up(ibgp(peer), router_id=peer)
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200, next_hop="192.0.2.7")])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    assert rib.best()[P].path.peer_address == "10.0.0.3"
+    assert rib.best()[P].next_hops == ("10.0.0.3",)
+
+
+def test_no_usable_next_hop_means_no_route_and_a_new_check_re_evaluates() -> None:
+    rib = Rib(LOCAL_AS, "10.0.0.1", next_hop_ok=next_hop_check(["10.0.0.1/24"]))
+    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2")
+    rib.update("10.0.0.2", [path("10.0.0.2", next_hop="192.0.2.7")])
+    assert rib.best() == {}
+    rib.drain_changes()
+    rib.set_next_hop_check(next_hop_check(["10.0.0.1/24"], ipip_pools=["10.65.0.0/16"]))  # IPIP: via tunl0
+    assert rib.drain_changes()[P] is not None
+
+
+def test_next_hop_check_follows_the_route_programmer() -> None:
+    check = next_hop_check(["10.0.0.1/24", "fd00::1/64"], ipip_pools=["10.65.0.0/16"])
+    assert check("198.51.100.0/24", "10.0.0.9")  # on the subnet
+    assert not check("198.51.100.0/24", "10.9.0.9")  # not on it, not an IPIP pool
+    assert check("10.65.1.0/26", "10.9.0.9")  # IPIP pool: any IPv4 node address via tunl0 onlink
+    assert check("fd00:65::/122", "fd00::9") and not check("fd00:65::/122", "fd01::9")
+    assert not check("10.65.1.0/26", "not-an-address")
+
+
+def test_ebgp_local_pref_is_ignored() -> None:
+    # LOCAL_PREF 50 from an eBGP peer would lose to the iBGP path's 100; ignored, it is the default 100
+    # and eBGP-over-iBGP picks it (RFC 4271 5.1.5)
+    rib = rib_with(ebgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=50)])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    best = rib.best()[P].path
+    assert best.peer_address == "10.0.0.2" and best.local_pref is None
+
+
+def test_ebgp_originator_id_and_cluster_list_are_discarded() -> None:
+    # kept, ORIGINATOR_ID = our router id would drop the path as a reflection loop (RFC 7606 7.9, 7.10)
+    rib = rib_with(ebgp("10.0.0.2"), router_id="10.0.0.1", cluster_id="10.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2", originator_id="10.0.0.1", cluster_list=("10.0.0.1",))])
+    best = rib.best()[P].path
+    assert best.originator_id is None and best.cluster_list == ()
+    assert rib.counters().rejected == {}
+
+
+def test_ibgp_keeps_local_pref_and_reflection_attributes() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=300, originator_id="10.0.0.7", cluster_list=("1.1.1.1",))])
+    best = rib.best()[P].path
+    assert (best.local_pref, best.originator_id, best.cluster_list) == (300, "10.0.0.7", ("1.1.1.1",))
+
+
+def seg(*parts: tuple[str, tuple[int, ...]]) -> dict[str, object]:
+    flat = tuple(a for _, ases in parts for a in ases)
+    return {"as_path": flat, "as_path_segments": parts}
+
+
+def test_as_set_counts_one() -> None:
+    short = seg((AS_SEQUENCE, (65001,)), (AS_SET, (1, 2, 3)))  # length 2
+    long = seg((AS_SEQUENCE, (65001, 65002, 65003)),)  # length 3
+    rib = rib_with(ebgp("10.0.0.2", 65001), ebgp("10.0.0.3", 65001))
+    rib.update("10.0.0.2", [path("10.0.0.2", **short)])
+    rib.update("10.0.0.3", [path("10.0.0.3", **long)])
+    assert rib.best()[P].path.peer_address == "10.0.0.2"
+
+
+def test_confederation_segments_count_zero() -> None:
+    confed = seg((AS_CONFED_SEQUENCE, (64601, 64602, 64603)), (AS_SEQUENCE, (65001,)))  # length 1
+    plain = seg((AS_SEQUENCE, (65001, 65002)),)
+    rib = rib_with(ebgp("10.0.0.2", 65001), ebgp("10.0.0.3", 65001))
+    rib.update("10.0.0.2", [path("10.0.0.2", **plain)])
+    rib.update("10.0.0.3", [path("10.0.0.3", **confed)])
+    assert rib.best()[P].path.peer_address == "10.0.0.3"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([AS_SEQUENCE, AS_SET, AS_CONFED_SEQUENCE, AS_CONFED_SET]),
+            st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=5).map(tuple),
+        ),
+        max_size=5,
+    )
+)
+def test_path_length_rule(segments: list[tuple[str, tuple[int, ...]]]) -> None:
+    p = Path(prefix=P, next_hop="10.0.0.2", **seg(*segments))  # type: ignore[arg-type]
+    expected = sum(len(a) for k, a in segments if k == AS_SEQUENCE) + sum(1 for k, _ in segments if k == AS_SET)
+    assert p.path_length == expected
+
+
+def test_as_set_is_preserved_when_reflected() -> None:
+    rib = rib_with(ibgp("10.0.0.2", rr_client=True), ibgp("10.0.0.3", rr_client=True), cluster_id="10.0.0.1")
+    segments = ((AS_SEQUENCE, (65001,)), (AS_SET, (1, 2)))
+    rib.update("10.0.0.2", [path("10.0.0.2", **seg(*segments))])
+    ((target, ann),) = rib.reflect(rib.drain_changes())
+    assert target == "10.0.0.3" and ann.as_path_segments == segments
+    assert "as-path [ 65001 ] ( 1 2 )" in format_announce(ann, target)
+
+
+def test_reflector_does_not_reflect_what_it_originates() -> None:
+    rib = rib_with(ibgp("10.0.0.2", rr_client=True), ibgp("10.0.0.3", rr_client=True), cluster_id="10.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert [t for t, _ in rib.reflect(rib.drain_changes())] == ["10.0.0.3"]
+    # the reflector now announces P itself (say a service CIDR every node announces): the reflected
+    # copy is withdrawn, never sent beside it
+    assert rib.set_originated([P]) == [("10.0.0.3", Announcement(prefix=P, withdraw=True))]
+    rib.update("10.0.0.2", [path("10.0.0.2", med=5)])
+    assert rib.reflect(rib.drain_changes()) == []
+    assert rib.reflect_to("10.0.0.3") == []
+    # and reflected again once it stops originating it
+    assert [t for t, a in rib.set_originated([]) if not a.withdraw] == ["10.0.0.3"]
