@@ -309,6 +309,7 @@ def _peer_options(bgp_peer: BGPPeer, local_address: str, secrets: SecretResolver
         "next_hop_mode": next_hop,
         "keepalive": keepalive,
         "hold_time": hold,
+        "allowed_local_as": s.numAllowedLocalASNumbers or 0,
     }
 
 

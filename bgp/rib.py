@@ -322,6 +322,11 @@ class Rib:
         self._forget_reflected_to(peer)
         self._sessions.pop(peer, None)
 
+    @property
+    def has_next_hop_check(self) -> bool:
+        """Whether a NEXT_HOP check is set (a new RIB has none until the agent gives it one)."""
+        return self._next_hop_ok is not None
+
     def set_next_hop_check(self, next_hop_ok: NextHopCheck | None) -> None:
         """Replace the NEXT_HOP resolvability check (the node's subnet or pools changed) and re-run the
         decision for every prefix; the differences show up in `drain_changes()`."""
@@ -353,7 +358,7 @@ class Rib:
                 self._recompute(prefix)
         for path in announce:
             path = self._from_session(peer, path)
-            reason = self._loop_reason(path)
+            reason = self._loop_reason(path, self._sessions.get(peer))
             if reason is not None:
                 self._rejected[reason] += 1
                 if path.prefix in self._adj_in.get(peer, {}):
@@ -382,12 +387,15 @@ class Rib:
             changes.update(local_pref=None, originator_id=None, cluster_list=())
         return replace(path, **changes)  # type: ignore[arg-type]
 
-    def _loop_reason(self, path: Path) -> str | None:
+    def _loop_reason(self, path: Path, sess: _Session | None = None) -> str | None:
         """Which loop rule drops the path, if any (checked on input, before it can become best).
 
         The AS_PATH rule applies to iBGP too: a reflected path holding our AS left the AS and came back.
+        A peer with numAllowedLocalASNumbers N may send paths holding our AS up to N times (every node in
+        one AS, eBGP to the ToR: the other nodes' blocks come back through the ToR with our AS in them).
         """
-        if self.local_as in path.as_path:
+        allowed = sess.spec.allowed_local_as if sess is not None and sess.spec is not None else 0
+        if path.as_path.count(self.local_as) > allowed:
             return REJECT_AS_LOOP
         if path.originator_id is not None and path.originator_id == self.router_id:
             return REJECT_ORIGINATOR

@@ -183,6 +183,8 @@ class PeerSpec:
     negotiate graceful restart. `password` is the resolved MD5 secret (never a reference).
     `name`: the BGPPeer's name, or the peer node's name for a mesh peer. `peer_node`: the Tabby node
     behind the address when known (mesh and peerSelector peers), None for routers outside.
+    `allowed_local_as`: numAllowedLocalASNumbers, how often our own AS may appear in a path from this peer
+    before the AS_PATH loop check drops it (Calico's one-AS-for-all-nodes, eBGP-to-the-ToR design).
     """
 
     address: str
@@ -201,6 +203,7 @@ class PeerSpec:
     next_hop_mode: NextHopMode = "Auto"
     route_reflector_client: bool = False
     peer_node: str | None = None
+    allowed_local_as: int = 0
 
     @property
     def ibgp(self) -> bool:

@@ -572,6 +572,7 @@ def test_no_usable_next_hop_means_no_route_and_a_new_check_re_evaluates() -> Non
     rib.update("10.0.0.2", [path("10.0.0.2", next_hop="192.0.2.7")])
     assert rib.best() == {}
     rib.drain_changes()
+    assert rib.has_next_hop_check
     rib.set_next_hop_check(next_hop_check(["10.0.0.1/24"], ipip_pools=["10.65.0.0/16"]))  # IPIP: via tunl0
     assert rib.drain_changes()[P] is not None
 
@@ -670,3 +671,16 @@ def test_reflector_does_not_reflect_what_it_originates() -> None:
     assert rib.reflect_to("10.0.0.3") == []
     # and reflected again once it stops originating it
     assert [t for t, a in rib.set_originated([]) if not a.withdraw] == ["10.0.0.3"]
+
+
+def test_num_allowed_local_as_numbers_lets_our_as_through_that_often() -> None:
+    # Calico's "all nodes in one AS, eBGP to the ToR, mesh off": node B's block comes back from the ToR
+    # as AS_PATH (65000, 64512); with numAllowedLocalASNumbers 1 it is learned, a second copy of our AS is not
+    tor = PeerSpec(address="10.0.0.254", peer_as=65000, local_as=LOCAL_AS, type=GLOBAL, name="tor",
+                   allowed_local_as=1)
+    rib = rib_with(tor, ebgp("10.0.0.253"))
+    rib.update("10.0.0.254", [path("10.0.0.254", as_path=(65000, LOCAL_AS))])
+    rib.update("10.0.0.254", [path("10.0.0.254", prefix="10.65.9.0/26", as_path=(65000, LOCAL_AS, 1, LOCAL_AS))])
+    rib.update("10.0.0.253", [path("10.0.0.253", prefix="10.65.8.0/26", as_path=(65000, LOCAL_AS))])
+    assert set(rib.best()) == {P}
+    assert rib.counters().rejected == {REJECT_AS_LOOP: 2}
