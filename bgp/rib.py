@@ -34,6 +34,7 @@ from bgp.types import (
 __all__ = [
     "REJECT_AS_LOOP",
     "REJECT_CLUSTER_LOOP",
+    "REJECT_FILTERED",
     "REJECT_ORIGINATOR",
     "NextHopCheck",
     "Rib",
@@ -46,6 +47,8 @@ REJECT_AS_LOOP = "as_path_loop"
 """Own AS in AS_PATH (RFC 4271 9.1.2): our own announcement came back, e.g. FRR reflecting it over eBGP."""
 REJECT_ORIGINATOR = "originator_id"
 """ORIGINATOR_ID equals our router id (RFC 4456 8): a reflector sent our own route back to us."""
+REJECT_FILTERED = "import_filter"
+"""A BGPFilter of the peer rejected the path on import (kept aside: a changed filter re-evaluates it)."""
 REJECT_CLUSTER_LOOP = "cluster_list_loop"
 """Our cluster id in CLUSTER_LIST (RFC 4456 8): the route already went through our cluster."""
 
@@ -208,6 +211,9 @@ class Rib:
         # prefix -> best route as of the last drain_changes(), recorded when the prefix first changes
         self._pending: dict[str, BestRoute | None] = {}
         self._rejected: Counter[str] = Counter()
+        # paths an import filter rejected, per peer and prefix (soft reconfiguration: a filter change needs
+        # no ROUTE-REFRESH)
+        self._filtered: dict[str, dict[str, Path]] = {}
         self._reflected: dict[str, _Reflected] = {}
 
     # ------------------------------------------------------------------ sessions
@@ -230,7 +236,10 @@ class Rib:
         sess = self._sessions.get(peer.address)
         if sess is None:
             sess = self._sessions[peer.address] = _Session(spec=peer)
+        old_filter = sess.spec.route_filter if sess.spec is not None else None
         sess.spec = peer
+        if peer.route_filter != old_filter:
+            self._refilter(peer.address)
         sess.router_id = sess.open_router_id or router_id
         sess.up = True
         if sess.open_pending:
@@ -253,6 +262,7 @@ class Rib:
         sess = self._sessions.setdefault(peer, _Session(spec=None))
         sess.up = False
         self._forget_reflected_to(peer)
+        self._filtered.pop(peer, None)
         gr = sess.gr
         if local_restart_time:
             hold: float = local_restart_time
@@ -320,6 +330,7 @@ class Rib:
         """The peer was removed from the configuration: drop its paths (stale or not) and its session."""
         self._drop_peer_paths(peer, only_stale=False)
         self._forget_reflected_to(peer)
+        self._filtered.pop(peer, None)
         self._sessions.pop(peer, None)
 
     @property
@@ -351,14 +362,22 @@ class Rib:
         and re-announce a prefix; the announcement is the newer state). A new path implicitly replaces
         the peer's previous path for the prefix, also when the new one is rejected by a loop check
         (treat-as-withdraw), so a looping replacement never leaves an outdated path behind."""
+        filtered = self._filtered.get(peer, {})
         for raw in withdraw:
             prefix = normalize_prefix(raw)
+            filtered.pop(prefix, None)
             if prefix in self._adj_in.get(peer, {}):
                 self._remove(peer, prefix)
                 self._recompute(prefix)
+        sess = self._sessions.get(peer)
+        route_filter = sess.spec.route_filter if sess is not None and sess.spec is not None else None
         for path in announce:
             path = self._from_session(peer, path)
-            reason = self._loop_reason(path, self._sessions.get(peer))
+            filtered.pop(path.prefix, None)
+            reason = self._loop_reason(path, sess)
+            if reason is None and route_filter is not None and not route_filter.accepts_import(path.prefix):
+                reason = REJECT_FILTERED
+                self._filtered.setdefault(peer, filtered)[path.prefix] = path
             if reason is not None:
                 self._rejected[reason] += 1
                 if path.prefix in self._adj_in.get(peer, {}):
@@ -367,6 +386,21 @@ class Rib:
                 continue
             self._store(peer, path)
             self._recompute(path.prefix)
+
+    def _refilter(self, peer: str) -> None:
+        """The peer's import filter changed: re-run it over what it sent (held and set-aside paths)."""
+        sess = self._sessions.get(peer)
+        route_filter = sess.spec.route_filter if sess is not None and sess.spec is not None else None
+        held = {**self._filtered.pop(peer, {}), **self._adj_in.get(peer, {})}
+        for prefix, path in held.items():
+            if route_filter is not None and not route_filter.accepts_import(prefix):
+                self._filtered.setdefault(peer, {})[prefix] = path
+                if prefix in self._adj_in.get(peer, {}):
+                    self._remove(peer, prefix)
+                    self._recompute(prefix)
+            elif prefix not in self._adj_in.get(peer, {}):
+                self._store(peer, path)
+                self._recompute(prefix)
 
     def _from_session(self, peer: str, path: Path) -> Path:
         """The path as the RIB keeps it: normalised prefix, session facts from the session (not from the
@@ -507,6 +541,9 @@ class Rib:
                 continue
             client = sess.spec.route_reflector_client
             if path.ibgp and not source_client and not client:
+                continue
+            flt = sess.spec.route_filter
+            if flt is not None and not flt.accepts_export(best.prefix, remote=True):
                 continue
             out.append(address)
         return sorted(out, key=_id_key)

@@ -16,6 +16,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from bgp.filters import RouteFilter
+
 __all__ = [
     "AS_CONFED_SEQUENCE",
     "AS_CONFED_SET",
@@ -185,6 +187,8 @@ class PeerSpec:
     behind the address when known (mesh and peerSelector peers), None for routers outside.
     `allowed_local_as`: numAllowedLocalASNumbers, how often our own AS may appear in a path from this peer
     before the AS_PATH loop check drops it (Calico's one-AS-for-all-nodes, eBGP-to-the-ToR design).
+    `route_filter`: the BGPPeer's compiled BGPFilters (None: none named), applied by the RIB on import and
+    by the agent on export.
     """
 
     address: str
@@ -204,6 +208,7 @@ class PeerSpec:
     route_reflector_client: bool = False
     peer_node: str | None = None
     allowed_local_as: int = 0
+    route_filter: RouteFilter | None = None
 
     @property
     def ibgp(self) -> bool:

@@ -40,7 +40,7 @@ from bgp.peers import compute_peers, speaker_spec
 from bgp.rib import Rib, next_hop_check
 from bgp.speaker import Speaker
 from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
-from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node, ResourceError, parse_resource
+from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node, ResourceError, parse_resource
 from datastore.keys import resource_prefix
 from felix_like.netlink import RouteSocket, RouteType
 from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
@@ -60,7 +60,8 @@ BGPCONFIGS = resource_prefix("bgpconfigurations")
 BGPPEERS = resource_prefix("bgppeers")
 POOLS = resource_prefix("ippools")
 NODES = resource_prefix("nodes")
-WATCHED = (BGPCONFIGS, BGPPEERS, POOLS, NODES)
+BGPFILTERS = resource_prefix("bgpfilters")
+WATCHED = (BGPCONFIGS, BGPPEERS, BGPFILTERS, POOLS, NODES)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class NodeBgp:
         self.counters: dict[str, PeerCounters] = {}
         self.started = False
         self._own: set[Announcement] = set()
+        self._own_items: dict[tuple[str | None, str], Announcement] = {}
         self._reflected: dict[tuple[str, str], Announcement] = {}
         self._up: set[str] = set()
         self._eor: set[str] = set()
@@ -202,7 +204,8 @@ class NodeBgp:
             spec = speaker_spec(local, configs)
             if spec is None:
                 return  # no IPv4 BGP address (yet): nothing to run
-            peers = compute_peers(local, nodes, configs, bgp_peers)
+            filters = [f for f in self._resources(BGPFILTERS) if isinstance(f, BGPFilter)]
+            peers = compute_peers(local, nodes, configs, bgp_peers, bgp_filters=filters)
             if spec != self.spec or peers != list(self.peers.values()):
                 await self._apply_sessions(spec, peers)
             self._update_next_hop_check(pools)
@@ -215,14 +218,33 @@ class NodeBgp:
                 self._own = own
                 self.log.info("bgp.announcements", announce=[a.prefix for a in announce],
                               withdraw=[a.prefix for a in withdraw], total=len(own))
+            items = self._export_items(own)
+            if items != self._own_items:
+                old_items, self._own_items = self._own_items, items
                 if self._settled:
                     await self._push_all()
                 else:
-                    for ann in announce:
-                        await self.speaker.announce(ann)
-                    for ann in withdraw:
-                        await self.speaker.withdraw(ann.prefix)
+                    for key in sorted(set(old_items) - set(items), key=str):
+                        await self.speaker.withdraw(key[1], key[0])
+                    for key, ann in sorted(items.items(), key=lambda kv: str(kv[0])):
+                        if old_items.get(key) != ann:
+                            await self.speaker.announce(ann, key[0])
             await self._after_rib()
+
+    def _export_items(self, own: set[Announcement]) -> dict[tuple[str | None, str], Announcement]:
+        """Own routes as the speaker's desired entries: to every peer at once, unless a peer's BGPFilter
+        rejects the prefix on export; then to each peer that accepts it (ExaBGP `neighbor X announce`)."""
+        filtered = [p for p in self.peers.values() if p.route_filter is not None]
+        out: dict[tuple[str | None, str], Announcement] = {}
+        for ann in own:
+            prefix = normalize_prefix(ann.prefix)
+            if all(p.route_filter.accepts_export(prefix) for p in filtered if p.route_filter is not None):
+                out[(None, prefix)] = ann
+                continue
+            for peer in self.peers.values():
+                if peer.route_filter is None or peer.route_filter.accepts_export(prefix):
+                    out[(peer.address, prefix)] = ann
+        return out
 
     def _update_next_hop_check(self, pools: list[IPPool]) -> None:
         """Give the RIB the route programmer's NEXT_HOP rule (local subnet, or an IPIP pool), so a path whose
@@ -270,7 +292,9 @@ class NodeBgp:
 
     async def _push_all(self) -> None:
         """The complete desired set (own routes to everyone + reflected routes per peer) to the speaker."""
-        items: list[Announcement | tuple[str | None, Announcement]] = list(self._own)
+        items: list[Announcement | tuple[str | None, Announcement]] = [
+            (peer, ann) for (peer, _), ann in self._own_items.items()
+        ]
         items += [(peer, ann) for (peer, _), ann in self._reflected.items()]
         await self.speaker.replace_announcements(items)
 
@@ -595,7 +619,7 @@ def metrics_text(node: str, sessions: list[dict[str, Any]], counters: dict[str, 
         "# HELP tabby_bgp_rejected_total Paths rejected on input, by reason.",
         "# TYPE tabby_bgp_rejected_total counter",
     ]
-    for reason in ("as_path_loop", "originator_id", "cluster_list_loop"):
+    for reason in ("as_path_loop", "originator_id", "cluster_list_loop", "import_filter"):
         lines.append(f'tabby_bgp_rejected_total{{node="{n}",reason="{reason}"}} '
                      f'{counters["rejected"].get(reason, 0)}')
     lines += [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from functools import cache
 
-from datamodel.resources.bgp import BGPConfiguration, BGPPeer
+from datamodel.resources.bgp import BGPConfiguration, BGPFilter, BGPPeer
 from datamodel.resources.common import Resource
 from datamodel.resources.errors import ResourceError
 from datamodel.resources.ipamconfig import IPAMConfiguration
@@ -23,6 +23,7 @@ KINDS: list[type[Resource]] = [
     Node,
     BGPConfiguration,
     BGPPeer,
+    BGPFilter,
     WorkloadEndpoint,
 ]
 
