@@ -73,9 +73,11 @@ def link(a: Netns, a_addr: str, b: Netns, b_addr: str, name: str = "eth") -> tup
 class Frr:
     """FRR 8.4 (zebra, bgpd, staticd) in a namespace, as design.md section 5 says (pathspace -N <ns>)."""
 
-    DAEMONS = ("zebra", "bgpd", "staticd")
+    DAEMONS: tuple[str, ...] = ("zebra", "bgpd", "staticd")
 
-    def __init__(self, ns: Netns) -> None:
+    def __init__(self, ns: Netns, *, bfd: bool = False) -> None:
+        if bfd:
+            self.DAEMONS = (*type(self).DAEMONS, "bfdd")
         self.ns = ns
         self.etc = Path("/etc/frr") / ns.name
         self.run_dir = Path("/var/run/frr") / ns.name
