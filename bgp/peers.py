@@ -318,6 +318,7 @@ def _peer_options(
         "hold_time": hold,
         "allowed_local_as": s.numAllowedLocalASNumbers or 0,
         "route_filter": compile_filters(s.filters, filters or {}),
+        "bfd": s.failureDetectionMode == "BFDIfDirectlyConnected",
     }
 
 

@@ -248,7 +248,14 @@ class Rib:
             gr = sess.gr
             self._drop_stale(peer.address, lambda family: gr is None or not gr.forwarding(family))
 
-    def peer_down(self, peer: str, *, local_restart_time: float | None = None, now: float | None = None) -> None:
+    def peer_down(
+        self,
+        peer: str,
+        *,
+        local_restart_time: float | None = None,
+        forwarding_lost: bool = False,
+        now: float | None = None,
+    ) -> None:
         """A session went down. ExaBGP sends no withdrawals for it, so the RIB decides (RFC 4724 4.2):
 
         - the peer's last GR capability lists no <AFI, SAFI> (or it sent none, or Restart Time 0): every
@@ -258,12 +265,17 @@ class Rib:
 
         `local_restart_time`: the session was lost because *our* speaker went away (ExaBGP or its relay,
         not the peer): keep every family for that long (the restarting side keeps its forwarding state;
-        0 or None with no peer capability: flush)."""
+        0 or None with no peer capability: flush). `forwarding_lost`: BFD says the peer's forwarding path is
+        gone: every path goes now, graceful restart or not (stale paths would blackhole)."""
         sess = self._sessions.setdefault(peer, _Session(spec=None))
         sess.up = False
         self._forget_reflected_to(peer)
         self._filtered.pop(peer, None)
         gr = sess.gr
+        if forwarding_lost:
+            self._drop_peer_paths(peer, only_stale=False)
+            sess.stale_deadline = None
+            return
         if local_restart_time:
             hold: float = local_restart_time
             kept: Callable[[str], bool] = lambda family: True  # noqa: E731

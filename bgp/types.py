@@ -188,7 +188,8 @@ class PeerSpec:
     `allowed_local_as`: numAllowedLocalASNumbers, how often our own AS may appear in a path from this peer
     before the AS_PATH loop check drops it (Calico's one-AS-for-all-nodes, eBGP-to-the-ToR design).
     `route_filter`: the BGPPeer's compiled BGPFilters (None: none named), applied by the RIB on import and
-    by the agent on export.
+    by the agent on export. `bfd`: failureDetectionMode BFDIfDirectlyConnected (the agent runs BFD when the
+    peer is on the local subnet).
     """
 
     address: str
@@ -209,6 +210,7 @@ class PeerSpec:
     peer_node: str | None = None
     allowed_local_as: int = 0
     route_filter: RouteFilter | None = None
+    bfd: bool = False
 
     @property
     def ibgp(self) -> bool:

@@ -35,14 +35,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from bgp.announce import compute_announcements, diff
+from bgp.bfd import DOWN as BFD_DOWN
+from bgp.bfd import STATE_NAMES as BFD_STATES
+from bgp.bfd import BfdRunner, open_sockets
 from bgp.exabgp_codec import Disconnected, EndOfRib, Event, Open, PeerState, Update
 from bgp.peers import compute_peers, speaker_spec
 from bgp.rib import Rib, next_hop_check
 from bgp.speaker import Speaker
-from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
+from bgp.types import MESH, Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
 from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node, ResourceError, parse_resource
 from datastore.keys import resource_prefix
 from felix_like.netlink import RouteSocket, RouteType
+from felix_like.netns import run_in_netns
 from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
 
 if TYPE_CHECKING:
@@ -101,6 +105,8 @@ class NodeBgp:
         self._tasks: list[asyncio.Task[None]] = []
         self._parsed: dict[str, tuple[int, Any]] = {}
         self._next_hop_key: tuple[str | None, tuple[str, ...]] | None = None
+        self._bfd: BfdRunner | None = None
+        self._bfd_address: str | None = None
 
     # -- start-up ----------------------------------------------------------------------------
     def capture_kernel_routes(self, interface: str) -> None:
@@ -143,6 +149,9 @@ class NodeBgp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._bfd is not None:
+            self._bfd.stop()
+            self._bfd = None
         await self.speaker.stop(keep_exabgp=True)
 
     def mark_dirty(self) -> None:
@@ -206,9 +215,12 @@ class NodeBgp:
                 return  # no IPv4 BGP address (yet): nothing to run
             filters = [f for f in self._resources(BGPFILTERS) if isinstance(f, BGPFilter)]
             peers = compute_peers(local, nodes, configs, bgp_peers, bgp_filters=filters)
+            if self.agent.config.mesh_bfd:
+                peers = [replace(p, bfd=True) if p.type == MESH else p for p in peers]
             if spec != self.spec or peers != list(self.peers.values()):
                 await self._apply_sessions(spec, peers)
             self._update_next_hop_check(pools)
+            self._sync_bfd()
             own = self.own_prefixes(pools, configs)
             if self.rib is not None and self.rib.cluster_id is not None:
                 # a reflector reflects nothing it originates itself (one route per prefix and peer)
@@ -245,6 +257,47 @@ class NodeBgp:
                 if peer.route_filter is None or peer.route_filter.accepts_export(prefix):
                     out[(peer.address, prefix)] = ann
         return out
+
+    # -- BFD ------------------------------------------------------------------------------------
+    def _sync_bfd(self) -> None:
+        """BFD sessions for the peers that want it and are directly connected (on the node's subnet): one
+        BfdRunner thread with sockets made inside the node's namespace, started when first needed."""
+        local = self.agent.local_ip
+        subnet = ipaddress.ip_interface(local).network if local else None
+        wanted = {a for a, p in self.peers.items()
+                  if p.bfd and subnet is not None and ipaddress.ip_address(a) in subnet}
+        address = str(ipaddress.ip_interface(local).ip) if local else None
+        if self._bfd is not None and (not wanted or address != self._bfd_address):
+            self._bfd.stop()
+            self._bfd = None
+        if not wanted or address is None:
+            return
+        if self._bfd is None:
+            loop = asyncio.get_running_loop()
+
+            def on_state(peer: str, state: int, diag: int) -> None:  # runs in the BFD thread
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._on_bfd(peer, state, diag)))
+
+            self._bfd = BfdRunner(run_in_netns(self.agent.config.netns, lambda: open_sockets(address)), on_state)
+            self._bfd_address = address
+            self._bfd.start()
+        for peer in set(self._bfd.sessions) - wanted:
+            self._bfd.remove(peer)
+        for peer in wanted:
+            self._bfd.add(peer)
+
+    async def _on_bfd(self, peer: str, state: int, diag: int) -> None:
+        """BFD down on an Established session: its forwarding path is gone. Every path of the peer leaves
+        the RIB (and so the kernel) now, graceful restart or not, and ExaBGP resets the session (Cease,
+        subcode 10 "BFD Down", RFC 9384) instead of waiting for the hold time."""
+        if state != BFD_DOWN or self.rib is None or peer not in self._up:
+            return
+        self.rib.peer_down(peer, forwarding_lost=True)
+        self._up.discard(peer)
+        self._eor.discard(peer)
+        self.log.warning("bgp.bfd_down", peer=peer, diag=diag)
+        await self.speaker.bridge.send(f"neighbor {ipaddress.ip_address(peer)} teardown 10")
+        await self._after_rib()
 
     def _update_next_hop_check(self, pools: list[IPPool]) -> None:
         """Give the RIB the route programmer's NEXT_HOP rule (local subnet, or an IPIP pool), so a path whose
@@ -502,6 +555,7 @@ class NodeBgp:
                 "prefixes_stale": rib_counters.stale_per_peer.get(address, 0) if rib_counters else 0,
                 "updates_received": counters.updates,
                 "end_of_rib_received": counters.eors,
+                "bfd": self._bfd_state(address),
             })
         by_state: dict[str, int] = {}
         for s in sessions:
@@ -537,6 +591,10 @@ class NodeBgp:
             "paths": self._paths(),
             "metrics": metrics_text(self.agent.config.nodename, sessions, counters_out),
         }
+
+    def _bfd_state(self, address: str) -> str | None:
+        state = self._bfd.state(address) if self._bfd is not None else None
+        return None if state is None else BFD_STATES[state]
 
     def _paths(self) -> list[dict[str, Any]]:
         """Every path the RIB holds, with the attributes an operator debugs with (reflection included)."""

@@ -684,3 +684,9 @@ def test_num_allowed_local_as_numbers_lets_our_as_through_that_often() -> None:
     rib.update("10.0.0.253", [path("10.0.0.253", prefix="10.65.8.0/26", as_path=(65000, LOCAL_AS))])
     assert set(rib.best()) == {P}
     assert rib.counters().rejected == {REJECT_AS_LOOP: 2}
+
+
+def test_bfd_down_flushes_even_a_graceful_restart_peer() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", forwarding_lost=True, now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None
