@@ -5,6 +5,7 @@ Without preserve-fw-state the F bit is clear: the stale paths go the moment the 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -86,6 +87,11 @@ def test_frr_restarting_speaker(gr_frr_lab: tuple[BgpLab, Frr], etcd_env: dict[s
     frr.start("bgpd")
     frr.configure(conf(tor, agent, preserve=preserve))
     wait_for("session Established again", lambda: lab.established(name, 1), timeout=40)
+    # the agent read FRR's capability: IPv4 unicast listed, F bit as configured (ExaBGP's JSON, our codec)
+    family = "ipv4 unicast" if preserve else "ipv4 unicast (F=0)"
+    opens = [json.loads(line) for line in lab.agents[name].log.read_text().splitlines()
+             if '"bgp.open"' in line and line.startswith("{")]
+    assert opens and all(o["families"] == [family] and o["restart_time"] == 30 for o in opens), opens
     wait_for("no stale path left", lambda: stale(lab, name, tor) == 0, timeout=30)
     wait_for("FRR's path fresh again",
              lambda: lab.bgp_status(name)["counters"]["prefixes_received"].get(tor) == 1, timeout=30)
