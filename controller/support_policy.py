@@ -57,6 +57,7 @@ Policy = Consumed | Refused | Warned
 
 _PEERS = "tests/unit/bgp/test_peers.py::"
 _ANNOUNCE = "tests/unit/bgp/test_announce.py::"
+_FILTERS = "tests/unit/bgp/test_filters.py::"
 _NOT_YET = "Tabby does not support this yet"
 
 FIELDS: dict[str, Policy] = {
@@ -158,13 +159,13 @@ FIELDS: dict[str, Policy] = {
     "BGPConfiguration.spec.nodeMeshMaxRestartTime": Consumed(
         _PEERS + "test_mesh_settings_password_restart_time_listen_ports"
     ),
-    "BGPConfiguration.spec.bindMode": Refused(
-        f"{_NOT_YET}: Tabby's BGP speaker listens on every address (only bindMode None is honoured)",
-        when=("NodeIP",),
-        sample="NodeIP",
+    "BGPConfiguration.spec.bindMode": Warned(
+        "Tabby's BGP speaker always listens on the node IP only (bindMode NodeIP); None is accepted but not honoured",
+        when=("None",),
+        sample="None",
     ),
-    "BGPConfiguration.spec.ignoredInterfaces": Refused(
-        f"{_NOT_YET}: Tabby's BGP speaker does not filter interfaces", sample=["eth9"]
+    "BGPConfiguration.spec.ignoredInterfaces": Warned(
+        "ignoredInterfaces changes nothing in Tabby: it exports no interface routes", sample=["eth9"]
     ),
     "BGPConfiguration.spec.localWorkloadPeeringIPV4": Refused(
         f"{_NOT_YET}: Tabby has no local workload peering", sample="169.254.0.179"
@@ -184,7 +185,11 @@ FIELDS: dict[str, Policy] = {
     "BGPPeer.spec.asNumber": Consumed(_PEERS + "test_global_peer_ip_applies_to_every_node"),
     "BGPPeer.spec.peerSelector": Consumed(_PEERS + "test_peer_selector_peers_are_the_selected_nodes_with_their_as"),
     "BGPPeer.spec.keepOriginalNextHop": Consumed(_PEERS + "test_bgp_peer_options"),
-    "BGPPeer.spec.nextHopMode": Consumed(_PEERS + "test_bgp_peer_options"),
+    "BGPPeer.spec.nextHopMode": Refused(
+        f"{_NOT_YET}: reflected routes always keep their next hop (only Auto and Keep are honoured)",
+        when=("Self",),
+        sample="Self",
+    ),
     "BGPPeer.spec.password.secretKeyRef.name": Consumed(_PEERS + "test_bgp_peer_options"),
     "BGPPeer.spec.password.secretKeyRef.key": Consumed(_PEERS + "test_bgp_peer_options"),
     "BGPPeer.spec.password.secretKeyRef.optional": Consumed(_PEERS + "test_optional_secret_missing_means_no_password"),
@@ -192,27 +197,65 @@ FIELDS: dict[str, Policy] = {
     "BGPPeer.spec.maxRestartTime": Consumed(_PEERS + "test_bgp_peer_options"),
     "BGPPeer.spec.ttlSecurity": Consumed(_PEERS + "test_bgp_peer_options"),
     "BGPPeer.spec.keepaliveTime": Consumed(_PEERS + "test_bgp_peer_options"),
-    "BGPPeer.spec.failureDetectionMode": Refused(
-        f"{_NOT_YET}: Tabby runs no BFD", when=("BFDIfDirectlyConnected",), sample="BFDIfDirectlyConnected"
+    "BGPPeer.spec.failureDetectionMode": Consumed(
+        "tests/integration/bgp/test_agent_bgp_ecmp.py::test_bfd_takes_a_blackholed_tor_out_of_the_multipath_route_at_once"
     ),
     "BGPPeer.spec.restartMode": Refused(
         f"{_NOT_YET}: Tabby offers graceful restart only",
         when=("LongLivedGracefulRestart",),
         sample="LongLivedGracefulRestart",
     ),
-    "BGPPeer.spec.birdGatewayMode": Refused(
-        f"{_NOT_YET}: Tabby resolves next hops recursively",
-        when=("DirectIfDirectlyConnected",),
-        sample="DirectIfDirectlyConnected",
+    "BGPPeer.spec.birdGatewayMode": Warned(
+        "Tabby uses a BGP next hop only when it is directly connected (DirectIfDirectlyConnected): "
+        "a multi-hop next hop is not resolved recursively, such paths are excluded",
+        when=("Recursive",),
+        sample="Recursive",
     ),
-    "BGPPeer.spec.numAllowedLocalASNumbers": Refused(
-        f"{_NOT_YET}: Tabby always refuses routes carrying its own AS", sample=2
+    "BGPPeer.spec.numAllowedLocalASNumbers": Consumed(
+        "tests/unit/bgp/test_rib.py::test_num_allowed_local_as_numbers_lets_our_as_through_that_often"
     ),
     "BGPPeer.spec.reachableBy": Refused(f"{_NOT_YET}: Tabby installs no route towards the peer", sample="10.0.0.254"),
-    "BGPPeer.spec.filters": Refused(f"{_NOT_YET}: Tabby applies no BGPFilter", sample=["f1"]),
+    "BGPPeer.spec.filters": Consumed("tests/integration/bgp/test_agent_bgp_filter.py::test_import_and_export_filters"),
     "BGPPeer.spec.localWorkloadSelector": Refused(f"{_NOT_YET}: Tabby has no local workload peering", sample="all()"),
     "BGPPeer.spec.reversePeering": Refused(
         f"{_NOT_YET}: Tabby always configures both ends automatically", when=("Manual",), sample="Manual"
+    ),
+    # ---------------------------------------------------------------- BGPFilter (bgp/filters.py, the RIB)
+    "BGPFilter.spec.exportV4.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV4.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV4.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV4.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV4.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV4.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
+    "BGPFilter.spec.exportV4.interface": Warned(
+        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
+    ),
+    "BGPFilter.spec.importV4.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV4.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV4.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV4.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV4.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV4.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
+    "BGPFilter.spec.importV4.interface": Warned(
+        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
+    ),
+    "BGPFilter.spec.exportV6.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV6.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV6.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV6.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV6.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.exportV6.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
+    "BGPFilter.spec.exportV6.interface": Warned(
+        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
+    ),
+    "BGPFilter.spec.importV6.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV6.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV6.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV6.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV6.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
+    "BGPFilter.spec.importV6.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
+    "BGPFilter.spec.importV6.interface": Warned(
+        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
     ),
     # ---------------------------------------------------------------- WorkloadEndpoint (written by the agent)
     "WorkloadEndpoint.spec.orchestrator": Consumed("tests/unit/node/test_node_units.py::test_wep_names_and_veth_names"),

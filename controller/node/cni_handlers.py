@@ -309,8 +309,8 @@ class CNIHandlers:
     def _refuse_if_locked(self) -> None:
         """``tabbyctl datastore migrate lock`` (ClusterInformation datastoreReady false): no new
         addresses until unlock, so an IPAM-leak report stays true while it is acted on."""
-        info = self.agent.snapshot.values.get(CLUSTER_INFO_KEY)
-        if isinstance(info, dict) and (info.get("spec") or {}).get("datastoreReady") is False:
+        info = self.agent.model.get(CLUSTER_INFO_KEY)
+        if info is not None and info.spec.datastoreReady is False:
             raise CNIError(
                 TRY_AGAIN_LATER,
                 "the datastore is locked (tabbyctl datastore migrate lock): no address is assigned until unlock",
@@ -404,6 +404,7 @@ class CNIHandlers:
     ) -> tuple[list[str], list[str]]:
         agent = self.agent
         ipam = agent.ipam
+        self._refuse_if_locked()
         num_v4, num_v6 = self._families(req)
         attrs = {"node": self.node, "namespace": ident.namespace, "pod": ident.pod or "",
                  "container": req.container_id}

@@ -346,3 +346,76 @@ class BGPPeer(Resource):
             "NODE": s.node or s.nodeSelector or "(global)",
             "ASN": str(s.asNumber or 0),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# BGPFilter (helper `bgp`, issue 11): import/export rules referenced from BGPPeer.spec.filters
+# --------------------------------------------------------------------------------------------
+
+
+class BGPFilterPrefixLength(CalicoModel):
+    """Prefix lengths an `In` / `NotIn` rule matches (inclusive; default: the cidr's length .. 32/128)."""
+
+    min: int | None = Field(default=None, ge=0, le=128)
+    max: int | None = Field(default=None, ge=0, le=128)
+
+
+class _BGPFilterRule(CalicoModel):
+    """One rule: the first rule that matches decides (`action`); a route no rule matches is accepted."""
+
+    action: Literal["Accept", "Reject"]
+    cidr: Network | None = None
+    matchOperator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
+    prefixLength: BGPFilterPrefixLength | None = None
+    source: Literal["RemotePeers"] | None = None
+    interface: str | None = None
+
+    VERSION: ClassVar[int] = 4
+
+    @model_validator(mode="after")
+    def _rule(self) -> _BGPFilterRule:
+        problems = Problems()
+        if (self.cidr is None) != (self.matchOperator is None):
+            problems.add("matchOperator" if self.cidr else "cidr", "cidr and matchOperator go together")
+        bits = 32 if self.VERSION == 4 else 128
+        if self.cidr is not None and parse_ip(self.cidr.split("/")[0]).version != self.VERSION:
+            problems.add("cidr", f"must be an IPv{self.VERSION} network")
+        if self.prefixLength is not None:
+            if self.cidr is None:
+                problems.add("prefixLength", "requires cidr")
+            lo, hi = self.prefixLength.min, self.prefixLength.max
+            for name, value in (("min", lo), ("max", hi)):
+                if value is not None and value > bits:
+                    problems.add(f"prefixLength.{name}", f"must be 0..{bits}")
+            if lo is not None and hi is not None and lo > hi:
+                problems.add("prefixLength", "min must not exceed max")
+        problems.raise_if_any()
+        return self
+
+
+class BGPFilterRuleV4(_BGPFilterRule):
+    VERSION: ClassVar[int] = 4
+
+
+class BGPFilterRuleV6(_BGPFilterRule):
+    VERSION: ClassVar[int] = 6
+
+
+class BGPFilterSpec(CalicoModel):
+    exportV4: list[BGPFilterRuleV4] | None = None
+    importV4: list[BGPFilterRuleV4] | None = None
+    exportV6: list[BGPFilterRuleV6] | None = None
+    importV6: list[BGPFilterRuleV6] | None = None
+
+
+class BGPFilter(Resource):
+    """projectcalico.org/v3 BGPFilter (cluster-scoped)."""
+
+    KIND: ClassVar[str] = "BGPFilter"
+    PLURAL: ClassVar[str] = "bgpfilters"
+    ALIASES: ClassVar[tuple[str, ...]] = ("bgpfilter", "bgpfilters")
+
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
+
+    def ps_row(self) -> dict[str, str]:
+        return {"NAME": self.name}

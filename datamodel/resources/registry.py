@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from functools import cache
 
-from datamodel.resources.bgp import BGPConfiguration, BGPPeer
+from datamodel.resources.bgp import BGPConfiguration, BGPFilter, BGPPeer
 from datamodel.resources.clusterinfo import ClusterInformation
 from datamodel.resources.common import Resource
 from datamodel.resources.errors import ResourceError
@@ -25,6 +25,7 @@ KINDS: list[type[Resource]] = [
     Node,
     BGPConfiguration,
     BGPPeer,
+    BGPFilter,
     WorkloadEndpoint,
     FelixConfiguration,
     ClusterInformation,
@@ -33,7 +34,6 @@ KINDS: list[type[Resource]] = [
 #: projectcalico.org/v3 kinds Tabby does not model (yet): refused by name, never "did you mean".
 #: Keys are the kind; values the calicoctl resource names (plural and short forms) for `get`/`delete`.
 UNSUPPORTED_CALICO_KINDS: dict[str, tuple[str, ...]] = {
-    "BGPFilter": ("bgpfilter", "bgpfilters"),
     "BlockAffinity": ("blockaffinity", "blockaffinities", "affinity", "affinities"),
     "CalicoNodeStatus": ("caliconodestatus", "caliconodestatuses", "cns"),
     "GlobalNetworkPolicy": ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),

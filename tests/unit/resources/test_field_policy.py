@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[3]
 #: An otherwise valid document per kind, to which each sample field value is added.
 BASE: dict[str, dict[str, Any]] = {
     "IPPool": {"metadata": {"name": "p"}, "spec": {"cidr": "10.0.0.0/16"}},
+    "BGPFilter": {"metadata": {"name": "f"}, "spec": {
+        family: [{"action": "Accept"}] for family in ("exportV4", "importV4", "exportV6", "importV6")
+    }},
     "IPAMConfiguration": {"metadata": {"name": "default"}, "spec": {}},
     "Node": {"metadata": {"name": "n1"}, "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}},
     "BGPConfiguration": {"metadata": {"name": "default"}, "spec": {}},

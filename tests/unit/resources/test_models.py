@@ -385,11 +385,11 @@ def test_kind_for_name_unknown_lists_valid_types() -> None:
 def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
-        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint",
+        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "BGPFilter", "WorkloadEndpoint",
         "FelixConfiguration", "ClusterInformation",
     }
     assert {c.PLURAL for c in kinds} == {
-        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints",
+        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "bgpfilters", "workloadendpoints",
         "felixconfigurations", "clusterinformations",
     }
     assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint"}
