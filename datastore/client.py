@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from datastore.errors import DatastoreError, DatastoreUnavailable
 
 log = structlog.get_logger("tabby.datastore")
 T = TypeVar("T")
+#: Process-wide counts the metrics endpoints export: ``retries`` (a call re-tried on another or
+#: the same endpoint), ``unavailable`` (a call that gave up: etcd unreachable), ``errors`` (etcd
+#: refused a call), ``watch_resyncs`` and ``watch_breaks`` (datastore/watch.py).
+STATS: Counter[str] = Counter()
 Value = bytes | str | dict[str, Any] | list[Any]
 
 
@@ -344,6 +349,7 @@ class Datastore:
                     raise
                 last = exc
             except aexc.UnauthenticatedError as exc:
+                STATS["errors"] += 1
                 raise DatastoreError(f"etcd refused the credentials: {exc}") from exc
             except aexc.ClientError as exc:
                 if "connect" in str(exc).lower():
@@ -351,9 +357,12 @@ class Datastore:
                     if client is not None:
                         await self._rotate(client)
                 else:
+                    STATS["errors"] += 1
                     raise DatastoreError(f"etcd error: {exc}") from exc
             if time.monotonic() + delay > deadline:
+                STATS["unavailable"] += 1
                 raise DatastoreUnavailable([e.url for e in self._endpoints], _short(last))
+            STATS["retries"] += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -466,11 +475,11 @@ class Datastore:
 
     async def delete(self, key: str) -> bool:
         result = await self._call(lambda c: c.delete(self._abs(key)))
-        return bool(result.deleted)
+        return bool(getattr(result, "deleted", 0))  # aetcd returns None when the key was absent
 
     async def delete_prefix(self, prefix: str) -> int:
         result = await self._call(lambda c: c.delete_prefix(self._abs(prefix)))
-        return int(result.deleted)
+        return int(getattr(result, "deleted", 0) or 0)  # aetcd returns None when nothing matched
 
     async def txn(
         self,

@@ -34,7 +34,7 @@ import aetcd.exceptions as aexc
 import structlog
 from aetcd import rpc
 
-from datastore.client import KV, Datastore, WatchStream
+from datastore.client import KV, STATS, Datastore, WatchStream
 from datastore.errors import DatastoreError
 
 log = structlog.get_logger("tabby.datastore.watch")
@@ -193,6 +193,7 @@ async def watch_prefix(
         try:
             if next_rev is None:
                 kvs, rev = await ds.list(prefix, page_size=page_size, skip=skip)
+                STATS["watch_resyncs"] += 1
                 health.mark_fresh()
                 yield WatchResync(kvs, rev)
                 next_rev = rev + 1
@@ -224,6 +225,7 @@ async def watch_prefix(
             # may have missed anything, so resuming from our revision could miss deletes.
             log.warning("watch.stale", prefix=prefix, error=str(exc), action="re-dial and resync")
             health.mark_stale(f"{exc}; re-dialing and resyncing")
+            STATS["watch_breaks"] += 1
             next_rev = None
             await ds.close()
             continue
@@ -235,6 +237,7 @@ async def watch_prefix(
         except Exception as exc:  # grpc raises a zoo of types on a dropped stream
             health.mark_stale(f"etcd watch broken: {exc!r}"[:200])
             log.warning("watch.broken", prefix=prefix, error=repr(exc)[:200], retry_in=round(backoff, 2))
+        STATS["watch_breaks"] += 1
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, max_backoff)
         # The stream may have failed because the endpoint went away: start afresh.

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from datastore import Datastore
+from datastore import Datastore, staged
 from datastore.keys import handle_key, resource_key
 from ipam._shared import _HANDLE_CACHE_SIZE, POOLS_PREFIX, _parse_block, block_key
 from ipam.block import Block
@@ -73,7 +73,7 @@ class ClientCache:
                 return known
         if not fresh and self._pools is not None and self._fresh(self._pools[0]):
             return self._pools[1]
-        kvs, _ = await self.ds.list(POOLS_PREFIX)
+        kvs, _ = await staged.read_resolved(self.ds, POOLS_PREFIX)  # a large apply in flight: old pools
         pools = []
         for kv in kvs:
             if self.pool_filter is not None:
@@ -94,7 +94,7 @@ class ClientCache:
         hit = self._labels.get(node)
         if hit is not None and self._fresh(hit[0]):
             return hit[1]
-        kv = await self.ds.get(resource_key("nodes", node))
+        kv = await staged.get_resolved(self.ds, resource_key("nodes", node))
         labels: dict[str, str] = {}
         if kv is not None:
             try:

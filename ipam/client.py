@@ -22,13 +22,13 @@ inputs at ``resources/v3/ippools/<name>``, ``resources/v3/nodes/<name>``,
 
 from __future__ import annotations
 
-from ipam.report import Reports
+from ipam.gc import GarbageCollection
 
 
-class IPAMClient(Reports):
+class IPAMClient(GarbageCollection):
     """Allocate and release addresses from IP pools cut into node-affine blocks.
 
     The parts, one module each: ipam.cache (cached reads), ipam.config (configuration and pool selection),
     ipam.claim (affinities, block claims), ipam.release, ipam.allocate, ipam.batch (group commit of
-    concurrent allocations), ipam.report.
+    concurrent allocations), ipam.report, ipam.gc (the cluster controller's garbage-collection releases).
     """

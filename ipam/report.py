@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -86,6 +87,22 @@ class Reports(GroupCommit):
             b.in_use for b, _ in await self._all_blocks()
             if b.network.version == net.version and b.network.overlaps(net)  # type: ignore[arg-type]
         )
+
+    async def pool_allocation_counts(self, cidrs: Sequence[str]) -> dict[str, int]:
+        """``pool_allocation_count`` for many pools from ONE read of the blocks (deleting 3,000
+        pools must not read every block 3,000 times); pools do not overlap, so bisect finds each
+        block's pool."""
+        nets = sorted(
+            (ipaddress.ip_network(c, strict=False) for c in cidrs), key=lambda n: (n.version, int(n.network_address))
+        )
+        starts = [(n.version, int(n.network_address)) for n in nets]
+        counts = {str(n): 0 for n in nets}
+        for block, _ in await self._all_blocks():
+            bn = block.network
+            i = bisect.bisect_right(starts, (bn.version, int(bn.network_address))) - 1
+            if i >= 0 and nets[i].version == bn.version and nets[i].overlaps(bn):  # type: ignore[arg-type]
+                counts[str(nets[i])] += block.in_use
+        return {c: counts[str(ipaddress.ip_network(c, strict=False))] for c in cidrs}
 
     async def check(self, in_use: Mapping[str, str] | None = None) -> CheckReport:
         """Find inconsistencies (see ipam.check); ``in_use`` maps live workload IPs to their handle."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import random
 import signal
 import time
@@ -33,14 +34,18 @@ from typing import Any
 
 import structlog
 
+from controller.cluster_info import ensure_cluster_information
+from controller.metrics import MetricsServer, agent_settings
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
 from controller.node.bgp import NodeBgp, disabled_status
-from controller.node.cni_handlers import CNIHandlers, Request
+from controller.node.cni_handlers import INTERNAL, CNIError, CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
 from controller.node.graph import CalcGraph, pod_mtu
+from controller.node.liveness import LeaseKeeper, liveness_ttl
 from controller.node.messages import InSync, RouteUpdate
+from controller.node.metrics import AgentMetrics, readiness, start_metrics
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
@@ -97,6 +102,9 @@ class Agent:
         self.bgp: NodeBgp | None = NodeBgp(self) if config.bgp_enabled else None
         if self.bgp is not None:
             self.bgp.on_learned = self._learned_changed
+        #: Prometheus endpoint, /healthz, /readyz (controller/node/metrics.py; FELIX_PROMETHEUSMETRICS*).
+        self.metrics = AgentMetrics(self)
+        self.metrics_server: MetricsServer | None = None
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
@@ -113,7 +121,17 @@ class Agent:
     async def handle(self, req: Request) -> dict[str, Any]:
         if req.command == "BGP_STATUS":
             return self.bgp_status()
-        return await self.handlers.handle(req)
+        start, code = time.monotonic(), None
+        try:
+            return await self.handlers.handle(req)
+        except CNIError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = INTERNAL
+            raise
+        finally:
+            self.metrics.observe_cni(req.command, time.monotonic() - start, code)
 
     def bgp_status(self) -> dict[str, Any]:
         """Sessions, counters and metrics for `tabbyctl node status` (answered before readiness too)."""
@@ -125,8 +143,10 @@ class Agent:
             out["dataplane"] = {"apply_phases": st.apply_phases, "fast_applies": st.fast_applies,
                                 "full_resyncs": st.full_resyncs, "link_resyncs": st.link_resyncs,
                                 "resync_reasons": dict(st.resync_reasons)}
-        out["ready"] = not self.not_ready_reason()
-        out["not_ready_reason"] = self.not_ready_reason()
+        ready, reasons = readiness(self)
+        out["ready"] = ready
+        out["not_ready_reason"] = "; ".join(reasons)
+        out["not_ready_reasons"] = reasons
         return out
 
     def _watch_health_changed(self, health: WatchHealth) -> None:
@@ -205,6 +225,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self.config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.api.start()
+        self.metrics_server = await start_metrics(self, agent_settings(os.environ))
         self.log.info("agent.starting", run_dir=str(self.config.run_dir), netns=self.config.netns or "",
                       ip=self.config.ip, autodetect=self.config.autodetect.describe())
         main = asyncio.create_task(self._main(), name="agent-main")
@@ -220,6 +241,8 @@ class Agent:
 
     async def close(self) -> None:
         await self.api.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.bgp is not None:
             await self.bgp.stop()  # ExaBGP keeps running: sessions and announcements survive a restart
         for task in self._tasks:
@@ -237,13 +260,21 @@ class Agent:
         await asyncio.to_thread(enable_forwarding, self.config.netns)
         if self.config.ip != "none":
             self.detected = await self.detect()
+        try:
+            await ensure_cluster_information(self.ds)
+        except DatastoreError as exc:  # etcd away at start: registration's own retries wait for it
+            self.log.warning("agent.cluster_info_skipped", error=str(exc))
         await self.register()
         self.graph.set_local_node(self.local_ip, self.interface)
+        # Liveness lease for the cluster controller (controller/node/liveness.py).
+        self.liveness = LeaseKeeper(self.config.etcd, self.config.nodename, liveness_ttl())
+        self._tasks.append(asyncio.create_task(self.liveness.run(), name="agent-liveness"))
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
             self.graph.routes.set_learned(self.bgp.learned_routes())  # the provisional routes
         self.dataplane = Dataplane(self.config.netns, resync_interval=self.config.resync_interval,
                                    node=self.config.nodename)
+        self.dataplane.observers.append(self.metrics.observe_apply)
         self.dataplane.start()
         self._tasks.append(asyncio.create_task(self._tunnels(), name="agent-tunnels"))
         await self._watch()

@@ -62,6 +62,7 @@ IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+CLUSTER_INFO_KEY = resource_key("clusterinformations", "default")
 NOT_AVAILABLE = 50
 # plugin-specific (100+)
 IPAM_FAILURE = 100
@@ -287,6 +288,7 @@ class CNIHandlers:
     async def _assign(self, req: Request, ident: Identity | None, deadline: float) -> tuple[list[str], list[str]]:
         """Release leftovers of an earlier attempt under the same handle, then allocate."""
         ipam = self.agent.ipam
+        self._refuse_if_locked()
         num_v4, num_v6 = self._families(req)
         stale = await self.bounded("release leftovers of an earlier ADD", ipam.release_by_handle(req.handle), deadline)
         if stale:
@@ -303,6 +305,16 @@ class CNIHandlers:
             deadline,
         )
         return list(result.v4), list(result.v6)
+
+    def _refuse_if_locked(self) -> None:
+        """``tabbyctl datastore migrate lock`` (ClusterInformation datastoreReady false): no new
+        addresses until unlock, so an IPAM-leak report stays true while it is acted on."""
+        info = self.agent.model.get(CLUSTER_INFO_KEY)
+        if info is not None and info.spec.datastoreReady is False:
+            raise CNIError(
+                TRY_AGAIN_LATER,
+                "the datastore is locked (tabbyctl datastore migrate lock): no address is assigned until unlock",
+            )
 
     async def ipam_only(self, req: Request) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -392,6 +404,7 @@ class CNIHandlers:
     ) -> tuple[list[str], list[str]]:
         agent = self.agent
         ipam = agent.ipam
+        self._refuse_if_locked()
         num_v4, num_v6 = self._families(req)
         attrs = {"node": self.node, "namespace": ident.namespace, "pod": ident.pod or "",
                  "container": req.container_id}

@@ -31,12 +31,13 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
 from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
+from felix_like.forward import ForwardAccepts
 from felix_like.ipip import IPIPManager
 from felix_like.nat import NATManager
 from felix_like.netlink import LinkMonitor, Route, RouteMonitor
@@ -65,13 +66,14 @@ class Stats:
 
 
 class TunnelManagers:
-    """VXLAN, IPIP and NAT managers of one namespace; each applies the last message it got."""
+    """VXLAN, IPIP, NAT and FORWARD-accept managers of one namespace; each applies the last message it got."""
 
     def __init__(self, netns: str | None, node: str) -> None:
         self.node = node
         self.vxlan = VXLANManager(netns)
         self.ipip = IPIPManager(netns)
         self.nat = NATManager(netns)
+        self.forward = ForwardAccepts(netns)
         self.vxlan_msg: VXLANUpdate | None = None
         self.ipip_msg: IPIPUpdate | None = None
         self.nat_msg: NATUpdate | None = None
@@ -101,6 +103,8 @@ class TunnelManagers:
             self._nat_on = True
             if nres.error:
                 log.warning("tunnels.nat_failed", node=self.node, error=nres.error)
+        # A FORWARD policy DROP in another base chain (Docker's) would drop pod traffic: accept ours there.
+        self.forward.apply()
         return resync
 
 
@@ -132,6 +136,8 @@ class Dataplane:
         self._tunnels_dirty = False
         self._in_sync = False
         self._retry_needed = False
+        #: Called with every ApplyResult, on the dataplane thread (the metrics' apply histograms).
+        self.observers: list[Callable[[ApplyResult], None]] = []
 
     # -- the agent's side (event loop) ---------------------------------------------------------------
     @property
@@ -401,5 +407,10 @@ class Dataplane:
 
     def _after(self, result: ApplyResult) -> None:
         self.stats.last_result = result
+        for observe in self.observers:
+            try:
+                observe(result)
+            except Exception:
+                self._log.exception("dataplane.observer_failed")
         if result.failures:
             self._retry_needed = True
