@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -61,10 +62,22 @@ def test_killed_agent_comes_back_and_lab_tools(tabby_lab: Callable[..., TabbyLab
     assert "supervise: " in logs.stdout and "restarted on request" in logs.stdout
     follow = subprocess.Popen([*lab_command(), "logs", "-t", str(lab.path), "-f", "-p", "tabby-node", "native1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    follow.terminate()
-    out, _ = follow.communicate(timeout=10)
-    assert '"agent.starting"' in out
+    seen = ""
+    try:
+        assert follow.stdout is not None
+        deadline = time.monotonic() + 30  # tabbyctl starts slowly on a loaded machine
+        while '"agent.starting"' not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([follow.stdout], [], [], 0.5)
+            if ready:
+                line = follow.stdout.readline()
+                if not line:
+                    break
+                seen += line
+        assert follow.poll() is None  # still following
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=10)
+    assert '"agent.starting"' in seen
 
     destroyed = lab.cli("destroy", "--cleanup")
     assert destroyed.returncode == 0, destroyed.stderr
