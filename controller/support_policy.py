@@ -221,42 +221,17 @@ FIELDS: dict[str, Policy] = {
         f"{_NOT_YET}: Tabby always configures both ends automatically", when=("Manual",), sample="Manual"
     ),
     # ---------------------------------------------------------------- BGPFilter (bgp/filters.py, the RIB)
-    "BGPFilter.spec.exportV4.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV4.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV4.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV4.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV4.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV4.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
-    "BGPFilter.spec.exportV4.interface": Warned(
-        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
-    ),
-    "BGPFilter.spec.importV4.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV4.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV4.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV4.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV4.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV4.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
-    "BGPFilter.spec.importV4.interface": Warned(
-        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
-    ),
-    "BGPFilter.spec.exportV6.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV6.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV6.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV6.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV6.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.exportV6.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
-    "BGPFilter.spec.exportV6.interface": Warned(
-        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
-    ),
-    "BGPFilter.spec.importV6.action": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV6.cidr": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV6.matchOperator": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV6.prefixLength.min": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV6.prefixLength.max": Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"),
-    "BGPFilter.spec.importV6.source": Consumed(_FILTERS + "test_families_source_and_missing_filters"),
-    "BGPFilter.spec.importV6.interface": Warned(
-        "BGPFilter interface rules never match in Tabby: it exports no interface routes", sample="eth*"
-    ),
+    **{
+        f"BGPFilter.spec.{family}.{leaf}": policy
+        for family in ("exportV4", "importV4", "exportV6", "importV6")
+        for leaf, policy in (
+            *((leaf, Consumed(_FILTERS + "test_prefix_length_bounds_and_first_match_wins"))
+              for leaf in ("action", "cidr", "matchOperator", "prefixLength.min", "prefixLength.max")),
+            ("source", Consumed(_FILTERS + "test_families_source_and_missing_filters")),
+            ("interface", Warned("BGPFilter interface rules never match in Tabby: it exports no interface routes",
+                                 sample="eth*")),
+        )
+    },
     # ---------------------------------------------------------------- WorkloadEndpoint (written by the agent)
     "WorkloadEndpoint.spec.orchestrator": Consumed("tests/unit/node/test_node_units.py::test_wep_names_and_veth_names"),
     "WorkloadEndpoint.spec.workload": Consumed(
