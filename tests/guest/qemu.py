@@ -206,7 +206,8 @@ def write_run_script(work: Path, script: str, env: dict[str, str]) -> Path:
     exports = {"PATH": path_var, "HOME": "/tmp", "PYTHONPATH": str(REPO), "TABBY_GUEST_OUT": str(work),
                "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8", **env}
     run = work / "run.sh"
-    run.write_text("\n".join([*(f"export {k}={q(v)}" for k, v in exports.items()), f"cd {q(str(REPO))}", script, ""]))
+    run.write_text("\n".join([*(f"export {k}={q(v)}" for k, v in exports.items()), f"cd {q(str(REPO))}",
+                              f'echo "{STEP_MARKER}run.sh up=$(cut -d" " -f1 /proc/uptime)"', script, ""]))
     return run
 
 
