@@ -1,14 +1,15 @@
 """IPIP with the REAL node agents, run INSIDE the guest kernel (the host kernel has no ipip).
 
 Started by tests/guest/test_agent_ipip.py after veth, bridge and ipip are loaded (so ``tunl0``
-exists in every namespace). Unlike tests/guest/ipip_guest.py,
-which drives felix_like directly, everything here goes through the product: an etcd (the Debian
-binary from the host filesystem, data on the guest's /tmp tmpfs), ``tabbyctl apply/patch`` for the
-pool, ``python -m controller.node`` per node (``CALICO_NETWORKING_BACKEND=vxlan``: no BGP, remote
-blocks routed from the datastore, which is where IPIP routes come from with that backend too) and
-pods from the real CNI plugin. Progress steps go to the console and one JSON result to the host
-(tests/guest/report.py); the host test asserts on it. Every process is killed and every
-namespace deleted at the end; the guest itself vanishes at power-off.
+exists in every namespace). Unlike tests/guest/ipip_guest.py, which drives felix_like directly,
+everything here goes through the product: an etcd (the Debian binary from the host filesystem,
+data on the guest's /tmp tmpfs), ``tabbyctl apply/patch/get`` for the pool and the nodes (its
+entry point called in this process: see :meth:`Guest.tabbyctl`), ``python -m controller.node``
+per node (``CALICO_NETWORKING_BACKEND=vxlan``: no BGP, remote blocks routed from the datastore,
+which is where IPIP routes come from with that backend too) and pods from the real CNI plugin.
+Progress steps go to the console and one JSON result to the host (tests/guest/report.py); the
+host test asserts on it. Every process is killed and every namespace deleted at the end; the
+guest itself vanishes at power-off.
 
 Shape: a, b on one /24 (bridged in the router namespace), c on another /24:
 
@@ -19,6 +20,8 @@ Shape: a, b on one /24 (bridged in the router namespace), c on another /24:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -30,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from common.etcd_process import EtcdServer
+from controller.cli.main import main as tabbyctl_main
 from tests.guest.report import START, step, write_result
 from tests.uml.nslab import Lab, Netns
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-TABBYCTL = str(Path(PYTHON).parent / "tabbyctl")
 PLUGIN = REPO / "controller" / "cni" / "plugin.py"
 RUN_ROOT = Path("/tmp/tabby-run")
 POOL = "10.65.0.0/16"
@@ -76,12 +79,22 @@ class Guest:
         self.nodes: dict[str, Netns] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
 
-    def tabbyctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([TABBYCTL, *args], input=stdin, capture_output=True, text=True, env=self.env,
-                              timeout=60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"tabbyctl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc
+    def tabbyctl(self, *args: str) -> str:
+        """tabbyctl's own entry point (``controller.cli.main.main``, the console script) with ``args``.
+
+        In this process rather than as ``tabbyctl`` processes: under TCG every Python process pays
+        tens of seconds of imports, so the scenario pays them once. Same code, same argv, same
+        environment (ETCD_ENDPOINTS set in os.environ); stdout is returned, a non-zero exit raises.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = tabbyctl_main(list(args))
+            except SystemExit as exc:  # the console script's sys.exit(), as its exit status
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code != 0:
+            raise RuntimeError(f"tabbyctl {' '.join(args)}: exit {code}: {err.getvalue().strip()}")
+        return out.getvalue()
 
     def topology(self) -> None:
         router = self.lab.netns("router")
@@ -201,6 +214,7 @@ def scenario(checks: dict[str, Any]) -> None:
     Path("/tmp/etcd").mkdir(parents=True, exist_ok=True)
     etcd.start(timeout=60)
     env.update({"ETCD_ENDPOINTS": etcd.endpoint, "TABBY_ETCD_PREFIX": "/tabby/"})
+    os.environ.update({"ETCD_ENDPOINTS": etcd.endpoint, "TABBY_ETCD_PREFIX": "/tabby/"})  # for tabbyctl()
     with Lab() as lab:
         g = Guest(lab, env)
         try:
@@ -208,7 +222,8 @@ def scenario(checks: dict[str, Any]) -> None:
             g.topology()
             pool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "pool1"},
                     "spec": {"cidr": POOL, "blockSize": 26, "ipipMode": "Always"}}
-            g.tabbyctl("apply", "-f", "-", stdin=json.dumps(pool))
+            Path("/tmp/pool.json").write_text(json.dumps(pool))
+            g.tabbyctl("apply", "-f", "/tmp/pool.json")
             step("agents")
             g.start_agents()
             step("pods")
@@ -225,7 +240,7 @@ def scenario(checks: dict[str, Any]) -> None:
 
             wait_for(tunnelled, CONVERGE_S, "every remote block via tunl0")
             step("always-routes")
-            listed = json.loads(g.tabbyctl("get", "nodes", "-o", "json").stdout)  # one call: seconds each
+            listed = json.loads(g.tabbyctl("get", "nodes", "-o", "json"))
             items = listed.get("items", listed) if isinstance(listed, dict) else listed
             nodes = {doc["metadata"]["name"][len("node-"):]: doc for doc in items}
             checks["node_tunnel_addr"] = {n: nodes[n]["spec"]["bgp"].get("ipv4IPIPTunnelAddr") for n in NODES}

@@ -2,7 +2,8 @@
 
 Why one script: every Python process costs seconds under TCG, so one boot and one process check
 vrf, gre and bonding with plain iproute2 in namespaces, then deploy a containerlab topology with
-dummy and VLAN (8021q) interfaces through ``tabbyctl lab`` and ping across the VLAN. Each part
+dummy and VLAN (8021q) interfaces through ``tabbyctl lab`` (its entry point, in this process)
+and ping across the VLAN. Each part
 writes its own result (``features``, ``lab``; tests/guest/report.py) so one failing part does
 not hide the others. Everything lives in namespaces of the guest kernel, which vanishes at
 power-off; the lab is destroyed with ``--cleanup`` in every case.
@@ -16,6 +17,8 @@ Shapes (all inside the guest):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -24,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from controller.cli.main import main as tabbyctl_main
 from tests.guest.report import step, write_result
 from tests.uml.nslab import Lab, Netns
 
@@ -112,10 +116,18 @@ def bonding(lab: Lab, checks: dict[str, Any]) -> None:
 def lab_vlan(checks: dict[str, Any]) -> None:
     """``tabbyctl lab`` in the guest: dummy + VLAN interfaces from the topology's exec lines, a ping across."""
     topo = Path(LAB_TOPOLOGY)
-    env = {**os.environ, "TABBY_LAB_STATE_DIR": "/run/tabby-guest/lab"}
+    os.environ["TABBY_LAB_STATE_DIR"] = "/run/tabby-guest/lab"
 
-    def lab_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tabbyctl", "lab", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        """``tabbyctl lab ARGS`` through tabbyctl's own entry point, in this process: a tabbyctl
+        process would pay the lab's imports (tens of seconds under TCG) on every call."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = tabbyctl_main(["lab", *args])
+            except SystemExit as exc:  # the console script's sys.exit(), as its exit status
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return subprocess.CompletedProcess(["tabbyctl", "lab", *args], code, out.getvalue(), err.getvalue())
 
     step("lab-deploy")
     deployed = lab_cli("deploy", "-t", str(topo))
@@ -139,7 +151,7 @@ def lab_vlan(checks: dict[str, Any]) -> None:
         r2 = Netns(netns["r2"])
         before = r2.link_stats("eth1.10")["rx_packets"]
         ping = lab_cli("exec", "-t", str(topo), "r1", "--", "ping", "-c", "3", "-i", "0.2", "-W", "2",
-                       "-I", "10.99.1.1", "10.99.2.1", timeout=120)
+                       "-I", "10.99.1.1", "10.99.2.1")
         checks["ping_rc"] = ping.returncode
         checks["ping_out"] = ping.stdout[-500:] + ping.stderr[-500:]
         checks["r2_vlan_rx"] = r2.link_stats("eth1.10")["rx_packets"] - before
