@@ -2,7 +2,7 @@
 
 Why: the kernels of CI hosts lack modules the dataplane tests need (ipip, gre, vrf, bonding,
 8021q, dummy), and User-Mode Linux panics on CPUs with AMX. A full Debian kernel under QEMU's
-TCG runs on every x86-64 host (KVM guests hung here, so TCG always). The kernel comes from
+TCG runs on every x86-64 host. The kernel comes from
 scripts/guest-kernel.sh (``make setup`` runs it: the package ``linux-image-amd64`` depends on,
 unpacked into /var/cache/tabby-guest); nothing is installed on the host.
 
@@ -17,7 +17,7 @@ kernel's own module autoloading) is the host's kmod reading the cached kernel's 
 
 Results come back in the work directory (the guest writes files there) and on the console
 (``console.log`` there too). The QEMU process is killed in every case, the run is bounded, and a
-guest that gives no result fails loudly with the console tail (see :func:`require_result`).
+guest that gives no result fails loudly with the console tail (tests/guest/runner.py, ``result_of``).
 """
 
 from __future__ import annotations
