@@ -48,7 +48,7 @@ NODES = {  # name -> (eth0 address, default gateway)
     "c": ("192.168.20.2/24", "192.168.20.1"),
 }
 #: Under TCG (or UML) Python runs 10-20 times slower than on the host: generous, but bounded, waits.
-AGENT_READY_S = 150
+AGENT_READY_S = 240
 CONVERGE_S = 90
 #: CNI error 11 ("try again later", e.g. etcd slower than the agent's deadline on a loaded guest):
 #: a runtime retries the ADD; so does this scenario, a bounded number of times.
@@ -127,8 +127,14 @@ class Guest:
             self.agents[name] = subprocess.Popen([PYTHON, "-m", "controller.node"], env=self.agent_env(name),
                                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
             log.close()
-        for name in NODES:
-            wait_for(lambda n=name: self.ready(n), AGENT_READY_S, f"agent node-{name} ready", interval=0.5)
+        up: set[str] = set()
+
+        def all_ready() -> bool:  # one deadline for all three (they start together); each checked until ready
+            up.update(n for n in NODES if n not in up and self.ready(n))
+            return len(up) == len(NODES)
+
+        wait_for(all_ready, AGENT_READY_S, "agents ready", interval=0.5)
+        step("agents-ready")
 
     def ready(self, name: str) -> bool:
         proc = self.agents[name]

@@ -27,7 +27,7 @@ from tests.guest.runner import result_of, run_in_guest, unavailable
 
 pytestmark = pytest.mark.root
 
-BOOT_TIMEOUT_S = 420
+BOOT_TIMEOUT_S = 540
 SCRIPT = """
 for m in veth bridge ipip; do modprobe $m || echo "TABBY-GUEST-STEP modprobe $m failed"; done
 python -m tests.guest.agent_ipip_guest

@@ -20,7 +20,7 @@ from tests.guest.runner import result_of, run_in_guest
 
 pytestmark = pytest.mark.root
 
-BOOT_TIMEOUT_S = 360
+BOOT_TIMEOUT_S = 480
 #: Two linux nodes on one veth; the exec lines build a VLAN on it and a dummy per node, routed
 #: across the VLAN (containerlab-compatible: the same file deploys with containerlab on Docker).
 TOPOLOGY = """\

@@ -18,7 +18,7 @@ from tests.guest.runner import result_of, run_in_guest
 
 pytestmark = pytest.mark.root
 
-BOOT_TIMEOUT_S = 240
+BOOT_TIMEOUT_S = 300
 SCRIPT = """
 modprobe veth
 python -m tests.guest.ipip_guest
