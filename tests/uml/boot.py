@@ -21,22 +21,14 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.guest.qemu import EXIT_MARKER, GUEST_BIN, GuestRun, modprobe_wrapper, write_run_script
-from tests.guest.qemu import needed_paths as guest_needed_paths
+from tests.guest.qemu import EXIT_MARKER, GUEST_BIN, GuestRun, modprobe_wrapper, needed_paths, write_run_script
 
 HOST_TMP_ASIDE = "/run/host-tmp"
-
-
-def needed_paths(repo: Path) -> list[Path]:
-    """The checkout and the virtualenv holding the interpreter the guest runs."""
-    venv = Path(sys.executable).parent.parent
-    return sorted({repo.resolve(), venv.resolve()})
 
 
 def mount_tmp_keeping(paths: list[Path]) -> str:
@@ -136,7 +128,7 @@ def run_uml(script: str, work: Path, *, timeout: float, env: dict[str, str], mem
     work.mkdir(parents=True, exist_ok=True)
     run = write_run_script(work, script, env)
     init = UML_INIT.format(
-        mount_tmp=mount_tmp_keeping(guest_needed_paths([*extra_paths, work])), modules=modules, kver=kver,
+        mount_tmp=mount_tmp_keeping(needed_paths([*extra_paths, work])), modules=modules, kver=kver,
         modprobe="\n".join(modprobe_wrapper("/tmp/modroot")), guest_bin=GUEST_BIN, run=shlex.quote(str(run)),
         exit_marker=EXIT_MARKER,
     )
