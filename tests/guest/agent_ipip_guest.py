@@ -21,9 +21,10 @@ Shape: a, b on one /24 (bridged in the router namespace), c on another /24:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common.logs  # noqa: F401 - pre-imported for the forked agents (see Forked)
+import controller.node.agent
+import controller.node.config  # noqa: F401 - idem
 from common.etcd_process import EtcdServer
 from controller.cli.main import main as tabbyctl_main
 from tests.guest.report import START, step, write_result
@@ -70,6 +74,71 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     return value
 
 
+class Forked:
+    """A child forked from this (pre-imported) interpreter, with the part of Popen's API used here.
+
+    Why: under TCG each Python process pays a minute or more of imports for the agent's modules,
+    and three agents starting together on two vCPUs pay it three times over. Forking this
+    process, which imported them once and has not started gRPC or an event loop yet, gives each
+    agent a warm interpreter; the child then runs ``controller.node`` exactly as ``python -m``
+    does (runpy, ``__main__``), with its own environment, working directory and log file.
+    """
+
+    def __init__(self, target: Callable[[], int], log: Path) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            code = 1
+            try:
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
+                code = target()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.returncode
+
+
+def run_module_as_main(module: str, env: dict[str, str]) -> Callable[[], int]:
+    """In a forked child: ``python -m module`` with ``env`` as the whole environment, cwd the checkout."""
+
+    def target() -> int:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(REPO)
+        sys.argv = [module]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+
+    return target
+
+
 class Guest:
     """The processes and namespaces of the scenario; :meth:`close` removes all of them."""
 
@@ -77,24 +146,27 @@ class Guest:
         self.lab = lab
         self.env = env
         self.nodes: dict[str, Netns] = {}
-        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, Forked] = {}
 
     def tabbyctl(self, *args: str) -> str:
         """tabbyctl's own entry point (``controller.cli.main.main``, the console script) with ``args``.
 
-        In this process rather than as ``tabbyctl`` processes: under TCG every Python process pays
-        tens of seconds of imports, so the scenario pays them once. Same code, same argv, same
-        environment (ETCD_ENDPOINTS set in os.environ); stdout is returned, a non-zero exit raises.
+        In a child forked from this interpreter rather than as a ``tabbyctl`` process: under TCG
+        every Python process pays tens of seconds of imports. Same code, same argv, this
+        environment; stdout is returned, a non-zero exit raises. Forked (not called in this
+        process) so that this process never starts gRPC and can still fork the agents.
         """
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = tabbyctl_main(list(args))
-            except SystemExit as exc:  # the console script's sys.exit(), as its exit status
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = Path(f"/tmp/tabbyctl-{time.monotonic_ns()}.out")
+        child = Forked(lambda: tabbyctl_main(list(args)), out)
+        code = child.wait(timeout=240)
+        text = out.read_text(errors="replace") if out.exists() else ""
+        if code is None:
+            child.kill()
+            child.wait(timeout=10)
+            raise RuntimeError(f"tabbyctl {' '.join(args)}: no answer in 240s: {text[-2000:]}")
         if code != 0:
-            raise RuntimeError(f"tabbyctl {' '.join(args)}: exit {code}: {err.getvalue().strip()}")
-        return out.getvalue()
+            raise RuntimeError(f"tabbyctl {' '.join(args)}: exit {code}: {text[-2000:]}")
+        return text
 
     def topology(self) -> None:
         router = self.lab.netns("router")
@@ -123,10 +195,8 @@ class Guest:
 
     def start_agents(self) -> None:
         for name in NODES:
-            log = open(agent_log_path(name), "ab")  # noqa: SIM115 - handed to the child
-            self.agents[name] = subprocess.Popen([PYTHON, "-m", "controller.node"], env=self.agent_env(name),
-                                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            log.close()
+            self.agents[name] = Forked(run_module_as_main("controller.node", self.agent_env(name)),
+                                       agent_log_path(name))
         up: set[str] = set()
 
         def all_ready() -> bool:  # one deadline for all three (they start together); each checked until ready
@@ -160,7 +230,7 @@ class Guest:
         for _attempt in range(ADD_ATTEMPTS):
             code, out = self.plugin(name, "ADD", container_id=f"ctr-{name}", netns=f"/run/netns/{pod.name}",
                                     args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p{name}")
-            if code != CNI_TRY_AGAIN:
+            if code == 0 or out.get("code") != CNI_TRY_AGAIN:
                 break
             step(f"add-{name}-retry")  # the plugin undid the ADD and asked for a retry, as kubelet would
         if code != 0:
