@@ -36,7 +36,7 @@ BUDGETS = {
     "tests/integration": 1200.0,
     "tests/topology": 900.0,
     "tests/fault": 300.0,
-    "tests/uml": 480.0,
+    "tests/guest": 480.0,
 }
 TOTAL_BUDGET = 2700.0
 _spent: dict[str, float] = {}

@@ -281,7 +281,7 @@ def test_cross_subnet_ipip_control_plane(tabby_lab: Callable[..., TabbyLab]) -> 
     subnet's blocks are `via <node> dev tunl0 onlink` and every pair answers. Without it (this machine):
     the agent reports the missing module, tries exactly `<block> via <node> dev tunl0 onlink` and the
     kernel refuses it (no tunl0), so cross-subnet pairs do not answer while same-subnet pairs do. The
-    IPIP data plane itself is proven under User-Mode Linux (tests/uml).
+    IPIP data plane itself is proven in a guest kernel under QEMU (tests/guest).
     """
     lab = tabby_lab(EXAMPLES / "cross-subnet-ipip.clab.yml")
     ips = {"a1": "10.10.1.11", "a2": "10.10.1.12", "b1": "10.10.2.11"}

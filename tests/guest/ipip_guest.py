@@ -1,9 +1,10 @@
-"""The IPIP scenario, run INSIDE the User-Mode Linux guest (the host kernel has no ipip module).
+"""The IPIP scenario with the felix_like managers, run INSIDE the guest kernel (tests/guest/runner.py).
 
-Started by tests/uml/test_ipip_uml.py through the guest's init script, after veth is loaded
-and before ipip is. Prints one line ``TABBY-UML-RESULT <json>`` on the console; the host test
-asserts on it. Everything happens in namespaces of the guest kernel, which itself vanishes at
-``halt -f``; nothing is written to the (host) filesystem.
+Why a guest: the host kernel has no ipip module. Started by tests/guest/test_ipip.py after veth
+is loaded and before ipip is (the manager's "module missing" error is checked first). Writes one
+JSON result (tests/guest/report.py); the host test asserts on it. Everything happens in
+namespaces of the guest kernel, which itself vanishes at power-off; nothing is written to the
+host filesystem but the result.
 
 Shape: two nodes on different /24s behind a router, so IPIP (CrossSubnet or Always) is needed:
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import traceback
 
 from felix_like.ipip import MODULE_MISSING, IPIPConfig, IPIPManager
@@ -28,9 +28,9 @@ from felix_like.routes import (
     RouteInputs,
     calculate_routes,
 )
+from tests.guest.report import step, write_result
 from tests.uml.nslab import Lab
 
-MODPROBE = sys.argv[1] if len(sys.argv) > 1 else "modprobe"
 NODES = {
     "node-a": ("192.168.10.2/24", "192.168.10.1", "10.65.1.0"),
     "node-b": ("192.168.20.2/24", "192.168.20.1", "10.65.2.0"),
@@ -49,6 +49,7 @@ def route_inputs(name: str) -> RouteInputs:
 
 
 def scenario(checks: dict[str, object]) -> None:
+    step("topology")
     with Lab() as lab:
         router = lab.netns("router")
         nodes = {name: lab.netns(name) for name in NODES}
@@ -65,7 +66,8 @@ def scenario(checks: dict[str, object]) -> None:
         missing = IPIPManager(nodes["node-a"].name).apply(IPIPConfig(NODES["node-a"][2], "eth0"))
         checks["missing_module_error"] = missing.error
         checks["missing_module_ok"] = missing.error == MODULE_MISSING
-        subprocess.run([MODPROBE, "ipip"], check=True, timeout=30)
+        step("modprobe-ipip")
+        subprocess.run(["modprobe", "ipip"], check=True, timeout=60)
 
         for name, ns in nodes.items():
             result = IPIPManager(ns.name).apply(IPIPConfig(NODES[name][2], "eth0"))
@@ -83,12 +85,14 @@ def scenario(checks: dict[str, object]) -> None:
             "addrs": [f"{x['local']}/{x['prefixlen']}" for x in addrs],
         }
         checks["route"] = {"gateway": route.get("gateway"), "dev": route.get("dev"), "flags": route.get("flags")}
+        step("traffic")
         before = {name: ns.link_stats("tunl0") for name, ns in nodes.items()}
         checks["ping"] = pods["node-a"].ping("10.65.2.5", count=3)
         checks["tcp_peer"] = lab.tcp_peer(pods["node-b"], pods["node-a"], "10.65.2.5", 8080)
         after = {name: ns.link_stats("tunl0") for name, ns in nodes.items()}
         checks["tunl0_tx_a"] = after["node-a"]["tx_packets"] - before["node-a"]["tx_packets"]
         checks["tunl0_rx_b"] = after["node-b"]["rx_packets"] - before["node-b"]["rx_packets"]
+        step("drift")
         # drift: MTU and address changed by hand are restored; a second pass is a no-op
         a.ip("link", "set", "tunl0", "mtu", "1300")
         a.ip("addr", "add", "10.99.0.1/24", "dev", "tunl0")
@@ -104,7 +108,7 @@ def main() -> None:
         checks["error"] = None
     except Exception:  # report everything to the host test instead of dying silently
         checks["error"] = traceback.format_exc()
-    print("TABBY-UML-RESULT " + json.dumps(checks), flush=True)
+    write_result(checks)
 
 
 if __name__ == "__main__":
