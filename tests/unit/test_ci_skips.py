@@ -41,8 +41,8 @@ def test_skip_stays_a_skip_elsewhere(tmp_path: Path) -> None:
 def test_budgets() -> None:
     from tests.helpers.ci import over_budget, suite_of
 
-    assert suite_of("tests/uml/test_ipip_uml.py::test_x") == "tests/uml"
-    assert over_budget({"tests/unit": 10.0, "tests/uml": 100.0}) == []
-    assert over_budget({"tests/uml": 500.0}) == ["tests/uml: 500s > budget 480s"]
+    assert suite_of("tests/guest/test_ipip.py::test_x") == "tests/guest"
+    assert over_budget({"tests/unit": 10.0, "tests/guest": 100.0}) == []
+    assert over_budget({"tests/guest": 500.0}) == ["tests/guest: 500s > budget 480s"]
     assert over_budget({"tests/integration": 1100.0, "tests/topology": 890.0, "tests/fault": 290.0,
-                        "tests/uml": 470.0}) == ["whole run: 2750s > budget 2700s"]
+                        "tests/guest": 470.0}) == ["whole run: 2750s > budget 2700s"]
