@@ -303,6 +303,19 @@ class Datastore:
             except Exception:  # closing a broken channel must not mask the real error
                 log.debug("datastore.close_failed", exc_info=True)
 
+    async def fail_over(self) -> None:
+        """Drop the connection and move to the next endpoint: a watch stream broke or went silent on
+        this one (a killed or cut-off member). Re-dialing the same member, as a plain close would,
+        can keep a watch on a dead endpoint forever: a stream opens lazily and fails only on read."""
+        async with self._lock:
+            client, self._client = self._client, None
+            self._current = (self._current + 1) % len(self._endpoints)
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # closing a broken channel must not mask the real error
+                log.debug("datastore.close_failed", exc_info=True)
+
     async def _get_client(self) -> _Client:
         async with self._lock:
             if self._client is None:

@@ -227,7 +227,7 @@ async def watch_prefix(
             health.mark_stale(f"{exc}; re-dialing and resyncing")
             STATS["watch_breaks"] += 1
             next_rev = None
-            await ds.close()
+            await ds.fail_over()
             continue
         except asyncio.CancelledError:
             raise
@@ -240,5 +240,5 @@ async def watch_prefix(
         STATS["watch_breaks"] += 1
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, max_backoff)
-        # The stream may have failed because the endpoint went away: start afresh.
-        await ds.close()
+        # The stream may have failed because the endpoint went away: start afresh on the next one.
+        await ds.fail_over()
