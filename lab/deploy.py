@@ -368,7 +368,8 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
         for path in handler.host_paths(node):  # e.g. an agent's run directory: destroy removes it
             state.record_path(path)
         try:
-            _start_root(ctx, handler, timeout)
+            if not _shared_host_root(node, handler):
+                _start_root(ctx, handler, timeout)
             if node.startup_delay:
                 time.sleep(node.startup_delay)
             handler.start(ctx)
@@ -455,6 +456,21 @@ def shared_paths(node: Node) -> list[str]:
         if path != Path("/") and not any(path == k or k in path.parents for k in kept):
             kept.append(path)
     return [str(p) for p in kept]
+
+
+#: Test hook for the QEMU guest tests (tests/guest): their root is a chroot onto the host's root over
+#: 9p, which a node cannot pivot out of into an overlay. With it set, plain-image nodes without binds
+#: share that root (no private mount namespace); any other node is refused, never half-built.
+SHARED_ROOT_ENV = "TABBY_LAB_SHARED_ROOT"
+
+
+def _shared_host_root(node: Node, handler: kinds.ImageHandler) -> bool:
+    if os.environ.get(SHARED_ROOT_ENV) != "1":
+        return False
+    if type(handler) is not kinds.ImageHandler or node.binds:
+        raise LabError(f"node {node.name}: {SHARED_ROOT_ENV}=1 runs plain nodes without binds only "
+                       f"(image {node.image or 'none'!r} needs its own root)")
+    return True
 
 
 def _start_root(ctx: kinds.NodeContext, handler: kinds.ImageHandler, timeout: float) -> None:

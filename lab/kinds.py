@@ -186,8 +186,9 @@ def node_argv(node: Node, state: LabState | None, argv: Sequence[str], *, cwd: P
     wd = str(cwd) if cwd is not None else os.getcwd()
     if not (Path(f"/proc/{record.pid}/root") / os.path.realpath(wd).lstrip("/")).is_dir():
         wd = "/"  # the caller's directory is not in the node's root (e.g. under a host-only /run): as docker exec
-    # not nsenter --wd: it opens the directory before entering, leaving the process a cwd outside its root
-    return ["nsenter", "-t", str(record.pid), "-m", "-n", "-u", "--", "env", "-C", wd, "--", *argv]
+    # not nsenter --wd: it opens the directory before entering, leaving the process a cwd outside its root.
+    # /usr/bin/env by path: coreutils' (``-C``), never a busybox env that comes first on PATH (a guest's).
+    return ["nsenter", "-t", str(record.pid), "-m", "-n", "-u", "--", "/usr/bin/env", "-C", wd, "--", *argv]
 
 
 def node_path(node: Node, state: LabState | None, path: str) -> Path:

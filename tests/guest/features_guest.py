@@ -117,6 +117,8 @@ def lab_vlan(checks: dict[str, Any]) -> None:
     """``tabbyctl lab`` in the guest: dummy + VLAN interfaces from the topology's exec lines, a ping across."""
     topo = Path(LAB_TOPOLOGY)
     os.environ["TABBY_LAB_STATE_DIR"] = "/run/tabby-guest/lab"
+    # this guest's root is a chroot over 9p: nodes cannot pivot into an overlay root of their own
+    os.environ["TABBY_LAB_SHARED_ROOT"] = "1"
 
     def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
         """``tabbyctl lab ARGS`` through tabbyctl's own entry point, in this process: a tabbyctl
