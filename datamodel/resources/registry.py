@@ -14,6 +14,7 @@ from datamodel.resources.common import Resource
 from datamodel.resources.errors import ResourceError
 from datamodel.resources.ipamconfig import IPAMConfiguration
 from datamodel.resources.ippool import IPPool
+from datamodel.resources.kubernetes import Namespace, NetworkPolicy
 from datamodel.resources.node import Node
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 
@@ -24,6 +25,8 @@ KINDS: list[type[Resource]] = [
     BGPConfiguration,
     BGPPeer,
     WorkloadEndpoint,
+    NetworkPolicy,
+    Namespace,
 ]
 
 # Older spellings of `kind:` accepted in documents and rewritten to the current one.

@@ -386,12 +386,14 @@ def test_kind_for_name_unknown_lists_valid_types() -> None:
 def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
-        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint"
+        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint",
+        "NetworkPolicy", "Namespace",
     }
     assert {c.PLURAL for c in kinds} == {
-        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints"
+        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints",
+        "kubernetesnetworkpolicies", "namespaces"
     }
-    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint"}
+    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint", "NetworkPolicy"}
 
 
 def test_multi_document_yaml_with_empty_documents() -> None:
