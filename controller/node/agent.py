@@ -43,6 +43,7 @@ from controller.node.messages import InSync
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
+from datamodel.resources.workloadendpoint import WorkloadEndpoint
 from datastore import Datastore, DatastoreError, Put, WatchResync, mod_is
 from datastore.keys import resource_key
 from datastore.watch import watch_prefix
@@ -163,16 +164,21 @@ class Agent:
             self.dataplane.send(self.graph.flush())
 
     async def local_workload_added(self, key: str, container_id: str, ips: Iterable[str],
-                                   interface: str) -> ApplyResult | None:
+                                   interface: str, wep: WorkloadEndpoint | None = None) -> ApplyResult | None:
         """A pod CNI just plumbed: a WorkloadEndpoint input of the graph before etcd echoes it; its
-        routes go through the fast lane (applied at once; returns when they are in the kernel)."""
+        routes and its policy go through the fast lane (applied at once; returns when they are in
+        the kernel: the pod is enforced before ADD returns)."""
         self.graph.routes.local_add(key, container_id, ips, interface)
+        if wep is not None:
+            self.graph.policy.local_add(key, wep)
         assert self.dataplane is not None
         return await self.dataplane.apply_fast(self.graph.flush())
 
     async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
         """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""
+        keys, interfaces = list(keys), list(interfaces)
         self.graph.routes.local_remove(keys, interfaces)
+        self.graph.policy.local_remove(set(keys), set(interfaces))
         if self.dataplane is None:
             return None
         return await self.dataplane.apply_fast(self.graph.flush())

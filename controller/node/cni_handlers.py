@@ -326,9 +326,9 @@ class CNIHandlers:
                 raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
-            await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
-                                             ident.host_ifname)
             wep = self._wep(req, ident, v4, v6, made.pod_mac)
+            await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
+                                             ident.host_ifname, WorkloadEndpoint.model_validate(wep))
             await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
