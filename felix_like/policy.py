@@ -369,3 +369,91 @@ def delta_commands(old: Program, new: Program) -> list[str]:
 
 
 EMPTY = Program({}, {}, {}, {})
+
+
+# -- the manager (the dataplane thread) ----------------------------------------------------------
+
+
+class PolicyNFTError(RuntimeError):
+    """libnftables refused a transaction (or is missing)."""
+
+
+@dataclass
+class PolicyState:
+    """The desired program, folded from PolicyUpdate deltas (mutable; the dataplane thread's)."""
+
+    sets: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ingress: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    egress: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+    def fold(self, sets: Mapping[str, tuple[str, frozenset[str]] | None],
+             chains: Mapping[str, tuple[str, ...] | None],
+             interfaces: Mapping[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None]) -> None:
+        for name, value in sets.items():
+            if value is None:
+                self.sets.pop(name, None)
+            else:
+                self.sets[name] = value
+        for name, rules in chains.items():
+            if rules is None:
+                self.chains.pop(name, None)
+            else:
+                self.chains[name] = rules
+        for iface, pair in interfaces.items():
+            if pair is None:
+                self.ingress.pop(iface, None)
+                self.egress.pop(iface, None)
+            else:
+                self.ingress[iface], self.egress[iface] = pair
+
+    def program(self) -> Program:
+        return Program(dict(self.sets), dict(self.chains), dict(self.ingress), dict(self.egress))
+
+
+class PolicyManager:
+    """Owns ``inet tabby-policy`` in one namespace, through libnftables in-process (one ctypes call
+    per transaction instead of an ``nft`` process start; the context's netlink socket is opened in
+    the node's namespace once and stays bound to it).
+
+    :meth:`apply` writes the delta from what it last wrote (set members as element adds/deletes,
+    only changed chains rewritten), one transaction; the table is never read back. :meth:`resync`
+    rebuilds the whole table in one transaction (delete + re-add: atomic for packets, so an agent
+    restart or a hand edit never opens a window). Nothing is flushed on shutdown."""
+
+    def __init__(self, netns: str | None) -> None:
+        try:
+            import nftables  # Debian python3-nftables (a ctypes binding of libnftables)
+        except ImportError as exc:
+            raise PolicyNFTError(f"python3-nftables is not installed: {exc}") from exc
+        from felix_like.netns import run_in_netns
+
+        self.netns = netns
+        self._nft = run_in_netns(netns, nftables.Nftables)
+        self._applied: Program | None = None
+        self.transactions = 0
+
+    def _run(self, cmds: list[str]) -> None:
+        if not cmds:
+            return
+        rc, _out, err = self._nft.cmd("\n".join(cmds))
+        self.transactions += 1
+        if rc != 0:
+            self._applied = None  # unknown state: the next apply rebuilds
+            raise PolicyNFTError(f"nft transaction refused: {err.strip()}")
+
+    def resync(self, program: Program) -> int:
+        """The whole table, one transaction. Returns the number of commands."""
+        cmds = full_commands(program)
+        self._run(cmds)
+        self._applied = program
+        return len(cmds)
+
+    def apply(self, program: Program) -> int:
+        """The changes since the last write, one transaction (a rebuild when the state is unknown)."""
+        if self._applied is None:
+            return self.resync(program)
+        cmds = delta_commands(self._applied, program)
+        self._run(cmds)
+        self._applied = program
+        return len(cmds)

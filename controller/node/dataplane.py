@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
+from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, PolicyUpdate, RouteUpdate, VXLANUpdate
 from felix_like.ipip import IPIPManager
 from felix_like.nat import NATManager
 from felix_like.netlink import LinkMonitor, Route, RouteMonitor
+from felix_like.policy import PolicyManager, PolicyState
 from felix_like.route_programmer import ApplyResult, RouteProgrammer
 from felix_like.vxlan import VXLANManager
 
@@ -59,6 +60,7 @@ class Stats:
     fast_applies: int = 0
     full_resyncs: int = 0
     link_resyncs: int = 0
+    policy_applies: int = 0
     last_apply_at: float = 0.0
     last_result: ApplyResult | None = None
     resync_reasons: dict[str, int] = field(default_factory=dict)
@@ -117,7 +119,8 @@ class Dataplane:
         self._log = log.bind(node=node)
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self._fast: list[tuple[list[RouteUpdate], concurrent.futures.Future[ApplyResult]]] = []
+        self._fast: list[tuple[list[RouteUpdate], list[PolicyUpdate],
+                               concurrent.futures.Future[ApplyResult]]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stop = threading.Event()
@@ -130,6 +133,9 @@ class Dataplane:
         self._routes: dict[str, Route] = {}  # dst -> desired route
         self._pending_routes: dict[str, Route | None] = {}
         self._tunnels_dirty = False
+        self.policy: PolicyManager | None = None
+        self._policy = PolicyState()
+        self._policy_dirty = False
         self._in_sync = False
         self._retry_needed = False
 
@@ -160,15 +166,21 @@ class Dataplane:
         """The fast lane (CNI ADD/DEL): route updates applied at once, in one netlink batch; other
         messages go to the normal buffer. Returns when the routes are in the kernel (or failed)."""
         routes: list[RouteUpdate] = []
+        policies: list[PolicyUpdate] = []
         rest: list[Message] = []
         for msg in messages:
-            (routes if isinstance(msg, RouteUpdate) else rest).append(msg)  # type: ignore[arg-type]
+            if isinstance(msg, RouteUpdate):
+                routes.append(msg)
+            elif isinstance(msg, PolicyUpdate):
+                policies.append(msg)  # the pod is enforced before its route exists and ADD returns
+            else:
+                rest.append(msg)
         self.send(rest)
-        if not routes:
+        if not routes and not policies:
             return None
         future: concurrent.futures.Future[ApplyResult] = concurrent.futures.Future()
         with self._lock:
-            self._fast.append((routes, future))
+            self._fast.append((routes, policies, future))
         self._wake()
         return await asyncio.wrap_future(future)
 
@@ -186,7 +198,7 @@ class Dataplane:
             await asyncio.to_thread(self._thread.join, 10)
         with self._lock:
             fast, self._fast = self._fast, []
-        for _, future in fast:
+        for _, _, future in fast:
             if not future.done():
                 future.set_exception(RuntimeError("the dataplane stopped"))
         self._wake_r.close()
@@ -201,6 +213,7 @@ class Dataplane:
         try:
             self.programmer = RouteProgrammer(self.netns)
             self._tunnels = TunnelManagers(self.netns, self.node)
+            self.policy = PolicyManager(self.netns)
             route_mon = RouteMonitor(self.netns)
             link_mon = LinkMonitor(self.netns)
         except Exception as exc:
@@ -221,7 +234,7 @@ class Dataplane:
                 deadlines = [next_periodic]
                 if resync_at is not None:
                     deadlines.append(resync_at)
-                if self._in_sync and (self._pending_routes or self._tunnels_dirty):
+                if self._in_sync and (self._pending_routes or self._tunnels_dirty or self._policy_dirty):
                     deadlines.append(self.stats.last_apply_at + self.throttle)
                 timeout = max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
@@ -252,9 +265,11 @@ class Dataplane:
                 if now >= next_periodic:
                     next_periodic = now + self.resync_interval
                     self._tunnels_dirty = True
+                    self._policy_resync("periodic")
                     resync_at, resync_reason = now, "periodic"
                 due = now >= self.stats.last_apply_at + self.throttle
-                if (self._pending_routes or self._tunnels_dirty) and due and self._apply_phase():
+                if (self._pending_routes or self._tunnels_dirty or self._policy_dirty) and due \
+                        and self._apply_phase():
                     resync_at, resync_reason = now, resync_reason or "device_recreated"
                 if resync_at is not None and now >= resync_at:
                     reason = resync_reason or "retry"
@@ -292,6 +307,9 @@ class Dataplane:
                 assert self._tunnels is not None
                 self._tunnels.nat_msg = msg
                 self._tunnels_dirty = True
+            elif isinstance(msg, PolicyUpdate):
+                self._policy.fold(msg.sets, msg.chains, msg.interfaces)
+                self._policy_dirty = True
             elif isinstance(msg, InSync) and not self._in_sync:
                 self._first_sync()
 
@@ -301,6 +319,7 @@ class Dataplane:
         with contextlib.suppress(Exception):
             self._tunnels.apply()
         self._tunnels_dirty = False
+        self._policy_resync("start")  # before routes: a pod is never reachable unpoliced
         self._fold_pending()
         ok = self._full_resync("start")
         self._in_sync = True
@@ -333,7 +352,19 @@ class Dataplane:
         if not fast:
             return
         assert self.programmer is not None
-        for updates, future in fast:
+        for updates, policies, future in fast:
+            for pol in policies:
+                self._policy.fold(pol.sets, pol.chains, pol.interfaces)
+            if policies and self._in_sync:
+                self._policy_dirty = False
+                try:
+                    self._policy_apply()
+                except Exception as exc:
+                    self._log.exception("dataplane.fast_policy_failed")
+                    self._policy_dirty = True
+                    self._retry_needed = True
+                    future.set_exception(exc)
+                    continue
             for upd in updates:
                 self._pending_routes.pop(upd.dst, None)  # the fast update is the graph's latest for dst
             upserts, removes = [], []
@@ -373,6 +404,14 @@ class Dataplane:
             except Exception:
                 self._log.exception("dataplane.tunnels_failed")
                 self._tunnels_dirty = True
+        if self._policy_dirty:
+            self._policy_dirty = False
+            try:
+                self._policy_apply()
+            except Exception:
+                self._log.exception("dataplane.policy_failed")
+                self._policy_dirty = True
+                self._retry_needed = True
         if self._pending_routes:
             upserts, removes = self._fold_pending()
             try:
@@ -381,6 +420,26 @@ class Dataplane:
                 self._log.exception("dataplane.apply_failed")
                 self._retry_needed = True
         return resync
+
+    def _policy_apply(self) -> None:
+        assert self.policy is not None
+        start = time.monotonic()
+        n = self.policy.apply(self._policy.program())
+        self.stats.policy_applies += 1
+        if n:
+            self._log.debug("dataplane.policy_applied", commands=n, ms=round((time.monotonic() - start) * 1000, 2))
+
+    def _policy_resync(self, reason: str) -> None:
+        """The whole policy table in one transaction (adopts a predecessor's table atomically)."""
+        assert self.policy is not None
+        self._policy_dirty = False
+        try:
+            n = self.policy.resync(self._policy.program())
+            self._log.info("dataplane.policy_resync", reason=reason, commands=n)
+        except Exception:
+            self._log.exception("dataplane.policy_resync_failed", reason=reason)
+            self._policy_dirty = True
+            self._retry_needed = True
 
     def _full_resync(self, reason: str) -> bool:
         assert self.programmer is not None
