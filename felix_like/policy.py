@@ -335,12 +335,36 @@ def full_commands(p: Program) -> list[str]:
     return out
 
 
-def delta_commands(old: Program, new: Program) -> list[str]:
+@dataclass
+class Touched:
+    """The names a batch of updates touched: a delta looks at these only (O(changes), not O(table))."""
+
+    sets: set[str] = field(default_factory=set)
+    chains: set[str] = field(default_factory=set)
+    ifaces: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.chains or self.ifaces)
+
+
+def _ep_rules(table: Mapping[str, tuple[str, ...] | None], iface: str) -> tuple[str, ...] | None:
+    chains = table.get(iface)
+    return None if chains is None else (*(f"jump {c}" for c in chains), "drop")
+
+
+def delta_commands(old: Program, new: Program, touched: Touched | None = None) -> list[str]:
     """The changes from ``old`` (what the kernel holds) to ``new``, in an order one transaction
-    accepts: new sets and chains before what references them, removals after."""
+    accepts: new sets and chains before what references them, removals after. With ``touched``,
+    only those names are compared (the caller knows nothing else changed)."""
     t = f"{FAMILY} {TABLE}"
+    if touched is None:
+        touched = Touched(set(old.sets) | set(new.sets), set(old.chains) | set(new.chains),
+                          set(old.ingress) | set(new.ingress) | set(old.egress) | set(new.egress))
     out: list[str] = []
-    for name, (typ, members) in sorted(new.sets.items()):
+    for name in sorted(touched.sets):
+        if name not in new.sets:
+            continue
+        typ, members = new.sets[name]
         before = old.sets.get(name)
         if before is None:  # a name fixes its type: s- sets hold addresses, n- sets named ports
             out.append(_set_cmd(name, typ))
@@ -348,23 +372,29 @@ def delta_commands(old: Program, new: Program) -> list[str]:
             continue
         out += _elements("delete", name, before[1] - members)
         out += _elements("add", name, members - before[1])
-    old_eps, new_eps = _endpoint_chains(old), _endpoint_chains(new)
-    for chains_old, chains_new in ((old.chains, new.chains), (old_eps, new_eps)):
-        for name, rules in sorted(chains_new.items()):
-            if chains_old.get(name) != rules:
-                out += _chain_cmds(name, rules, name in chains_old)
+    for name in sorted(touched.chains):
+        if name in new.chains and old.chains.get(name) != new.chains[name]:
+            out += _chain_cmds(name, new.chains[name], name in old.chains)
+    ep_gone: list[str] = []
+    for iface in sorted(touched.ifaces):
+        for direction, o, n in (("ingress", old.ingress, new.ingress), ("egress", old.egress, new.egress)):
+            name = endpoint_chain(iface, direction)
+            before, after = _ep_rules(o, iface), _ep_rules(n, iface)
+            if after is not None and after != before:
+                out += _chain_cmds(name, after, before is not None)
+            elif after is None and before is not None:
+                ep_gone.append(name)
     for direction, mapname, o, n in (("ingress", MAP_INGRESS, old.ingress, new.ingress),
                                      ("egress", MAP_EGRESS, old.egress, new.egress)):
-        for iface in sorted(set(o) | set(n)):
+        for iface in sorted(touched.ifaces):
             if iface in o and (iface not in n or o[iface] != n[iface]):
                 out.append(f'delete element {t} {mapname} {{ "{iface}" }}')
             if iface in n and (iface not in o or o[iface] != n[iface]):
                 out.append(f"add element {t} {mapname} {{ {_verdict(iface, direction, n[iface])} }}")
-    for chains_old, chains_new in ((old_eps, new_eps), (old.chains, new.chains)):
-        for name in sorted(set(chains_old) - set(chains_new)):
-            out.append(f"delete chain {t} {name}")
-    for name in sorted(set(old.sets) - set(new.sets)):
-        out.append(f"delete set {t} {name}")
+    out += [f"delete chain {t} {name}" for name in sorted(ep_gone)]
+    out += [f"delete chain {t} {name}" for name in sorted(touched.chains) if name in old.chains
+            and name not in new.chains]
+    out += [f"delete set {t} {name}" for name in sorted(touched.sets) if name in old.sets and name not in new.sets]
     return out
 
 
@@ -386,29 +416,46 @@ class PolicyState:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ingress: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     egress: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    touched: Touched = field(default_factory=Touched)
 
     def fold(self, sets: Mapping[str, tuple[str, frozenset[str]] | None],
              chains: Mapping[str, tuple[str, ...] | None],
              interfaces: Mapping[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None]) -> None:
-        for name, value in sets.items():
-            if value is None:
-                self.sets.pop(name, None)
-            else:
-                self.sets[name] = value
-        for name, rules in chains.items():
-            if rules is None:
-                self.chains.pop(name, None)
-            else:
-                self.chains[name] = rules
-        for iface, pair in interfaces.items():
-            if pair is None:
-                self.ingress.pop(iface, None)
-                self.egress.pop(iface, None)
-            else:
-                self.ingress[iface], self.egress[iface] = pair
+        self.touched.sets.update(sets)
+        self.touched.chains.update(chains)
+        self.touched.ifaces.update(interfaces)
+        _fold_into(self.sets, self.chains, self.ingress, self.egress, sets, chains, interfaces)
 
-    def program(self) -> Program:
-        return Program(dict(self.sets), dict(self.chains), dict(self.ingress), dict(self.egress))
+    def view(self) -> Program:
+        """The desired program, without copying (read it before the next fold)."""
+        return Program(self.sets, self.chains, self.ingress, self.egress)
+
+    def take_touched(self) -> Touched:
+        touched, self.touched = self.touched, Touched()
+        return touched
+
+
+def _fold_into(out_sets: dict[str, tuple[str, frozenset[str]]], out_chains: dict[str, tuple[str, ...]],
+               out_in: dict[str, tuple[str, ...] | None], out_eg: dict[str, tuple[str, ...] | None],
+               sets: Mapping[str, tuple[str, frozenset[str]] | None],
+               chains: Mapping[str, tuple[str, ...] | None],
+               interfaces: Mapping[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None]) -> None:
+    for name, value in sets.items():
+        if value is None:
+            out_sets.pop(name, None)
+        else:
+            out_sets[name] = value
+    for name, rules in chains.items():
+        if rules is None:
+            out_chains.pop(name, None)
+        else:
+            out_chains[name] = rules
+    for iface, pair in interfaces.items():
+        if pair is None:
+            out_in.pop(iface, None)
+            out_eg.pop(iface, None)
+        else:
+            out_in[iface], out_eg[iface] = pair
 
 
 class PolicyManager:
@@ -446,14 +493,21 @@ class PolicyManager:
         """The whole table, one transaction. Returns the number of commands."""
         cmds = full_commands(program)
         self._run(cmds)
-        self._applied = program
+        self._applied = Program(dict(program.sets), dict(program.chains), dict(program.ingress),
+                                dict(program.egress))
         return len(cmds)
 
-    def apply(self, program: Program) -> int:
-        """The changes since the last write, one transaction (a rebuild when the state is unknown)."""
+    def apply(self, program: Program, touched: Touched) -> int:
+        """The changes of the ``touched`` names since the last write, one transaction (a rebuild when
+        the kernel's state is unknown). O(changes): only the touched names are compared and copied."""
         if self._applied is None:
             return self.resync(program)
-        cmds = delta_commands(self._applied, program)
+        applied = self._applied
+        cmds = delta_commands(applied, program, touched)
         self._run(cmds)
-        self._applied = program
+        _fold_into(applied.sets, applied.chains, applied.ingress, applied.egress,
+                   {n: program.sets.get(n) for n in touched.sets},
+                   {n: program.chains.get(n) for n in touched.chains},
+                   {i: (program.ingress.get(i), program.egress.get(i)) if i in program.ingress else None
+                    for i in touched.ifaces})
         return len(cmds)

@@ -424,7 +424,7 @@ class Dataplane:
     def _policy_apply(self) -> None:
         assert self.policy is not None
         start = time.monotonic()
-        n = self.policy.apply(self._policy.program())
+        n = self.policy.apply(self._policy.view(), self._policy.take_touched())
         self.stats.policy_applies += 1
         if n:
             self._log.debug("dataplane.policy_applied", commands=n, ms=round((time.monotonic() - start) * 1000, 2))
@@ -434,7 +434,8 @@ class Dataplane:
         assert self.policy is not None
         self._policy_dirty = False
         try:
-            n = self.policy.resync(self._policy.program())
+            self._policy.take_touched()
+            n = self.policy.resync(self._policy.view())
             self._log.info("dataplane.policy_resync", reason=reason, commands=n)
         except Exception:
             self._log.exception("dataplane.policy_resync_failed", reason=reason)

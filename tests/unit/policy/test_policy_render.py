@@ -106,3 +106,25 @@ def test_program_and_table_golden() -> None:
     assert gone.index('delete element inet tabby-policy ingress { "tabw1" }') < gone.index(
         "delete chain inet tabby-policy e-tabw1-i") < gone.index(f"delete chain inet tabby-policy {chain}") < \
         gone.index(f"delete set inet tabby-policy {peers}")
+
+
+def test_touched_delta_equals_full_delta() -> None:
+    """The manager diffs only the names a batch touched; that must equal diffing everything."""
+    from felix_like.policy import Touched
+
+    pol = np({"podSelector": {"matchLabels": {"app": "web"}},
+              "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": "http"}]}]})
+    pol2 = np({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": {}}]}]}, name="q")
+    eps = [endpoint_info("k1", _wep("w1", {"app": "web"}, "10.0.0.1")),
+           endpoint_info("k2", _wep("w2", {}, "10.0.0.2"))]
+    before = compile_program([pol], eps, {}, "n1")
+    after = compile_program([pol2], [*eps[1:], endpoint_info("k3", _wep("w3", {"app": "web"}, "10.0.0.3"))],
+                            {}, "n1")
+    touched = Touched(
+        {n for n in set(before.sets) | set(after.sets) if before.sets.get(n) != after.sets.get(n)},
+        {n for n in set(before.chains) | set(after.chains) if before.chains.get(n) != after.chains.get(n)},
+        {i for i in set(before.ingress) | set(after.ingress)
+         if (before.ingress.get(i), before.egress.get(i), i in before.ingress)
+         != (after.ingress.get(i), after.egress.get(i), i in after.ingress)})
+    assert delta_commands(before, after, touched) == delta_commands(before, after)
+    assert delta_commands(before, after, Touched()) == []
