@@ -120,7 +120,7 @@ class Agent:
             st = self.dataplane.stats
             out["dataplane"] = {"apply_phases": st.apply_phases, "fast_applies": st.fast_applies,
                                 "full_resyncs": st.full_resyncs, "link_resyncs": st.link_resyncs,
-                                "resync_reasons": dict(st.resync_reasons)}
+                                "resync_reasons": dict(st.resync_reasons), "policy_applies": st.policy_applies}
         out["ready"] = not self.not_ready_reason()
         out["not_ready_reason"] = self.not_ready_reason()
         return out
