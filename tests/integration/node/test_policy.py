@@ -31,16 +31,30 @@ def serve(port):
             c, _ = s.accept(); c.close()
         except OSError:
             pass
+def echo(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port)); s.settimeout(0.5)
+    while time.monotonic() < end:
+        try:
+            data, peer = s.recvfrom(2048); s.sendto(data, peer)
+        except OSError:
+            pass
 for p in sys.argv[2:]:
     threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+    threading.Thread(target=echo, args=(int(p),), daemon=True).start()
 while time.monotonic() < end:
     time.sleep(0.5)
 """
 
 PROBE = """
 import socket, sys
+ip, port, timeout, proto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    if proto == "tcp":
+        socket.create_connection((ip, port), timeout=timeout).close()
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+        s.sendto(b"x", (ip, port)); s.recvfrom(16)
 except OSError:
     sys.exit(1)
 """
@@ -90,8 +104,11 @@ class Policies:
                                  *map(str, ports)])
         self.listeners.append(proc)
 
-    def connects(self, netns: str, ip: str, port: int, timeout: float = 0.5) -> bool:
-        return in_ns(netns, PYTHON, str(self.tmp / "probe.py"), ip, str(port), str(timeout),
+    def connects(self, netns: str, ip: str, port: int, timeout: float = 0.5, proto: str = "tcp") -> bool:
+        """A TCP connect, a UDP echo (port > 0) or an ICMP echo (proto "icmp") that got through."""
+        if proto == "icmp":
+            return in_ns(netns, "ping", "-c1", "-W1", ip, check=False).returncode == 0
+        return in_ns(netns, PYTHON, str(self.tmp / "probe.py"), ip, str(port), str(timeout), proto,
                      check=False).returncode == 0
 
     def wep(self, pod: Pod, namespace: str) -> dict[str, Any]:
@@ -105,10 +122,12 @@ class Policies:
 
 
 def expect(pol: Policies, cells: list[tuple[str, str, str, int, bool]], timeout: float = 5.0) -> None:
-    """Every (label, client netns, server ip, port, allowed) cell holds within ``timeout``."""
+    """Every (label, client netns, server ip, port, allowed) cell holds within ``timeout``; a label
+    starting with "udp " or "icmp " probes that protocol, TCP otherwise."""
     deadline = time.monotonic() + timeout
     while True:
-        wrong = [c for c in cells if pol.connects(c[1], c[2], c[3]) != c[4]]
+        wrong = [c for c in cells if pol.connects(c[1], c[2], c[3], proto=c[0].split()[0] if c[0].split()[0]
+                                                  in ("udp", "icmp") else "tcp") != c[4]]
         if not wrong:
             return
         if time.monotonic() > deadline:
@@ -147,7 +166,8 @@ def test_networkpolicy_enforcement(node_lab: NodeLab, etcd_env: dict[str, str], 
     node_a_ip = node_lab.node_ip(a)
 
     # no policy: everyone connects, same node and across nodes
-    expect(pol, [("cli->srv", cli.netns, srv.ip, 80, True), ("far->srv", far.netns, srv.ip, 80, True)])
+    expect(pol, [("cli->srv", cli.netns, srv.ip, 80, True), ("far->srv", far.netns, srv.ip, 80, True),
+                 ("udp cli->srv", cli.netns, srv.ip, 80, True), ("icmp cli->srv", cli.netns, srv.ip, 0, True)])
 
     # default deny for app=web: srv isolated, the non-selected pod still reachable, the node always
     pol.policy("deny-web", "prod", {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": []})
@@ -163,6 +183,7 @@ def test_networkpolicy_enforcement(node_lab: NodeLab, etcd_env: dict[str, str], 
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": 80}]}]})
     expect(pol, [
         ("cli->srv:80", cli.netns, srv.ip, 80, True), ("cli->srv:81", cli.netns, srv.ip, 81, False),
+        ("udp cli->srv:80 (TCP only)", cli.netns, srv.ip, 80, False), ("icmp cli->srv", cli.netns, srv.ip, 0, False),
         ("rnd->srv", rnd.netns, srv.ip, 80, False), ("far->srv (other namespace)", far.netns, srv.ip, 80, False),
     ])
 
@@ -173,6 +194,8 @@ def test_networkpolicy_enforcement(node_lab: NodeLab, etcd_env: dict[str, str], 
     expect(pol, [("far->srv", far.netns, srv.ip, 80, False)])
     pol.namespace("dev", {"team": "blue"})
     expect(pol, [("far->srv (dev is blue)", far.netns, srv.ip, 80, True),
+                 ("udp far->srv (no ports: every protocol)", far.netns, srv.ip, 81, True),
+                 ("icmp far->srv", far.netns, srv.ip, 0, True),
                  ("rnd->srv", rnd.netns, srv.ip, 80, False)])
     pol.namespace("dev", {"team": "red"})
     expect(pol, [("far->srv (dev is red)", far.netns, srv.ip, 80, False)])
