@@ -315,3 +315,12 @@ def test_agent_restart_keeps_enforcement(node_lab: NodeLab, etcd_env: dict[str, 
     assert all(allowed for _, allowed in verdicts), verdicts
     log = node_lab.agents[a].log_text()
     assert "dataplane.policy_resync" in log and '"periodic"' in log, log[-2000:]  # the new agent rebuilt it
+
+    # a hand edit is undone by the periodic resync (every 2 s here)
+    in_ns(node_lab.nodes[a], "nft", "delete", "table", "inet", "tabby-policy")
+    deadline = time.monotonic() + 5
+    while in_ns(node_lab.nodes[a], "nft", "list", "table", "inet", "tabby-policy", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the policy table was not restored"
+        time.sleep(0.1)
+    expect(pol, [("cli->srv (restored)", cli.netns, srv.ip, 80, False),
+                 ("cli->other", cli.netns, other.ip, 80, True)], timeout=2.0)
