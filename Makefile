@@ -4,12 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod user-mode-linux util-linux containerd runc containernetworking-plugins busybox-static python3-nftables
+APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod util-linux containerd runc containernetworking-plugins busybox-static docker-compose qemu-system-x86 cpio python3-nftables
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv demo demo-ipam test test-unit test-integration lint bench clean
+.PHONY: setup system-deps guest-kernel venv demo demo-ipam test test-unit test-integration lint bench clean
 
-setup: system-deps venv
+setup: system-deps guest-kernel venv
 
 # Debian packages, installed only when one is missing (apt-get needs root).
 system-deps:
@@ -21,6 +21,12 @@ system-deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi; \
 	scripts/quiet-system-daemons.sh
+
+# Debian's kernel for the guest-kernel tests (tests/guest, under QEMU), unpacked into
+# /var/cache/tabby-guest only when missing (scripts/guest-kernel.sh; no install, no bootloader).
+guest-kernel: system-deps
+	@if [ "$$(id -u)" = 0 ]; then scripts/guest-kernel.sh >/dev/null; \
+	else echo "guest-kernel: skipped (not root; the guest-kernel tests need root)"; fi
 
 venv: $(VENV)/.installed $(VENV)/.nftables-pth
 

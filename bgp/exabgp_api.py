@@ -14,7 +14,8 @@ Rules it keeps, in order of importance:
    (ExaBGP went away) or on SIGTERM (ExaBGP stopping or respawning us).
 3. On each connection, first send one hello line
    `{"type": "tabby-hello", "pid": P, "exabgp_pid": PP, "dropped": N, "routes": [lines], "replay": K}`
-   then the last `state` line of each peer (K lines). `routes` are the announce commands still in
+   then the last OPEN received from each peer (so a restarted agent still knows every peer's graceful
+   restart capability) and the last `state` line of each peer (K lines). `routes` are the announce commands still in
    effect in ExaBGP (this helper's lifetime = the ExaBGP process's RIB lifetime, unless ExaBGP
    respawned us), so a restarted agent can withdraw what it no longer wants and need not guess.
 4. Commands from the agent go to stdout in order. If ExaBGP stops reading, the helper stops reading
@@ -55,6 +56,7 @@ class Relay:
         self.discarding = False
         self.dropped = 0
         self.states: dict[str, bytes] = {}
+        self.opens: dict[str, bytes] = {}
         self.routes: dict[tuple[str, str], str] = {}
         self.retry_at = 0.0
         self.retry = RETRY_MIN
@@ -87,6 +89,8 @@ class Relay:
             "replay": len(self.states),
         }
         self.to_agent = bytearray(json.dumps(hello).encode() + b"\n")
+        for line in self.opens.values():
+            self.to_agent += line
         for line in self.states.values():
             self.to_agent += line
 
@@ -99,7 +103,7 @@ class Relay:
 
     # ---- ExaBGP -> agent ---------------------------------------------------------------------
     def on_exabgp_line(self, line: bytes) -> None:
-        if b'"state"' in line:
+        if b'"state"' in line or b'"open"' in line:
             self._remember_state(line)
         if self.sock is None:
             self.dropped += 1
@@ -116,6 +120,8 @@ class Relay:
             peer = msg["neighbor"]["address"]["peer"]
             if msg.get("type") == "state" and isinstance(peer, str):
                 self.states[peer] = line
+            elif msg.get("type") == "open" and msg["neighbor"].get("direction") == "receive" and isinstance(peer, str):
+                self.opens[peer] = line
         except (ValueError, KeyError, TypeError):
             pass
 

@@ -4,7 +4,8 @@ The node agent owns routing decisions; ExaBGP only speaks the protocol. So the c
 and nothing else: no static routes (every announcement goes through the API process, which makes the
 agent the single source of truth and lets a reload never touch routes), `manual-eor` on every session
 (the agent sends End-of-RIB only after it has re-announced everything, which is what graceful restart
-needs), and one `process tabby` that relays the API to the agent's unix socket.
+needs), `receive { open; }` (a peer's graceful-restart capability and BGP Identifier are only in its
+OPEN), and one `process tabby` that relays the API to the agent's unix socket.
 
 Output is deterministic (peers sorted by address, fixed key order) so that "did the config change?"
 is a string comparison and golden files stay stable. `session_key` tells which peers changed, so the
@@ -162,6 +163,7 @@ def render_neighbor(peer: PeerSpec, speaker: SpeakerSpec, *, dual_stack: bool = 
         "        neighbor-changes;",
         "        receive {",
         "            parsed;",
+        "            open;",
         "            update;",
         "            notification;",
         "            refresh;",

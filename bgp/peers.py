@@ -27,7 +27,9 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from bgp.filters import compile_filters
 from bgp.types import (
     DEFAULT_GRACEFUL_RESTART,
     DEFAULT_HOLD_TIME,
@@ -205,8 +207,11 @@ def compute_peers(
     bgp_configs: BGPConfiguration | Iterable[BGPConfiguration] | None,
     bgp_peers: Iterable[BGPPeer],
     secrets: SecretResolver | None = None,
+    bgp_filters: Iterable[Any] = (),
 ) -> list[PeerSpec]:
-    """The sessions `local_node` should have, sorted by peer address (see the module docstring)."""
+    """The sessions `local_node` should have, sorted by peer address (see the module docstring).
+    `bgp_filters`: the BGPFilter resources a BGPPeer's `filters` may name (compiled per session)."""
+    filters = {f.name: f for f in bgp_filters}
     local_address = node_address(local_node)
     if local_address is None:
         return []
@@ -225,7 +230,7 @@ def compute_peers(
         if address == local_address:
             return None
         if bgp_peer is not None:
-            options = _peer_options(bgp_peer, local_address, secrets)
+            options = _peer_options(bgp_peer, local_address, secrets, filters)
             if options is None:
                 return None
         else:
@@ -259,7 +264,7 @@ def compute_peers(
         peer_type = node_status_type(bgp_peer)
         if _applies_to(bgp_peer, local_node):
             if s.peerIP:
-                c = _explicit_peer(bgp_peer, local_address, local_as, peer_type, secrets)
+                c = _explicit_peer(bgp_peer, local_address, local_as, peer_type, secrets, filters)
                 if c is not None:
                     candidates.append(c)
             elif s.peerSelector:
@@ -291,7 +296,9 @@ def _address_key(address: str) -> tuple[int, int]:
     return (ip.version, int(ip))
 
 
-def _peer_options(bgp_peer: BGPPeer, local_address: str, secrets: SecretResolver | None) -> dict[str, object] | None:
+def _peer_options(
+    bgp_peer: BGPPeer, local_address: str, secrets: SecretResolver | None, filters: Mapping[str, Any] | None = None
+) -> dict[str, object] | None:
     """The session options a BGPPeer sets (None when its password cannot be resolved)."""
     s = bgp_peer.spec
     ok, password = _resolve_password(s.password, secrets, f"BGPPeer {bgp_peer.name}")
@@ -309,17 +316,25 @@ def _peer_options(bgp_peer: BGPPeer, local_address: str, secrets: SecretResolver
         "next_hop_mode": next_hop,
         "keepalive": keepalive,
         "hold_time": hold,
+        "allowed_local_as": s.numAllowedLocalASNumbers or 0,
+        "route_filter": compile_filters(s.filters, filters or {}),
+        "bfd": s.failureDetectionMode == "BFDIfDirectlyConnected",
     }
 
 
 def _explicit_peer(
-    bgp_peer: BGPPeer, local_address: str, local_as: int, peer_type: PeerType, secrets: SecretResolver | None
+    bgp_peer: BGPPeer,
+    local_address: str,
+    local_as: int,
+    peer_type: PeerType,
+    secrets: SecretResolver | None,
+    filters: Mapping[str, Any] | None = None,
 ) -> tuple[int, str, PeerSpec] | None:
     """A peerIP peering: a router outside (or a node addressed explicitly); always an active connector."""
     where = bgp_peer.peer_address()
     assert where is not None and bgp_peer.spec.asNumber is not None
     address, port = where
-    options = _peer_options(bgp_peer, local_address, secrets)
+    options = _peer_options(bgp_peer, local_address, secrets, filters)
     if options is None:
         return None
     ip = ipaddress.ip_address(address)

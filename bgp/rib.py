@@ -16,17 +16,30 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from bgp.types import DEFAULT_LOCAL_PREF, ORIGIN_RANK, Announcement, BestRoute, Path, PeerSpec, normalize_prefix
+from bgp.types import (
+    DEFAULT_LOCAL_PREF,
+    ORIGIN_RANK,
+    Announcement,
+    BestRoute,
+    GracefulRestart,
+    Path,
+    PeerSpec,
+    family_of,
+    normalize_prefix,
+)
 
 __all__ = [
     "REJECT_AS_LOOP",
     "REJECT_CLUSTER_LOOP",
+    "REJECT_FILTERED",
     "REJECT_ORIGINATOR",
+    "NextHopCheck",
     "Rib",
     "RibCounters",
+    "next_hop_check",
     "select_best",
 ]
 
@@ -34,8 +47,13 @@ REJECT_AS_LOOP = "as_path_loop"
 """Own AS in AS_PATH (RFC 4271 9.1.2): our own announcement came back, e.g. FRR reflecting it over eBGP."""
 REJECT_ORIGINATOR = "originator_id"
 """ORIGINATOR_ID equals our router id (RFC 4456 8): a reflector sent our own route back to us."""
+REJECT_FILTERED = "import_filter"
+"""A BGPFilter of the peer rejected the path on import (kept aside: a changed filter re-evaluates it)."""
 REJECT_CLUSTER_LOOP = "cluster_list_loop"
 """Our cluster id in CLUSTER_LIST (RFC 4456 8): the route already went through our cluster."""
+
+NextHopCheck = Callable[[str, str], bool]
+"""`(prefix, next_hop) -> usable`: whether the node can reach a path's NEXT_HOP for that prefix."""
 
 _UNKNOWN_ID = 1 << 128  # sorts after every real router id / address
 
@@ -49,6 +67,26 @@ def _id_key(text: str | None) -> int:
         return int(ipaddress.ip_address(text))
     except ValueError:
         return _UNKNOWN_ID
+
+
+def next_hop_check(local_addresses: Iterable[str], ipip_pools: Iterable[str] = ()) -> NextHopCheck:
+    """The NEXT_HOP rule of Tabby's route programmer (Calico's BIRD rules), as a decision-process check: a
+    hop is usable when it is on the subnet of one of the node's addresses (`"10.0.0.1/24"`), or when the
+    prefix is IPv4 inside an IPIP pool (Always or CrossSubnet: reached through tunl0 onlink)."""
+    subnets = [ipaddress.ip_interface(a).network for a in local_addresses]
+    pools = [ipaddress.ip_network(p) for p in ipip_pools]
+
+    def ok(prefix: str, next_hop: str) -> bool:
+        try:
+            hop = ipaddress.ip_address(next_hop)
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return False
+        if hop.version == 4 and net.version == 4 and any(net.version == p.version and net.subnet_of(p) for p in pools):  # type: ignore[arg-type]
+            return True
+        return any(hop.version == s.version and hop in s for s in subnets)
+
+    return ok
 
 
 def _local_pref(path: Path) -> int:
@@ -65,26 +103,31 @@ def _tie_break_key(path: Path) -> tuple[int, int, int]:
     )
 
 
-def select_best(paths: Iterable[Path]) -> BestRoute | None:
-    """The decision process over one prefix's candidate paths; None when there are none.
+def select_best(paths: Iterable[Path], next_hop_ok: NextHopCheck | None = None) -> BestRoute | None:
+    """The decision process over one prefix's candidate paths; None when there are none usable.
 
     Filtering, one attribute at a time, keeps the result a function of the *set* of paths (never of
     the order they arrived in), which a pairwise "compare with the current best" loop cannot promise
     once MED is compared only within a neighbour AS (that comparison is not transitive).
 
-    1. highest LOCAL_PREF (absent = 100); 2. shortest AS_PATH; 3. lowest ORIGIN (igp < egp <
+    0. paths whose NEXT_HOP `next_hop_ok(prefix, next_hop)` rejects are excluded first (RFC 4271 9.1.2:
+    an unresolvable path is not a candidate, so a usable path that would have lost wins instead);
+    1. highest LOCAL_PREF (absent = 100); 2. shortest AS_PATH (an AS_SET counts 1, confederation
+    segments 0); 3. lowest ORIGIN (igp < egp <
     incomplete); 4. lowest MED among paths from the same neighbour AS (absent = 0; paths from
     different neighbour ASes all survive this step - "deterministic MED"); 5. eBGP over iBGP.
     The survivors are the multipath (ECMP) set; 6. the best of them by lowest router id /
     ORIGINATOR_ID, then shortest CLUSTER_LIST, then lowest peer address.
     """
     cands = list(paths)
+    if next_hop_ok is not None:
+        cands = [p for p in cands if next_hop_ok(p.prefix, p.next_hop)]
     if not cands:
         return None
     top = max(_local_pref(p) for p in cands)
     cands = [p for p in cands if _local_pref(p) == top]
-    shortest = min(len(p.as_path) for p in cands)
-    cands = [p for p in cands if len(p.as_path) == shortest]
+    shortest = min(p.path_length for p in cands)
+    cands = [p for p in cands if p.path_length == shortest]
     origin = min(ORIGIN_RANK[p.origin] for p in cands)
     cands = [p for p in cands if ORIGIN_RANK[p.origin] == origin]
     lowest_med: dict[int | None, int] = {}
@@ -104,12 +147,22 @@ def select_best(paths: Iterable[Path]) -> BestRoute | None:
 
 @dataclass(slots=True)
 class _Session:
-    """What the RIB knows about one neighbour: its spec (AS, RR client), router id, state, GR timer."""
+    """What the RIB knows about one neighbour: its spec (AS, RR client), router id, state, GR state.
+
+    `received` is the GR capability of the last OPEN seen (`peer_open`), `open_pending` says it has not
+    been applied yet; `peer_up` moves it to `gr`, the capability of the session that is (or last was)
+    Established, which is what `peer_down` acts on. `stale_deadline` is set at the first loss and never
+    pushed out while stale paths remain: a peer that keeps flapping without End-of-RIB loses them after
+    one restart time.
+    """
 
     spec: PeerSpec | None
     router_id: str = ""
+    open_router_id: str = ""
     up: bool = False
-    restart_time: float | None = None
+    received: GracefulRestart | None = None
+    open_pending: bool = False
+    gr: GracefulRestart | None = None
     stale_deadline: float | None = None
 
 
@@ -139,10 +192,18 @@ class Rib:
     `reflect()`); Tabby nodes with Node.spec.bgp.routeReflectorClusterID pass it.
     """
 
-    def __init__(self, local_as: int, router_id: str, cluster_id: str | None = None) -> None:
+    def __init__(
+        self,
+        local_as: int,
+        router_id: str,
+        cluster_id: str | None = None,
+        next_hop_ok: NextHopCheck | None = None,
+    ) -> None:
         self.local_as = local_as
         self.router_id = router_id
         self.cluster_id = cluster_id
+        self._next_hop_ok = next_hop_ok
+        self._originated: frozenset[str] = frozenset()
         self._sessions: dict[str, _Session] = {}
         self._adj_in: dict[str, dict[str, Path]] = {}
         self._by_prefix: dict[str, dict[str, Path]] = {}
@@ -150,51 +211,111 @@ class Rib:
         # prefix -> best route as of the last drain_changes(), recorded when the prefix first changes
         self._pending: dict[str, BestRoute | None] = {}
         self._rejected: Counter[str] = Counter()
+        # paths an import filter rejected, per peer and prefix (soft reconfiguration: a filter change needs
+        # no ROUTE-REFRESH)
+        self._filtered: dict[str, dict[str, Path]] = {}
         self._reflected: dict[str, _Reflected] = {}
 
     # ------------------------------------------------------------------ sessions
 
+    def peer_open(self, peer: str, router_id: str = "", graceful_restart: GracefulRestart | None = None) -> None:
+        """The peer's OPEN arrived (before its session is Established): remember its BGP Identifier (tie-breaks,
+        ORIGINATOR_ID when reflecting) and its Graceful Restart capability (None: it sent none)."""
+        sess = self._sessions.setdefault(peer, _Session(spec=None))
+        sess.open_router_id = router_id
+        sess.received = graceful_restart
+        sess.open_pending = True
+
     def peer_up(self, peer: PeerSpec, router_id: str = "", *, now: float | None = None) -> None:
-        """A session reached Established. Paths kept stale from a graceful restart stay until the peer
-        refreshes them or sends End-of-RIB; their timer restarts now (the restart time covered getting
-        the session back; the peer now needs time to re-send its table)."""
+        """A session reached Established (or, without a new OPEN, its spec changed while up).
+
+        With a new OPEN (RFC 4724 4.2): stale paths of every <AFI, SAFI> the new capability does not list
+        with its F bit set go at once (no capability: all of them); the rest stay until End-of-RIB or the
+        deadline set when the session was lost, which is not pushed out. The router id is the OPEN's BGP
+        Identifier when known, else `router_id` (a Tabby node's address)."""
         sess = self._sessions.get(peer.address)
         if sess is None:
             sess = self._sessions[peer.address] = _Session(spec=peer)
+        old_filter = sess.spec.route_filter if sess.spec is not None else None
         sess.spec = peer
-        sess.router_id = router_id
+        if peer.route_filter != old_filter:
+            self._refilter(peer.address)
+        sess.router_id = sess.open_router_id or router_id
         sess.up = True
-        if sess.stale_deadline is not None and sess.restart_time is not None:
-            sess.stale_deadline = self._now(now) + sess.restart_time
+        if sess.open_pending:
+            sess.open_pending = False
+            sess.gr = sess.received
+            gr = sess.gr
+            self._drop_stale(peer.address, lambda family: gr is None or not gr.forwarding(family))
 
     def peer_down(
-        self, peer: str, graceful: bool = False, restart_time: float | None = None, *, now: float | None = None
+        self,
+        peer: str,
+        *,
+        local_restart_time: float | None = None,
+        forwarding_lost: bool = False,
+        now: float | None = None,
     ) -> None:
-        """A session went down. ExaBGP sends no withdrawals for it, so without graceful restart every
-        path of the peer goes now; with it (negotiated, restart_time > 0) they are kept, marked stale,
-        until `end_of_rib(peer)` or the deadline passes in `sweep_expired`."""
+        """A session went down. ExaBGP sends no withdrawals for it, so the RIB decides (RFC 4724 4.2):
+
+        - the peer's last GR capability lists no <AFI, SAFI> (or it sent none, or Restart Time 0): every
+          path of the peer goes now;
+        - else paths of the listed families are kept, marked stale, for the peer's Restart Time (capped:
+          a deadline already running is never pushed out), and paths of other families go now.
+
+        `local_restart_time`: the session was lost because *our* speaker went away (ExaBGP or its relay,
+        not the peer): keep every family for that long (the restarting side keeps its forwarding state;
+        0 or None with no peer capability: flush). `forwarding_lost`: BFD says the peer's forwarding path is
+        gone: every path goes now, graceful restart or not (stale paths would blackhole)."""
         sess = self._sessions.setdefault(peer, _Session(spec=None))
         sess.up = False
         self._forget_reflected_to(peer)
-        if graceful and restart_time and restart_time > 0 and self._adj_in.get(peer):
-            sess.restart_time = restart_time
-            sess.stale_deadline = self._now(now) + restart_time
-            for prefix, path in list(self._adj_in[peer].items()):
-                if not path.stale:
-                    self._store(peer, replace(path, stale=True))
-                    self._recompute(prefix)
-            return
-        sess.restart_time = None
-        sess.stale_deadline = None
-        self._drop_peer_paths(peer, only_stale=False)
-
-    def end_of_rib(self, peer: str) -> None:
-        """The peer finished re-sending its table: whatever is still stale was withdrawn while it was away."""
-        self._drop_peer_paths(peer, only_stale=True)
-        sess = self._sessions.get(peer)
-        if sess is not None:
+        self._filtered.pop(peer, None)
+        gr = sess.gr
+        if forwarding_lost:
+            self._drop_peer_paths(peer, only_stale=False)
             sess.stale_deadline = None
-            sess.restart_time = None
+            return
+        if local_restart_time:
+            hold: float = local_restart_time
+            kept: Callable[[str], bool] = lambda family: True  # noqa: E731
+        elif gr is not None and gr.restart_time > 0 and gr.families:
+            hold = gr.restart_time
+            kept = gr.lists
+        else:
+            self._drop_peer_paths(peer, only_stale=False)
+            sess.stale_deadline = None
+            return
+        for prefix, path in list(self._adj_in.get(peer, {}).items()):
+            if not kept(family_of(prefix)):
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+            elif not path.stale:
+                self._store(peer, replace(path, stale=True))
+                self._recompute(prefix)
+        if not self._has_stale(peer):
+            sess.stale_deadline = None
+            return
+        deadline = self._now(now) + hold
+        sess.stale_deadline = deadline if sess.stale_deadline is None else min(sess.stale_deadline, deadline)
+
+    def end_of_rib(self, peer: str, family: str | None = None) -> None:
+        """The peer finished re-sending its table for `family` (None: every family): whatever of it is still
+        stale was withdrawn while it was away."""
+        self._drop_stale(peer, lambda f: family is None or f == family)
+
+    def _has_stale(self, peer: str) -> bool:
+        return any(p.stale for p in self._adj_in.get(peer, {}).values())
+
+    def _drop_stale(self, peer: str, which: Callable[[str], bool]) -> None:
+        """Drop the peer's stale paths whose family `which` selects; clear the deadline when none are left."""
+        for prefix, path in list(self._adj_in.get(peer, {}).items()):
+            if path.stale and which(family_of(prefix)):
+                self._remove(peer, prefix)
+                self._recompute(prefix)
+        sess = self._sessions.get(peer)
+        if sess is not None and not self._has_stale(peer):
+            sess.stale_deadline = None
 
     def sweep_expired(self, now: float | None = None) -> list[str]:
         """Drop the stale paths of every peer whose graceful-restart deadline has passed; returns those peers."""
@@ -204,7 +325,7 @@ class Rib:
             if sess.stale_deadline is not None and sess.stale_deadline <= t:
                 swept.append(address)
         for address in swept:
-            self.end_of_rib(address)
+            self._drop_stale(address, lambda family: True)
         return sorted(swept, key=_id_key)
 
     def stale_deadline(self, peer: str) -> float | None:
@@ -221,7 +342,30 @@ class Rib:
         """The peer was removed from the configuration: drop its paths (stale or not) and its session."""
         self._drop_peer_paths(peer, only_stale=False)
         self._forget_reflected_to(peer)
+        self._filtered.pop(peer, None)
         self._sessions.pop(peer, None)
+
+    @property
+    def has_next_hop_check(self) -> bool:
+        """Whether a NEXT_HOP check is set (a new RIB has none until the agent gives it one)."""
+        return self._next_hop_ok is not None
+
+    def set_next_hop_check(self, next_hop_ok: NextHopCheck | None) -> None:
+        """Replace the NEXT_HOP resolvability check (the node's subnet or pools changed) and re-run the
+        decision for every prefix; the differences show up in `drain_changes()`."""
+        self._next_hop_ok = next_hop_ok
+        for prefix in list(self._by_prefix):
+            self._recompute(prefix)
+
+    def set_originated(self, prefixes: Iterable[str]) -> list[tuple[str, Announcement]]:
+        """The prefixes this node announces itself. A reflector never reflects a path for one of them: its
+        own route is its best (locally originated), and ExaBGP keeps one route per prefix and neighbor,
+        so a reflected announcement would overwrite the originated one in its adj-rib-out (and its
+        withdrawal would take the originated one with it). Returns what `reflect` sends for the change."""
+        new = frozenset(normalize_prefix(p) for p in prefixes)
+        changed = new ^ self._originated
+        self._originated = new
+        return self.reflect(dict.fromkeys(changed))
 
     # ------------------------------------------------------------------ updates
 
@@ -230,14 +374,22 @@ class Rib:
         and re-announce a prefix; the announcement is the newer state). A new path implicitly replaces
         the peer's previous path for the prefix, also when the new one is rejected by a loop check
         (treat-as-withdraw), so a looping replacement never leaves an outdated path behind."""
+        filtered = self._filtered.get(peer, {})
         for raw in withdraw:
             prefix = normalize_prefix(raw)
+            filtered.pop(prefix, None)
             if prefix in self._adj_in.get(peer, {}):
                 self._remove(peer, prefix)
                 self._recompute(prefix)
+        sess = self._sessions.get(peer)
+        route_filter = sess.spec.route_filter if sess is not None and sess.spec is not None else None
         for path in announce:
             path = self._from_session(peer, path)
-            reason = self._loop_reason(path)
+            filtered.pop(path.prefix, None)
+            reason = self._loop_reason(path, sess)
+            if reason is None and route_filter is not None and not route_filter.accepts_import(path.prefix):
+                reason = REJECT_FILTERED
+                self._filtered.setdefault(peer, filtered)[path.prefix] = path
             if reason is not None:
                 self._rejected[reason] += 1
                 if path.prefix in self._adj_in.get(peer, {}):
@@ -246,6 +398,21 @@ class Rib:
                 continue
             self._store(peer, path)
             self._recompute(path.prefix)
+
+    def _refilter(self, peer: str) -> None:
+        """The peer's import filter changed: re-run it over what it sent (held and set-aside paths)."""
+        sess = self._sessions.get(peer)
+        route_filter = sess.spec.route_filter if sess is not None and sess.spec is not None else None
+        held = {**self._filtered.pop(peer, {}), **self._adj_in.get(peer, {})}
+        for prefix, path in held.items():
+            if route_filter is not None and not route_filter.accepts_import(prefix):
+                self._filtered.setdefault(peer, {})[prefix] = path
+                if prefix in self._adj_in.get(peer, {}):
+                    self._remove(peer, prefix)
+                    self._recompute(prefix)
+            elif prefix not in self._adj_in.get(peer, {}):
+                self._store(peer, path)
+                self._recompute(prefix)
 
     def _from_session(self, peer: str, path: Path) -> Path:
         """The path as the RIB keeps it: normalised prefix, session facts from the session (not from the
@@ -259,14 +426,22 @@ class Rib:
             changes["ibgp"] = path.peer_as == self.local_as
         if sess is not None and sess.router_id:
             changes["peer_router_id"] = sess.router_id
+        ibgp = changes.get("ibgp", path.ibgp)
+        if not ibgp:
+            # LOCAL_PREF is not sent over eBGP and is ignored if received (RFC 4271 5.1.5); ORIGINATOR_ID and
+            # CLUSTER_LIST are iBGP-only attributes and are discarded from an eBGP peer (RFC 7606 7.9, 7.10)
+            changes.update(local_pref=None, originator_id=None, cluster_list=())
         return replace(path, **changes)  # type: ignore[arg-type]
 
-    def _loop_reason(self, path: Path) -> str | None:
+    def _loop_reason(self, path: Path, sess: _Session | None = None) -> str | None:
         """Which loop rule drops the path, if any (checked on input, before it can become best).
 
         The AS_PATH rule applies to iBGP too: a reflected path holding our AS left the AS and came back.
+        A peer with numAllowedLocalASNumbers N may send paths holding our AS up to N times (every node in
+        one AS, eBGP to the ToR: the other nodes' blocks come back through the ToR with our AS in them).
         """
-        if self.local_as in path.as_path:
+        allowed = sess.spec.allowed_local_as if sess is not None and sess.spec is not None else 0
+        if path.as_path.count(self.local_as) > allowed:
             return REJECT_AS_LOOP
         if path.originator_id is not None and path.originator_id == self.router_id:
             return REJECT_ORIGINATOR
@@ -300,7 +475,7 @@ class Rib:
 
     def _recompute(self, prefix: str) -> None:
         old = self._best.get(prefix)
-        new = select_best(self._by_prefix.get(prefix, {}).values())
+        new = select_best(self._by_prefix.get(prefix, {}).values(), self._next_hop_ok)
         if new == old:
             return
         if prefix not in self._pending:
@@ -379,6 +554,9 @@ class Rib:
             client = sess.spec.route_reflector_client
             if path.ibgp and not source_client and not client:
                 continue
+            flt = sess.spec.route_filter
+            if flt is not None and not flt.accepts_export(best.prefix, remote=True):
+                continue
             out.append(address)
         return sorted(out, key=_id_key)
 
@@ -401,13 +579,14 @@ class Rib:
             med=p.med,
             origin=p.origin,
             as_path=p.as_path,
+            as_path_segments=p.as_path_segments,
             originator_id=originator,
             cluster_list=cluster_list,
         )
 
     def _wanted(self, prefix: str) -> dict[str, Announcement]:
         best = self._best.get(prefix)
-        if best is None or self.cluster_id is None:
+        if best is None or self.cluster_id is None or prefix in self._originated:
             return {}
         ann = self._reflected_announcement(best)
         return {target: ann for target in self._targets(best)}

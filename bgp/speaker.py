@@ -3,7 +3,7 @@ backoff, reload it when only sessions changed, and keep per-peer session state f
 
 Process layout (see docs/bgp-speaker.md):
 
-    agent (this Speaker + BgpBridge, unix socket server <run_dir>/api.sock)
+    agent (this Speaker + relay_link.BgpBridge, unix socket server <run_dir>/api.sock)
       |  (ExaBGP is started with start_new_session: it is not killed with the agent)
       v
     ip netns exec <ns> exabgp server <run_dir>/exabgp.conf      pid in <run_dir>/exabgp.pid
@@ -38,8 +38,7 @@ from typing import Literal
 import structlog
 
 from bgp import exabgp_config
-from bgp.bridge import (
-    BgpBridge,
+from bgp.exabgp_codec import (
     Disconnected,
     Event,
     Hello,
@@ -49,6 +48,7 @@ from bgp.bridge import (
     format_announce,
     format_withdraw,
 )
+from bgp.relay_link import BgpBridge
 from bgp.types import Announcement, PeerSpec, SpeakerSpec, normalize_prefix
 
 __all__ = ["ApplyResult", "SessionStatus", "Speaker"]
@@ -221,7 +221,7 @@ class Speaker:
         first = not self._desired_complete
         self._desired_complete = True
         for key in sorted(set(old) - set(new), key=str):
-            await self.bridge.withdraw(key[1], key[0])
+            await self._unsend(key)
         for key, ann in sorted(new.items(), key=lambda kv: str(kv[0])):
             if old.get(key) != ann:
                 await self.bridge.announce(ann, key[0])
@@ -231,7 +231,26 @@ class Speaker:
     async def withdraw(self, prefix: str, peer: str | None = None) -> None:
         key = (peer, normalize_prefix(prefix))
         if self._desired.pop(key, None) is not None:
-            await self.bridge.withdraw(prefix, peer)
+            await self._unsend(key)
+
+    async def _unsend(self, key: tuple[str | None, str]) -> None:
+        """Withdraw one desired route (already dropped from `_desired`) without losing another one.
+
+        ExaBGP keeps ONE route per prefix and neighbor: a per-neighbor withdraw also removes the route
+        announced to every neighbor, and a withdraw to every neighbor also removes the per-neighbor ones.
+        So what else is desired for the prefix is sent again instead (or right after)."""
+        peer, prefix = key
+        if peer is not None:
+            general = self._desired.get((None, prefix))
+            if general is not None:
+                await self.bridge.announce(general, peer)
+            else:
+                await self.bridge.withdraw(prefix, peer)
+            return
+        await self.bridge.withdraw(prefix, None)
+        for (target, other), ann in sorted(self._desired.items(), key=str):
+            if target is not None and other == prefix:
+                await self.bridge.announce(ann, target)
 
     @property
     def desired(self) -> dict[tuple[str | None, str], Announcement]:

@@ -16,23 +16,33 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from bgp.filters import RouteFilter
+
 __all__ = [
+    "AS_CONFED_SEQUENCE",
+    "AS_CONFED_SET",
+    "AS_SEQUENCE",
+    "AS_SET",
     "DEFAULT_GRACEFUL_RESTART",
     "DEFAULT_HOLD_TIME",
     "DEFAULT_LOCAL_PREF",
     "DEFAULT_PORT",
     "GLOBAL",
+    "IPV4_UNICAST",
+    "IPV6_UNICAST",
     "MESH",
     "NODE_SPECIFIC",
     "ORIGIN_RANK",
     "Announcement",
     "BestRoute",
+    "GracefulRestart",
     "NextHopMode",
     "Origin",
     "Path",
     "PeerSpec",
     "PeerType",
     "SpeakerSpec",
+    "family_of",
     "normalize_prefix",
 ]
 
@@ -53,6 +63,16 @@ DEFAULT_HOLD_TIME = 90
 DEFAULT_GRACEFUL_RESTART = 120
 DEFAULT_LOCAL_PREF = 100
 
+AS_SEQUENCE = "as-sequence"
+AS_SET = "as-set"
+AS_CONFED_SEQUENCE = "confed-sequence"
+AS_CONFED_SET = "confed-set"
+"""AS_PATH segment kinds, spelled as ExaBGP's JSON spells them."""
+
+IPV4_UNICAST = "ipv4 unicast"
+IPV6_UNICAST = "ipv6 unicast"
+"""<AFI, SAFI> spelled as ExaBGP's commands and update messages spell them."""
+
 
 def normalize_prefix(prefix: str) -> str:
     """Canonical network text ("10.0.0.1" -> "10.0.0.1/32", "10.0.0.0/24" kept); host bits are refused.
@@ -62,9 +82,41 @@ def normalize_prefix(prefix: str) -> str:
     return str(ipaddress.ip_network(prefix, strict=True))
 
 
+def family_of(prefix: str) -> str:
+    """The <AFI, SAFI> a unicast prefix belongs to ("ipv4 unicast" / "ipv6 unicast")."""
+    return IPV6_UNICAST if ":" in prefix else IPV4_UNICAST
+
+
+@dataclass(frozen=True, slots=True)
+class GracefulRestart:
+    """A peer's Graceful Restart capability (RFC 4724 3) as received in its last OPEN.
+
+    `families`: the <AFI, SAFI> tuples it listed, each with its F bit (True: the peer preserved its
+    forwarding state for that family across the restart). An empty tuple is a helper-only speaker (FRR
+    in its default mode): it helps us restart but keeps no forwarding state itself, so its paths must
+    go the moment its session does. `restarting`: the R bit (the peer has just restarted).
+    """
+
+    restart_time: int
+    families: tuple[tuple[str, bool], ...] = ()
+    restarting: bool = False
+
+    def lists(self, family: str) -> bool:
+        """Whether the capability lists `family` (its paths are kept stale when the session drops)."""
+        return any(f == family for f, _ in self.families)
+
+    def forwarding(self, family: str) -> bool:
+        """Whether `family` is listed with its F bit set (stale paths survive the re-established session)."""
+        return any(f == family and kept for f, kept in self.families)
+
+
 @dataclass(frozen=True, slots=True)
 class Path:
     """One route received from one peer (an Adj-RIB-In entry), with the attributes best-path needs.
+
+    `as_path` holds every AS of AS_PATH in order (loop detection needs them all); `as_path_segments`
+    keeps the segment structure ((kind, ASes) with kind one of AS_SEQUENCE, AS_SET, AS_CONFED_SEQUENCE,
+    AS_CONFED_SET) when the path has anything but AS_SEQUENCEs, else it is empty.
 
     `med` None means "absent" (treated as 0, RFC 4271 9.1.2.2 c); `local_pref` None means "absent"
     (treated as DEFAULT_LOCAL_PREF, which is what an eBGP-learned path gets). The `peer_*` and `ibgp`
@@ -87,11 +139,25 @@ class Path:
     peer_router_id: str = ""
     ibgp: bool = False
     stale: bool = False
+    as_path_segments: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def path_length(self) -> int:
+        """AS_PATH length for the decision process (RFC 4271 9.1.2.2 a): an AS_SET counts 1 whatever its
+        size, confederation segments count 0 (RFC 5065 5.3). Without segments, every AS counts 1."""
+        if not self.as_path_segments:
+            return len(self.as_path)
+        return sum(
+            len(ases) if kind == AS_SEQUENCE else 1 if kind == AS_SET else 0 for kind, ases in self.as_path_segments
+        )
 
     @property
     def neighbour_as(self) -> int | None:
         """The AS the path was learned from for MED comparison: the first AS in AS_PATH (None if empty,
         i.e. originated inside our AS)."""
+        for kind, ases in self.as_path_segments:
+            if kind == AS_SEQUENCE and ases:
+                return ases[0]
         return self.as_path[0] if self.as_path else None
 
 
@@ -119,6 +185,11 @@ class PeerSpec:
     negotiate graceful restart. `password` is the resolved MD5 secret (never a reference).
     `name`: the BGPPeer's name, or the peer node's name for a mesh peer. `peer_node`: the Tabby node
     behind the address when known (mesh and peerSelector peers), None for routers outside.
+    `allowed_local_as`: numAllowedLocalASNumbers, how often our own AS may appear in a path from this peer
+    before the AS_PATH loop check drops it (Calico's one-AS-for-all-nodes, eBGP-to-the-ToR design).
+    `route_filter`: the BGPPeer's compiled BGPFilters (None: none named), applied by the RIB on import and
+    by the agent on export. `bfd`: failureDetectionMode BFDIfDirectlyConnected (the agent runs BFD when the
+    peer is on the local subnet).
     """
 
     address: str
@@ -137,6 +208,9 @@ class PeerSpec:
     next_hop_mode: NextHopMode = "Auto"
     route_reflector_client: bool = False
     peer_node: str | None = None
+    allowed_local_as: int = 0
+    route_filter: RouteFilter | None = None
+    bfd: bool = False
 
     @property
     def ibgp(self) -> bool:
@@ -170,7 +244,8 @@ class Announcement:
 
     `next_hop` is "self" or an explicit address (reflected routes keep the original next hop).
     `originator_id`/`cluster_list` are set only on reflected routes (RFC 4456). `as_path` is what to
-    send besides our own AS (ExaBGP prepends the local AS on eBGP sessions itself).
+    send besides our own AS (ExaBGP prepends the local AS on eBGP sessions itself); `as_path_segments`, when
+    set, replaces it with the segment structure (a reflected path keeps its AS_SETs).
     """
 
     prefix: str
@@ -184,3 +259,4 @@ class Announcement:
     originator_id: str | None = None
     cluster_list: tuple[str, ...] = ()
     withdraw: bool = False
+    as_path_segments: tuple[tuple[str, tuple[int, ...]], ...] = ()

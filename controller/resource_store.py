@@ -22,10 +22,12 @@ at the same time would each see a world without the other's pool. Every write to
 therefore also compares and bumps one guard key per kind (``resources/guards/<plural>``, not
 under any resource prefix), which serialises those writers.
 
-etcd refuses transactions with more than 128 operations (``--max-txn-ops``). Inputs larger
-than :data:`MAX_TXN_RESOURCES` are validated as a whole first and then written in batches;
-only a concurrent writer that invalidates a later batch can then leave the earlier ones
-written, and the error says so.
+etcd refuses transactions with more than 128 operations (``--max-txn-ops``) or about 1.5 MiB.
+Inputs larger than one transaction are written with :mod:`datastore.staged`: an intent record,
+staged values that readers resolve to the old value, and ONE commit transaction that makes the
+whole input visible at once; a writer killed half-way leaves nothing visible, and the next writer
+rolls its intent back (or completes it, once committed). Reads here (get/list/planning) resolve
+staged values the same way.
 
 ``metadata.resourceVersion`` is the key's etcd mod_revision (never stored in the value);
 ``metadata.uid`` and ``metadata.creationTimestamp`` are set on create and kept on replace.
@@ -45,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict
+from datastore import KV, Conflict, Datastore, Delete, Put, mod_is, retry_on_conflict, staged
+from datastore.client import encode
 from datastore.keys import guard_key, resource_key, resource_prefix
 
 if TYPE_CHECKING:
@@ -106,13 +109,17 @@ class Ref:
         return cls(type(res), res.name, res.namespace, str(version) if version else None)
 
 
-@dataclass
+@dataclass(repr=False)
 class Outcome:
     """What a write or delete did: resources as now stored (or as they were, for deletes)."""
 
     done: list[Resource] = field(default_factory=list)
     skipped: list[Ref] = field(default_factory=list)
     revision: int = 0
+
+    def __repr__(self) -> str:
+        # asyncio may repr a finished task's result; 10,000 models would take seconds to print.
+        return f"Outcome(done={len(self.done)}, skipped={len(self.skipped)}, revision={self.revision})"
 
 
 @dataclass
@@ -125,6 +132,7 @@ class _Plan:
     old: list[KV | None]
     skipped: list[Ref]
     guards: dict[str, int]  # guard key -> expected mod_revision
+    sources: list[Resource | None] = field(default_factory=list)  # the validated input per ref (writes)
 
 
 def now_rfc3339() -> str:
@@ -154,10 +162,13 @@ class ResourceStore:
         *,
         allocation_count: AllocationCounter | None = None,
         conflict_attempts: int = 20,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.ds = ds
         self._allocation_count = allocation_count
         self._attempts = conflict_attempts
+        #: ``progress(done, total)`` during a staged (larger than one transaction) write.
+        self._progress = progress
 
     # -- conversions --------------------------------------------------------------------
     def _decode(self, cls: type[Resource], kv: KV) -> Resource:
@@ -174,7 +185,23 @@ class ResourceStore:
         except ResourceError as exc:
             raise StoreError([f"stored {cls.KIND} at {kv.key} is invalid: {p}" for p in exc.problems]) from exc
 
-    def _with_version(self, ref: Ref, revision: int, stored: dict[str, Any]) -> Resource:
+    def _with_version(
+        self, ref: Ref, revision: int, stored: dict[str, Any], source: Resource | None = None
+    ) -> Resource:
+        """The resource as stored, with its resourceVersion; from the already validated input
+        when there is one (re-validating 10,000 documents here would double the parse cost)."""
+        md = stored.get("metadata") or {}
+        if source is not None:
+            meta = source.metadata.model_copy(
+                update={
+                    "resourceVersion": str(revision),
+                    "uid": md.get("uid"),
+                    "creationTimestamp": md.get("creationTimestamp"),
+                    "name": ref.name,
+                    "namespace": md.get("namespace", source.metadata.namespace),
+                }
+            )
+            return source.model_copy(update={"metadata": meta})
         doc = copy.deepcopy(stored)
         _metadata(doc)["resourceVersion"] = str(revision)
         return _parse_named(doc, ref)
@@ -183,7 +210,7 @@ class ResourceStore:
     async def get(self, cls: type[Resource], name: str, namespace: str | None = None) -> Resource:
         """The named resource, or :class:`NotFound` ("resource does not exist: IPPool x")."""
         ref = Ref(cls, name, self._namespace(cls, namespace))
-        kv = await self.ds.get(ref.key)
+        kv = await staged.get_resolved(self.ds, ref.key)
         if kv is None:
             raise NotFound([f"resource does not exist: {ref.label}"])
         return self._decode(cls, kv)
@@ -196,7 +223,7 @@ class ResourceStore:
             prefix = resource_prefix(cls.PLURAL, namespace or DEFAULT_NAMESPACE)
         else:
             prefix = resource_prefix(cls.PLURAL)
-        kvs, revision = await self.ds.list(prefix)
+        kvs, revision = await staged.read_resolved(self.ds, prefix)
         return [self._decode(cls, kv) for kv in kvs], revision
 
     # -- writes -------------------------------------------------------------------------
@@ -229,38 +256,55 @@ class ResourceStore:
         return await self._execute(pending, planner)
 
     async def _execute(self, refs: list[Ref], planner: Callable[[list[Ref]], Awaitable[_Plan]]) -> Outcome:
-        """Plan, then commit batch by batch; on a lost race, re-plan what is left and retry."""
+        """Plan, then commit all-or-nothing (one transaction, or an intent when larger); on a lost
+        race, re-plan on fresh data and retry (bounded, with jitter)."""
+        await self._recover()
         outcome = Outcome()
-        plan = await planner(refs)
-        outcome.skipped.extend(plan.skipped)
         conflicts = 0
-        while plan.refs:
-            n = MAX_TXN_RESOURCES
+        while True:
+            plan = await planner(refs)
             try:
-                revision = await self._commit(plan, n)
-            except Conflict:
+                if self._fits_one_txn(plan):
+                    revision = await self._commit(plan, len(plan.refs)) if plan.refs else 0
+                else:
+                    revision = await self._commit_staged(plan)
+            except Conflict as exc:
                 conflicts += 1
+                log.debug("resource_store.retry", reason=str(exc), attempt=conflicts)
                 if conflicts >= self._attempts:
                     raise StoreError([f"gave up after {conflicts} conflicting concurrent writes; try again"]) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**conflicts)))
-                plan = await self._replan(planner, plan.refs, len(outcome.done))
-                outcome.skipped.extend(r for r in plan.skipped if r not in outcome.skipped)
+                await self._recover()
                 continue
-            for ref, doc, kv in zip(plan.refs[:n], plan.docs[:n], plan.old[:n], strict=True):
-                if doc is not None:
-                    outcome.done.append(self._with_version(ref, revision, doc))
-                elif kv is not None:
-                    outcome.done.append(self._decode(ref.cls, kv))
-            outcome.revision = revision
-            plan = _Plan(
-                refs=plan.refs[n:],
-                docs=plan.docs[n:],
-                compares=plan.compares[n:],
-                old=plan.old[n:],
-                skipped=[],
-                guards=dict.fromkeys(plan.guards, revision),
-            )
+            break
+        outcome.skipped.extend(plan.skipped)
+        sources = plan.sources or [None] * len(plan.refs)
+        for ref, doc, kv, src in zip(plan.refs, plan.docs, plan.old, sources, strict=True):
+            if doc is not None:
+                outcome.done.append(self._with_version(ref, revision, doc, src))
+            elif kv is not None:
+                outcome.done.append(self._decode(ref.cls, kv))
+        outcome.revision = revision
         return outcome
+
+    def _fits_one_txn(self, plan: _Plan) -> bool:
+        if len(plan.refs) + len(plan.guards) > MAX_TXN_OPS:
+            return False
+        docs = zip(plan.refs, plan.docs, strict=True)
+        return sum(len(r.key) + (len(encode(d)) if d is not None else 0) for r, d in docs) <= staged.MAX_BYTES
+
+    async def _commit_staged(self, plan: _Plan) -> int:
+        ops = [
+            staged.StagedOp(ref.key, doc, rev, kv.json() if kv is not None else None)
+            for ref, doc, (_, rev), kv in zip(plan.refs, plan.docs, plan.compares, plan.old, strict=True)
+        ]
+        writer = staged.IntentWriter(self.ds, progress=self._progress)
+        return await writer.write(ops, plan.guards)
+
+    async def _recover(self) -> None:
+        """Finish or roll back intents of writers that died (cheap when there are none)."""
+        if (await self.ds.list(staged.RECORDS))[0]:
+            await staged.recover(self.ds)
 
     async def modify(
         self,
@@ -277,7 +321,7 @@ class ResourceStore:
         ref = Ref(cls, name, self._namespace(cls, namespace))
 
         async def step() -> Resource:
-            kv = await self.ds.get(ref.key)
+            kv = await staged.get_resolved(self.ds, ref.key)
             if kv is None:
                 raise NotFound([f"resource does not exist: {ref.label}"])
             current = self._decode(cls, kv).to_dict()
@@ -300,26 +344,26 @@ class ResourceStore:
         return await retry_on_conflict(step, attempts=self._attempts, what=f"update of {ref.label}")
 
     # -- planning -----------------------------------------------------------------------
-    async def _replan(
-        self, planner: Callable[[list[Ref]], Awaitable[_Plan]], pending: list[Ref], already_written: int
-    ) -> _Plan:
-        try:
-            return await planner(pending)
-        except StoreError as exc:
-            if already_written:
-                exc.problems.append(
-                    f"{already_written} resource(s) were written in earlier batches before a concurrent change "
-                    "invalidated the rest"
-                )
-            raise
-
     def _namespace(self, cls: type[Resource], namespace: str | None) -> str | None:
         if not cls.NAMESPACED:
             return None
         return namespace or DEFAULT_NAMESPACE
 
     async def _current(self, keys: Sequence[str]) -> list[KV | None]:
-        return list(await asyncio.gather(*(self.ds.get(k) for k in keys)))
+        """Current KV of each key: one range read per collection for large inputs, not one get
+        per key. A key staged by a live intent (another apply in flight) is refused."""
+        if len(keys) <= 64:
+            kvs = list(await asyncio.gather(*(self.ds.get(k) for k in keys)))
+        else:
+            by_key: dict[str, KV] = {}
+            for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in keys}):
+                listed, _ = await self.ds.list(prefix)
+                by_key.update((kv.key, kv) for kv in listed)
+            kvs = [by_key.get(k) for k in keys]
+        busy = sorted({i for kv in kvs if kv is not None and (i := _staged_intent(kv)) is not None})
+        if busy:
+            raise StoreError([f"another write is in progress on these resources (intent {', '.join(busy)}); try again"])
+        return kvs
 
     async def _guards(self, refs: Sequence[Ref]) -> dict[str, int]:
         keys = sorted({guard_key(r.cls.PLURAL) for r in refs if r.cls.KIND in GUARDED_KINDS})
@@ -364,6 +408,7 @@ class ResourceStore:
             plan.docs.append(doc)
             plan.compares.append((ref.key, kv.mod_revision if kv else 0))
             plan.old.append(kv)
+            plan.sources.append(res)
         problems.extend(await self._collection_problems(new_docs))
         if problems:
             conflict_only = all(p.startswith("update conflict") for p in problems)
@@ -376,6 +421,7 @@ class ResourceStore:
         olds = await self._current([r.key for r in refs])
         plan = _Plan(refs=[], docs=[], compares=[], old=[], skipped=[], guards=guards)
         seen: set[str] = set()
+        pool_deletes: list[tuple[Ref, dict[str, Any]]] = []
         for ref, kv in zip(refs, olds, strict=True):
             if ref.key in seen:
                 continue
@@ -393,18 +439,24 @@ class ResourceStore:
                 )
                 continue
             if ref.cls.KIND == "IPPool":
-                problems.extend(await self._pool_delete_problems(ref, kv.json()))
+                pool_deletes.append((ref, kv.json()))
+            if ref.cls.KIND == "BGPConfiguration" and ref.name == "default":
+                problems.append(
+                    "BGPConfiguration default cannot be deleted: it holds the cluster-wide BGP settings"
+                    " (change it with apply or patch instead)"
+                )
             plan.refs.append(ref)
             plan.docs.append(None)
             plan.compares.append((ref.key, kv.mod_revision))
             plan.old.append(kv)
+        problems.extend(await self._pools_delete_problems(pool_deletes))
         if problems:
             raise StoreError(problems)
         return plan
 
     def _stored_doc(self, res: Resource, old: dict[str, Any] | None, ref: Ref) -> dict[str, Any]:
         """The value to store: the resource's Calico dict with identity metadata settled."""
-        doc = copy.deepcopy(res.to_dict())
+        doc = res.to_dict()  # a fresh dict already: no copy needed
         md = _metadata(doc)
         md.pop("resourceVersion", None)
         md["name"] = ref.name
@@ -418,52 +470,56 @@ class ResourceStore:
     async def _collection_problems(
         self, new_docs: Sequence[tuple[Ref, dict[str, Any], dict[str, Any] | None]]
     ) -> list[str]:
-        """Rules that look at the whole collection: for now, IPPool cidrs must not overlap."""
+        """Rules that look at the whole collection: for now, IPPool cidrs must not overlap.
+
+        A sorted sweep (O(n log n) plus the clashes), so applying 10,000 pools does not compare
+        every pair; each network is parsed once.
+        """
         pools = [(ref, doc) for ref, doc, _ in new_docs if ref.cls.KIND == "IPPool"]
         if not pools:
             return []
         cls = pools[0][0].cls
-        kvs, _ = await self.ds.list(resource_prefix(cls.PLURAL))
+        kvs, _ = await staged.read_resolved(self.ds, resource_prefix(cls.PLURAL))
         final: dict[str, str] = {}
         for kv in kvs:
             try:
                 final[kv.key.rsplit("/", 1)[-1]] = str(kv.json()["spec"]["cidr"])
             except (ValueError, KeyError, TypeError):
                 log.warning("resource_store.bad_stored_pool", key=kv.key)
-        written_order: list[str] = []
+        order: dict[str, int] = {}
         for ref, doc in pools:
             final[ref.name] = str(doc["spec"]["cidr"])
-            written_order.append(ref.name)
+            order.setdefault(ref.name, len(order))
+        return [
+            f"IPPool {name}: spec.cidr: {final[name]} overlaps IPPool {other} ({final[other]})"
+            for name, other in _overlapping_pairs(final, order)
+        ]
+
+    async def _pools_delete_problems(self, pools: Sequence[tuple[Ref, dict[str, Any]]]) -> list[str]:
+        """Pools that still hold addresses cannot go; the blocks are read once for all of them."""
+        cidrs = [str((doc.get("spec") or {}).get("cidr", "")) for _, doc in pools]
+        wanted = [c for c in cidrs if c]
+        if not wanted:
+            return []
+        if self._allocation_count is not None:
+            counts = {c: await self._allocation_count(c) for c in wanted}
+        else:
+            from ipam import IPAMClient
+
+            counts = await IPAMClient(self.ds).pool_allocation_counts(wanted)
         problems: list[str] = []
-        checked: set[str] = set()
-        for name in written_order:
-            net = ipaddress.ip_network(final[name], strict=False)
-            for other, cidr in final.items():
-                if other == name or other in checked:
-                    continue
-                if net.overlaps(ipaddress.ip_network(cidr, strict=False)):
-                    problems.append(f"IPPool {name}: spec.cidr: {final[name]} overlaps IPPool {other} ({cidr})")
-            checked.add(name)
+        for (ref, doc), cidr in zip(pools, cidrs, strict=True):
+            if cidr:
+                problems.extend(self._pool_delete_problem(ref, doc, counts[cidr]))
         return problems
 
-    async def _pool_delete_problems(self, ref: Ref, doc: dict[str, Any]) -> list[str]:
-        cidr = str((doc.get("spec") or {}).get("cidr", ""))
-        if not cidr:
-            return []
-        count = await self._count_allocations(cidr)
+    def _pool_delete_problem(self, ref: Ref, doc: dict[str, Any], count: int) -> list[str]:
         if count <= 0:
             return []
         noun = "address" if count == 1 else "addresses"
         disabled = bool((doc.get("spec") or {}).get("disabled"))
         first = "release them first" if disabled else "disable it (spec.disabled: true) and release them first"
         return [f"IPPool {ref.name} still has {count} allocated {noun}: {first}"]
-
-    async def _count_allocations(self, cidr: str) -> int:
-        if self._allocation_count is not None:
-            return await self._allocation_count(cidr)
-        from ipam import IPAMClient
-
-        return await IPAMClient(self.ds).pool_allocation_count(cidr)
 
     # -- commit -------------------------------------------------------------------------
     async def _commit(self, plan: _Plan, n: int) -> int:
@@ -482,6 +538,41 @@ class ResourceStore:
             raise Conflict(", ".join(r.key for r in refs))
         log.info("resource_store.committed", count=len(refs), revision=result.revision)
         return result.revision
+
+
+def _staged_intent(kv: KV) -> str | None:
+    if staged.ENVELOPE.encode() not in kv.value:
+        return None
+    try:
+        return staged.staged_intent(kv.json())
+    except ValueError:
+        return None
+
+
+def _overlapping_pairs(final: dict[str, str], order: dict[str, int]) -> list[tuple[str, str]]:
+    """(written pool, other pool) for every overlap involving a pool being written, in input order.
+
+    Two CIDRs overlap exactly when one contains the other, so after sorting by (family, first
+    address, prefix length) each pool only meets the still-open supernets before it.
+    """
+    nets = []
+    for name, cidr in final.items():
+        net = ipaddress.ip_network(cidr, strict=False)
+        nets.append((net.version, int(net.network_address), net.prefixlen, int(net.broadcast_address), name))
+    nets.sort()
+    stack: list[tuple[int, int, str]] = []
+    pairs: list[tuple[str, str]] = []
+    for version, start, _, end, name in nets:
+        while stack and (stack[-1][0] != version or stack[-1][1] < start):
+            stack.pop()
+        for _, _, other in stack:
+            if name not in order and other not in order:
+                continue
+            a, b = sorted((name, other), key=lambda n: (order.get(n, len(order)), n))
+            pairs.append((a, b))
+        stack.append((version, end, name))
+    pairs.sort(key=lambda p: (order.get(p[0], len(order)), order.get(p[1], len(order)), p[1]))
+    return pairs
 
 
 _SOURCE = "\x00resource"

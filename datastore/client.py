@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from datastore.errors import DatastoreError, DatastoreUnavailable
 
 log = structlog.get_logger("tabby.datastore")
 T = TypeVar("T")
+#: Process-wide counts the metrics endpoints export: ``retries`` (a call re-tried on another or
+#: the same endpoint), ``unavailable`` (a call that gave up: etcd unreachable), ``errors`` (etcd
+#: refused a call), ``watch_resyncs`` and ``watch_breaks`` (datastore/watch.py).
+STATS: Counter[str] = Counter()
 Value = bytes | str | dict[str, Any] | list[Any]
 
 
@@ -93,6 +98,25 @@ class TxnResult:
 
 _UNAVAILABLE = (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError)
 
+#: Keys per Range call of :meth:`Datastore.list`. Why paginate: one reply must stay under the
+#: 64 MiB receive limit below, and a 5,000-node cluster's WorkloadEndpoints alone are ~200 MB.
+LIST_PAGE_SIZE = 1000
+
+#: gRPC metadata that makes etcd refuse (and end) a stream served by a member without a leader:
+#: etcd's ``clientv3.WithRequireLeader``. Without it a member cut off from the leader keeps a watch
+#: open and silent forever.
+REQUIRE_LEADER = ("hasleader", "true")
+
+#: HTTP/2 keepalive on every channel: a half-open TCP connection (peer gone without FIN/RST)
+#: fails the calls on it after ~15 s instead of hanging until the kernel gives up (minutes).
+#: 10 s is above etcd's --grpc-keepalive-min-time (5 s), under which etcd answers GOAWAY; no
+#: pings without an active call, which etcd's enforcement policy also forbids.
+KEEPALIVE_OPTIONS = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+}
+
 
 class _Client(aetcd.Client):
     """aetcd client that can dial TLS and unix-socket targets.
@@ -108,7 +132,8 @@ class _Client(aetcd.Client):
             username=config.username,
             password=config.password,
             timeout=config.rpc_timeout,
-            options={"grpc.enable_http_proxy": 0, "grpc.max_receive_message_length": 64 * 1024 * 1024},
+            options={"grpc.enable_http_proxy": 0, "grpc.max_receive_message_length": 64 * 1024 * 1024,
+                     **KEEPALIVE_OPTIONS},
         )
         self._endpoint = endpoint
         self._config = config
@@ -152,6 +177,95 @@ class _Client(aetcd.Client):
             self._connected.set()
         finally:
             self._is_connecting = False
+
+    async def range_page(self, start: bytes, end: bytes, limit: int, revision: int) -> Any:
+        """One Range call: at most ``limit`` keys of [start, end) in key order at ``revision`` (0: now).
+
+        aetcd's get_range has no limit/revision: this calls the stub with aetcd's error mapping,
+        plus OUT_OF_RANGE (the revision was compacted between two pages) as RevisionCompactedError.
+        """
+        await self.connect()
+        req = rpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
+        try:
+            return await self.kvstub.Range(req, timeout=self._timeout, metadata=self.metadata)
+        except rpc.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                raise aexc.RevisionCompactedError(0) from exc
+            aexc._handle_exception(exc)
+            raise  # unreachable: _handle_exception always raises
+
+    async def open_watch(self, key: bytes, range_end: bytes, start_revision: int) -> WatchStream:
+        await self.connect()
+        return await WatchStream.open(self, key, range_end, start_revision)
+
+
+_EOF = object()
+
+
+class WatchStream:
+    """One raw etcd Watch stream with one watch on it, and nothing hidden.
+
+    Why not aetcd's Watcher: it cannot send a WatchProgressRequest, hides progress replies, and
+    does not pass require-leader metadata. Here a reader task pumps every WatchResponse (events,
+    progress notifications, created/canceled) into a queue; :mod:`datastore.watch` decides what a
+    silent stream means. ``request_progress`` asks etcd (3.4+) to answer at once with the current
+    revision, which proves the member is alive and (with require-leader) has a leader.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._pump(), name="etcd-watch-reader")
+
+    @classmethod
+    async def open(cls, client: _Client, key: bytes, range_end: bytes, start_revision: int) -> WatchStream:
+        metadata = (*(client.metadata or ()), REQUIRE_LEADER)
+        call = rpc.WatchStub(client.channel).Watch(metadata=metadata)
+        stream = cls(call)
+        create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
+        try:
+            await asyncio.wait_for(call.write(rpc.WatchRequest(create_request=create)), client._timeout)
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
+                    self.queue.put_nowait(_EOF)
+                    return
+                self.queue.put_nowait(resp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream broke: hand the error to the consumer
+            self.queue.put_nowait(exc)
+
+    async def request_progress(self, timeout: float) -> None:
+        req = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        await asyncio.wait_for(self._call.write(req), timeout)
+
+    async def next(self, timeout: float) -> Any | None:
+        """The next WatchResponse; None at the end of the stream; TimeoutError when none came in time.
+
+        A broken stream raises aetcd's mapped error (ConnectionFailedError for UNAVAILABLE, ...).
+        """
+        item = self.queue.get_nowait() if not self.queue.empty() else await asyncio.wait_for(self.queue.get(), timeout)
+        if item is _EOF:
+            return None
+        if isinstance(item, rpc.AioRpcError):
+            aexc._handle_exception(item)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
 
 
 class Datastore:
@@ -227,7 +341,15 @@ class Datastore:
                 last = exc
                 if client is not None:
                     await self._rotate(client)
+            except asyncio.CancelledError as exc:
+                # Another call failed over and closed the channel this call was using (grpc cancels
+                # its in-flight calls): not a cancellation of this task, so try again on the new one.
+                task = asyncio.current_task()
+                if client is None or client is self._client or (task is not None and task.cancelling()):
+                    raise
+                last = exc
             except aexc.UnauthenticatedError as exc:
+                STATS["errors"] += 1
                 raise DatastoreError(f"etcd refused the credentials: {exc}") from exc
             except aexc.ClientError as exc:
                 if "connect" in str(exc).lower():
@@ -235,9 +357,12 @@ class Datastore:
                     if client is not None:
                         await self._rotate(client)
                 else:
+                    STATS["errors"] += 1
                     raise DatastoreError(f"etcd error: {exc}") from exc
             if time.monotonic() + delay > deadline:
+                STATS["unavailable"] += 1
                 raise DatastoreUnavailable([e.url for e in self._endpoints], _short(last))
+            STATS["retries"] += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -264,10 +389,75 @@ class Datastore:
         result = await self._call(lambda c: c.get(self._abs(key)))
         return self._kv(result) if result is not None else None
 
-    async def list(self, prefix: str) -> tuple[list[KV], int]:
-        """All keys under ``prefix`` (sorted by key) and the revision they were read at."""
-        result = await self._call(lambda c: c.get_prefix(self._abs(prefix), sort_order="ascend"))
-        return [self._kv(kv) for kv in result], result.header.revision
+    async def list(
+        self, prefix: str, *, page_size: int | None = None, skip: Sequence[str] = (), attempts: int = 5
+    ) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` (sorted by key) except those under ``skip``, and their revision.
+
+        Read in pages of ``page_size`` keys (default :data:`LIST_PAGE_SIZE`), every page at the
+        revision of the first, so the result is one consistent snapshot however large. When that
+        revision is compacted between two pages, the listing starts again (``attempts`` times).
+        """
+        for attempt in range(1, attempts + 1):
+            kvs: list[KV] = []
+            revision = 0
+            try:
+                async for page, page_revision in self.list_pages(prefix, page_size=page_size, skip=skip):
+                    kvs.extend(page)
+                    revision = page_revision
+                return kvs, revision
+            except aexc.RevisionCompactedError:
+                if attempt == attempts:
+                    raise DatastoreError(f"listing {prefix!r}: compacted under the reader {attempts} times") from None
+                log.info("datastore.list_restarted", prefix=prefix, reason="compacted between pages")
+        raise AssertionError("unreachable")
+
+    async def list_pages(
+        self, prefix: str, *, page_size: int | None = None, skip: Sequence[str] = ()
+    ) -> AsyncIterator[tuple[list[KV], int]]:
+        """The keys of :meth:`list`, one Range reply at a time (at least one page, maybe empty).
+
+        Raises aetcd's RevisionCompactedError when the first page's revision is compacted before
+        the last page is read (:meth:`list` restarts then).
+        """
+        size = page_size or LIST_PAGE_SIZE
+        if size < 1:
+            raise ValueError(f"page_size: must be at least 1, got {size}")
+        revision = 0
+        yielded = False
+        for start, end in self._ranges(prefix, skip):
+            key = start
+            while True:
+                resp = await self._call(lambda c, k=key, e=end, r=revision: c.range_page(k, e, size, r))
+                if revision == 0:
+                    revision = int(resp.header.revision)
+                if resp.kvs:
+                    yielded = True
+                    yield [self._kv(kv) for kv in resp.kvs], revision
+                if not resp.more or not resp.kvs:
+                    break
+                key = resp.kvs[-1].key + b"\x00"
+        if not yielded:
+            if revision == 0:
+                revision = await self.revision()
+            yield [], revision
+
+    def _ranges(self, prefix: str, skip: Sequence[str]) -> list[tuple[bytes, bytes]]:
+        """[start, end) key ranges covering ``prefix`` minus every ``skip`` prefix, in key order."""
+        start = self._abs(prefix)
+        end = aetcd.utils.prefix_range_end(start)
+        holes = sorted(
+            (s, aetcd.utils.prefix_range_end(s)) for s in (self._abs(x) for x in skip) if s.startswith(start)
+        )
+        ranges: list[tuple[bytes, bytes]] = []
+        cursor = start
+        for hole_start, hole_end in holes:
+            if hole_start > cursor:
+                ranges.append((cursor, hole_start))
+            cursor = max(cursor, hole_end)
+        if cursor < end:
+            ranges.append((cursor, end))
+        return ranges
 
     async def revision(self) -> int:
         result = await self._call(lambda c: c.get(self._abs("__revision_probe__")))
@@ -285,11 +475,11 @@ class Datastore:
 
     async def delete(self, key: str) -> bool:
         result = await self._call(lambda c: c.delete(self._abs(key)))
-        return bool(result.deleted)
+        return bool(getattr(result, "deleted", 0))  # aetcd returns None when the key was absent
 
     async def delete_prefix(self, prefix: str) -> int:
         result = await self._call(lambda c: c.delete_prefix(self._abs(prefix)))
-        return int(result.deleted)
+        return int(getattr(result, "deleted", 0) or 0)  # aetcd returns None when nothing matched
 
     async def txn(
         self,
@@ -344,19 +534,15 @@ class Datastore:
         await self._call(lambda c: c.compact(revision, physical=True))
 
     # -- watch ------------------------------------------------------------------------
-    async def _raw_watch(self, prefix: str, start_revision: int) -> tuple[Any, AsyncIterator[Any]]:
+    async def _open_watch(self, prefix: str, start_revision: int) -> WatchStream:
+        """A raw watch stream over ``prefix`` from ``start_revision`` (see :mod:`datastore.watch`)."""
         client = await self._get_client()
         abs_prefix = self._abs(prefix)
         try:
-            watch = await client.watch(
-                abs_prefix,
-                range_end=aetcd.utils.prefix_range_end(abs_prefix),
-                start_revision=start_revision,
-            )
-        except _UNAVAILABLE:
+            return await client.open_watch(abs_prefix, aetcd.utils.prefix_range_end(abs_prefix), start_revision)
+        except (*_UNAVAILABLE, TimeoutError):
             await self._rotate(client)
             raise
-        return watch, aiter(watch)
 
 
 def _short(exc: Exception | None) -> str:

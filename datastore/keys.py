@@ -9,6 +9,9 @@ All keys are relative to the configured prefix (default ``/tabby/``)::
     ipam/v2/handle/<handle id>                   which IPs a handle (pod, tunnel) holds
     resources/guards/<plural>                    bumped by every write of a collection whose members
                                                  are checked against each other (IPPool overlaps)
+    nodestatus/live/<node>                       attached to a lease the node's agent keeps alive
+                                                 (gone = the agent stopped renewing it)
+    controller/leader                            attached to the lease of the acting cluster controller
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ IPAM = "ipam/v2/"
 BLOCKS = IPAM + "block/"
 AFFINITIES = IPAM + "affinity/"
 HANDLES = IPAM + "handle/"
+LIVENESS = "nodestatus/live/"
+CONTROLLER_LEADER = "controller/leader"
 
 
 def cidr_to_key(cidr: str) -> str:
@@ -68,3 +73,8 @@ def guard_key(plural: str) -> str:
     """The key every write of ``plural`` compares and bumps, so two racing writers cannot both pass a
     collection-wide check (two overlapping IPPools created at once)."""
     return GUARDS + plural
+
+
+def liveness_key(node: str) -> str:
+    """The leased key a node's agent keeps alive (the cluster controller reads it)."""
+    return LIVENESS + node

@@ -154,12 +154,17 @@ class RouteProgrammer:
             return self.full_resync()
         return self._apply("delta", start)
 
-    def apply_changes(self, upserts: Iterable[Route] = (), removes: Iterable[Route] = ()) -> ApplyResult:
+    def apply_changes(self, upserts: Iterable[Route] = (), removes: Iterable[Route] = (), *,
+                      force: bool = False) -> ApplyResult:
         """Apply a change set (routes now wanted, routes no longer wanted), writing only those keys.
 
         The incremental path: the cost is O(changes), not O(desired routes), so a CNI ADD's /32 (the
         fast lane) or one remote block costs the same in a 5,000-node cluster as in a 2-node one. The
         complete desired set is kept up to date too, so a later full resync uses it.
+
+        ``force``: write the upserts even where the cache says the kernel has them (a CNI ADD's own
+        routes: the kernel drops a device's routes without a netlink event when the device is
+        deleted, as a re-ADD does with a half-done ADD's veth, so the cache can be wrong there).
         """
         start = time.perf_counter()
         touched: set[Key] = set()
@@ -179,7 +184,7 @@ class RouteProgrammer:
             want, have = self._desired.get(key), self._actual.get(key)
             if want is not None and have is None:
                 ops.append((RouteOp.ADD, want))
-            elif want is not None and have != want:
+            elif want is not None and (have != want or force):
                 ops.append((RouteOp.REPLACE, want))
             elif want is None and have is not None:
                 deletes.append((RouteOp.DELETE, have))

@@ -26,6 +26,7 @@ from typing import TypeVar
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netns import setns
 
 from felix_like.netns import NetnsGone, netns_path
 from felix_like.netns import run_in_netns as _run_in_netns
@@ -74,6 +75,7 @@ class WorkloadSpec:
     mtu: int
     ipv4: Sequence[str] = ()  # "10.0.0.5/32"
     ipv6: Sequence[str] = ()  # "fd00::5/128"
+    pod_mac: str | None = None  # chosen by the caller (it is in the WorkloadEndpoint); None: the kernel's
 
 
 @dataclass
@@ -104,92 +106,123 @@ def _delete_link(ipr: IPRoute, name: str) -> bool:
 
 
 def setup_workload(node_netns: str | None, spec: WorkloadSpec) -> WorkloadResult:
-    """Create (or re-create) the pod's interface; leftovers of a half-done earlier attempt go first."""
-    tmp_name = "tmp" + spec.host_ifname[len(HOST_PREFIX) :]
+    """Create (or re-create) the pod's interface; leftovers of a half-done earlier attempt go first.
+
+    Why one thread and one veth request: the pair is created with its peer already in the pod
+    namespace, named, with its MTU and MAC (one RTM_NEWLINK, the host side created up), instead of
+    create -> look up -> move -> rename; one short-lived thread opens a netlink socket in each
+    namespace and does everything, so there is one thread start per ADD, not three. Leftovers are
+    looked for only when the kernel says a name is taken (EEXIST), not before every ADD.
+    """
     pod_path = netns_path(spec.pod_netns)
     if not os.path.exists(pod_path):
         raise NetnsGone(2, f"network namespace {pod_path} does not exist")
 
-    def pod_cleanup() -> bool:
-        with IPRoute() as ipr:
-            return _delete_link(ipr, spec.pod_ifname) | _delete_link(ipr, tmp_name)
-
-    def node_side() -> str:
-        with IPRoute() as ipr:
-            removed = _delete_link(ipr, spec.host_ifname) | _delete_link(ipr, tmp_name)
-            if removed:
-                log.info("workload.leftover_removed", interface=spec.host_ifname)
-            ipr.link("add", ifname=spec.host_ifname, kind="veth", peer=tmp_name)
-            host = _link_index(ipr, spec.host_ifname)
-            peer = _link_index(ipr, tmp_name)
-            if host is None or peer is None:
-                raise WorkloadError(f"veth {spec.host_ifname} vanished right after it was created")
-            ipr.link("set", index=host, address=HOST_MAC, mtu=spec.mtu)
-            fd = os.open(pod_path, os.O_RDONLY)
+    def work() -> WorkloadResult:
+        try:
+            pod_fd = os.open(pod_path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NetnsGone(2, f"network namespace {pod_path} does not exist") from None
+        node_fd = os.open(netns_path(node_netns) if node_netns else "/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            setns(pod_fd)
+            pod = IPRoute()
             try:
-                ipr.link("set", index=peer, net_ns_fd=fd)
+                if spec.ipv6:
+                    # Routes via the host's link-local need IPv6 on; DAD would delay the address. Set
+                    # before the interface exists: a new interface copies conf/default.
+                    for name in ("all", "default"):
+                        path = f"/proc/sys/net/ipv6/conf/{name}/accept_dad"
+                        if os.path.exists(path):
+                            _sysctl(path, "0")
+                setns(node_fd)
+                with IPRoute() as node:
+                    _create_pair(node, pod, pod_fd, spec)
+                    conf = f"/proc/sys/net/ipv4/conf/{spec.host_ifname}"
+                    _sysctl(f"{conf}/proxy_arp", "1")
+                    _sysctl(f"{conf}/forwarding", "1")
+                    _sysctl(f"{conf}/rp_filter", "0")
+                    _sysctl(f"/proc/sys/net/ipv4/neigh/{spec.host_ifname}/proxy_delay", "0")
+                    if spec.ipv6 and os.path.exists(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}"):
+                        _sysctl(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}/forwarding", "1")
+                        _sysctl(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}/proxy_ndp", "1")
+                    try:
+                        pod_mac = _pod_side(pod, spec)
+                    except BaseException:
+                        _delete_link(node, spec.host_ifname)
+                        raise
+                    return WorkloadResult(spec.host_ifname, HOST_MAC, spec.pod_ifname, pod_mac)
             finally:
-                os.close(fd)
-            conf = f"/proc/sys/net/ipv4/conf/{spec.host_ifname}"
-            _sysctl(f"{conf}/proxy_arp", "1")
-            _sysctl(f"{conf}/forwarding", "1")
-            _sysctl(f"{conf}/rp_filter", "0")
-            _sysctl(f"/proc/sys/net/ipv4/neigh/{spec.host_ifname}/proxy_delay", "0")
-            if spec.ipv6 and os.path.exists(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}"):
-                _sysctl(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}/forwarding", "1")
-                _sysctl(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}/proxy_ndp", "1")
-            ipr.link("set", index=host, state="up")
-            return HOST_MAC
+                pod.close()
+        finally:
+            os.close(pod_fd)
+            os.close(node_fd)
 
-    def pod_side() -> str:
-        with IPRoute() as ipr:
-            index = _link_index(ipr, tmp_name)
-            if index is None:
-                raise WorkloadError(f"pod side of {spec.host_ifname} did not arrive in {pod_path}")
-            ipr.link("set", index=index, ifname=spec.pod_ifname, mtu=spec.mtu)
-            lo = _link_index(ipr, "lo")
-            if lo is not None:
-                ipr.link("set", index=lo, state="up")
-            if spec.ipv6:
-                # Routes via the host's link-local need IPv6 on; DAD would delay the address.
-                for name in ("all", "default", spec.pod_ifname):
-                    path = f"/proc/sys/net/ipv6/conf/{name}/accept_dad"
-                    if os.path.exists(path):
-                        _sysctl(path, "0")
-            ipr.link("set", index=index, state="up")
-            for cidr in spec.ipv4:
-                iface = ipaddress.ip_interface(cidr)
-                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=32)
-            if spec.ipv4:
-                # proxy_arp answers only when the node can route to 169.254.1.1 (a node without a
-                # default route cannot): a permanent entry for the gateway makes the pod independent of it.
-                ipr.neigh("replace", dst=GATEWAY_V4, lladdr=HOST_MAC, ifindex=index, state=0x80)
-                ipr.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=253)
-                ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
-            for cidr in spec.ipv6:
-                iface = ipaddress.ip_interface(cidr)
-                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=128, flags=0x80)  # nodad
-            link = ipr.get_links(index)[0]
-            return str(link.get_attr("IFLA_ADDRESS"))
-
-    run_in_netns(spec.pod_netns, pod_cleanup)
-    host_mac = run_in_netns(node_netns, node_side)
-    try:
-        pod_mac = run_in_netns(spec.pod_netns, pod_side)
-        if spec.ipv6:
+    made = run_in_netns(None, work)
+    if spec.ipv6:
+        try:
             host_ll = run_in_netns(node_netns, lambda: _link_local(spec.host_ifname))
             if host_ll:
                 run_in_netns(spec.pod_netns, lambda: _v6_default(spec.pod_ifname, host_ll))
-    except BaseException:
-        run_in_netns(node_netns, lambda: _delete_quietly(spec.host_ifname))
-        raise
+        except BaseException:
+            run_in_netns(node_netns, lambda: _delete_quietly(spec.host_ifname))
+            raise
     log.info("workload.created", interface=spec.host_ifname, netns=spec.pod_netns, ifname=spec.pod_ifname)
-    return WorkloadResult(spec.host_ifname, host_mac, spec.pod_ifname, pod_mac)
+    return made
+
+
+def _create_pair(node: IPRoute, pod: IPRoute, pod_fd: int, spec: WorkloadSpec) -> None:
+    """One RTM_NEWLINK: host side up with its MAC and MTU, peer named and placed in the pod namespace."""
+    peer: dict[str, object] = {"ifname": spec.pod_ifname, "mtu": spec.mtu, "net_ns_fd": pod_fd}
+    if spec.pod_mac:
+        peer["address"] = spec.pod_mac
+    for attempt in (1, 2):
+        try:
+            node.link("add", ifname=spec.host_ifname, kind="veth", address=HOST_MAC, mtu=spec.mtu, state="up",
+                      peer=peer)
+            return
+        except NetlinkError as exc:
+            if exc.code != 17 or attempt == 2:  # EEXIST: leftovers of an earlier ADD
+                raise
+        tmp_name = "tmp" + spec.host_ifname[len(HOST_PREFIX) :]  # names of earlier releases' half-done ADDs
+        removed = _delete_link(node, spec.host_ifname) | _delete_link(node, tmp_name)
+        removed |= _delete_link(pod, spec.pod_ifname) | _delete_link(pod, tmp_name)
+        if removed:
+            log.info("workload.leftover_removed", interface=spec.host_ifname)
+
+
+def _pod_side(pod: IPRoute, spec: WorkloadSpec) -> str:
+    """Up, addresses, the gateway neighbour and the routes, on the pod's socket."""
+    index = _link_index(pod, spec.pod_ifname)
+    if index is None:
+        raise WorkloadError(f"pod side of {spec.host_ifname} did not arrive in {spec.pod_netns}")
+    pod.link("set", index=1, state="up")  # lo is ifindex 1 in every namespace
+    pod.link("set", index=index, state="up")
+    for cidr in spec.ipv4:
+        pod.addr("add", index=index, address=str(ipaddress.ip_interface(cidr).ip), prefixlen=32)
+    if spec.ipv4:
+        # proxy_arp answers only when the node can route to 169.254.1.1 (a node without a default
+        # route cannot): a permanent entry for the gateway makes the pod independent of it.
+        pod.neigh("replace", dst=GATEWAY_V4, lladdr=HOST_MAC, ifindex=index, state=0x80)
+        pod.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=253)
+        pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
+    for cidr in spec.ipv6:
+        pod.addr("add", index=index, address=str(ipaddress.ip_interface(cidr).ip), prefixlen=128, flags=0x80)
+    if spec.pod_mac:
+        return spec.pod_mac
+    return str(pod.get_links(index)[0].get_attr("IFLA_ADDRESS"))
 
 
 def _delete_quietly(name: str) -> bool:
+    """Delete by name in one request (the kernel resolves IFLA_IFNAME); False when it was not there."""
     with IPRoute() as ipr:
-        return _delete_link(ipr, name)
+        try:
+            ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code != 19:  # ENODEV
+                raise
+            return False
+        return True
 
 
 def _link_local(name: str) -> str | None:

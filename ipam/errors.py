@@ -25,3 +25,7 @@ class IPNotInPool(IPAMError):
 
 class InvalidHandle(IPAMError):
     """A handle id is empty, malformed, or its stored record cannot be read."""
+
+
+class HandleInUse(IPAMError):
+    """An allocation asked for a new handle (``new_handle=True``) but the handle already holds addresses."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -141,13 +142,16 @@ def deploy(topo: str | None, reconfigure: bool, timeout: float) -> None:
 @lab.command()
 @click.option("-t", "--topo", "topo", help=TOPO_HELP)
 @click.option("--cleanup", is_flag=True,
-              help="also sweep by name what the topology implies and delete the lab directory (logs); "
-                   "works after a crashed deploy")
+              help="also sweep by name what the topology implies and delete the lab directory, except the node "
+                   "logs; works after a crashed deploy")
+@click.option("--purge", is_flag=True, help="with --cleanup: delete the node logs too")
 @user_errors
-def destroy(topo: str | None, cleanup: bool) -> None:
-    """Remove every namespace, link, process and directory of the lab."""
+def destroy(topo: str | None, cleanup: bool, purge: bool) -> None:
+    """Remove every namespace, link, process and directory of the lab (node logs stay unless --purge)."""
     topology = _topology(topo)
-    report = destroy_lab(topology, cleanup=cleanup)
+    if purge and not cleanup:
+        raise LabError("--purge goes with --cleanup: destroy -t FILE --cleanup --purge")
+    report = destroy_lab(topology, cleanup=cleanup, purge=purge)
     if report.nothing:
         click.echo(f"lab {topology.name}: nothing to destroy", err=True)
     else:
@@ -166,12 +170,12 @@ def _half_built(topology: Topology) -> Path | None:
 
 def _print_table(rows: list[dict[str, str]]) -> None:
     table = Table(show_lines=False)
-    for column in ("#", "Name", "Kind", "Image", "State", "IPv4 Address"):
+    for column in ("#", "Name", "Kind", "Image", "State", "Restarts", "IPv4 Address"):
         table.add_column(column)
     for i, row in enumerate(rows, 1):
         colour = "green" if row["state"] == "running" else "red"
         table.add_row(str(i), row["name"], row["kind"], row["image"], f"[{colour}]{row['state']}[/{colour}]",
-                      row["ipv4_address"])
+                      row.get("restarts", ""), row["ipv4_address"])
     console = Console()
     if not console.is_terminal:
         console.width = 200  # piped or captured: never truncate names
@@ -202,10 +206,19 @@ def inspect(topo: str | None, fmt: str) -> None:
               help="picture file: .svg, .png, .dot (Graphviz) or .md (Mermaid); default <lab>.svg")
 @user_errors
 def graph(topo: str | None, output: Path | None) -> None:
-    """Draw the topology's nodes and links (no root needed, nothing deployed)."""
+    """Draw the topology's nodes and links (no root needed, nothing deployed).
+
+    With the lab deployed (and root), the picture also shows each node's data-plane addresses,
+    AS number, BGP sessions with their state and pods, read from the running nodes.
+    """
     topology = _topology(topo)
     target = output or Path(f"{topology.name}.svg")
-    graph_mod.render(topology, target)
+    live = None
+    if os.geteuid() == 0 and LabState.load(topology.name) is not None:
+        from lab import live as live_mod
+
+        live = live_mod.collect(load_lab(topology))
+    graph_mod.render(topology, target, live=live)
     click.echo(f"wrote {target}", err=True)
 
 
@@ -217,6 +230,7 @@ def graph(topo: str | None, output: Path | None) -> None:
 @user_errors
 def exec_(topo: str | None, all_nodes: bool, timeout: float | None, args: tuple[str, ...]) -> None:
     """Run a command in a node: exec -t FILE NODE -- CMD... (or --all -- CMD...)."""
+    topo, all_nodes, timeout, args = _exec_options(topo, all_nodes, timeout, args)
     topology = _topology(topo)
     if all_nodes:
         nodes, argv = list(topology.nodes), list(args)
@@ -248,10 +262,51 @@ def exec_(topo: str | None, all_nodes: bool, timeout: float | None, args: tuple[
     sys.exit(1 if worst else 0)
 
 
+def _exec_options(topo: str | None, all_nodes: bool, timeout: float | None,
+                  args: tuple[str, ...]) -> tuple[str | None, bool, float | None, tuple[str, ...]]:
+    """exec's own options also after the node name (``exec -t F r1 --timeout 5 -- CMD``).
+
+    click stops parsing options at the first argument (the node), so ``--timeout 5`` would
+    otherwise become the command. Only the leading words before the command (or ``--``) are read.
+    """
+    rest = list(args)
+    out: list[str] = []
+    i = 0
+    while i < len(rest) and rest[i] != "--":
+        word = rest[i]
+        value = rest[i + 1] if i + 1 < len(rest) else None
+        if word == "--all":
+            all_nodes, i = True, i + 1
+        elif word in ("--timeout", "-t", "--topo") and value is not None:
+            if word == "--timeout":
+                timeout = _exec_timeout(value)
+            else:
+                topo = value
+            i += 2
+        elif word.startswith("--timeout="):
+            timeout, i = _exec_timeout(word.split("=", 1)[1]), i + 1
+        elif not out and not all_nodes:
+            out.append(word)  # the node name
+            i += 1
+        else:
+            break
+    return topo, all_nodes, timeout, (*out, *rest[i:])
+
+
+def _exec_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise LabError(f"exec --timeout: {value!r} is not a number of seconds") from None
+    if seconds < 0.1:
+        raise LabError(f"exec --timeout: {value} is below 0.1 s")
+    return seconds
+
+
 def _exec_passthrough(handle: Lab, node: str, argv: list[str], timeout: float | None) -> int:
     """One node: the command's own stdin/stdout/stderr and exit code, as ``docker exec`` gives."""
     n = handle.topology.nodes[node]
-    full = netns.netns_argv(n.netns, handle.exec_argv(node, argv))
+    full = kinds.node_argv(n, handle.state, handle.exec_argv(node, argv))
     try:
         return subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:
@@ -327,3 +382,39 @@ def check(topo: str | None, count: int, wait: int) -> None:
                    f"(first: {report['failed'][0]['from']} -> {report['failed'][0]['to']} "
                    f"{report['failed'][0]['ip']})", err=True)
         sys.exit(1)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.argument("node")
+@user_errors
+def restart(topo: str | None, node: str) -> None:
+    """Restart a node's supervised processes (the tabby/node agent) and wait until they run again."""
+    from lab import supervision
+
+    handle = load_lab(_topology(topo))
+    if node not in handle.topology.nodes:
+        raise LabError(f"node {node!r} is not in lab {handle.topology.name} "
+                       f"(nodes: {', '.join(sorted(handle.topology.nodes))})")
+    names = supervision.restart(handle.state.node_dir(node), node)
+    click.echo(f"node {node}: restarted {', '.join(names)}", err=True)
+
+
+@lab.command()
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
+@click.option("-p", "--process", default=None, help="only this process's log (e.g. tabby-node, bgpd)")
+@click.argument("node")
+@user_errors
+def logs(topo: str | None, follow: bool, process: str | None, node: str) -> None:
+    """Print a node's process logs (kept after destroy; --cleanup --purge removes them)."""
+    from lab import logs as logs_mod
+    from lab.state import lab_dir
+
+    topology = _topology(topo)
+    if node not in topology.nodes:
+        raise LabError(f"node {node!r} is not in lab {topology.name} (nodes: {', '.join(sorted(topology.nodes))})")
+    try:
+        logs_mod.show(lab_dir(topology.name) / "nodes" / node, node, process=process, follow=follow)
+    except KeyboardInterrupt:
+        return

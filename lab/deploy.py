@@ -12,11 +12,15 @@ names the topology implies.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +31,15 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from lab import kinds, netns
+from lab import kinds, mountns, netns, supervision
 from lab.errors import LabError, NotRootError
-from lab.state import LabState, lab_dir, lab_lock
-from lab.topology import Node, Topology, load_topology
+from lab.state import STATE_FILE, LabState, ProcessRecord, lab_dir, lab_lock, process_start_time, state_root
+from lab.topology import Healthcheck, Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
 
 POD_NETNS_INFIX = "-pod-"  # pod namespaces: <node namespace>-pod-<name> (lab.pods)
+DEFAULT_RUN_ROOT = "/run/tabby"  # the node agent's default run root: shared with every node
 READY_TIMEOUT = 60.0
 EXEC_TIMEOUT = 60.0
 MAX_WORKERS = 16
@@ -122,8 +127,12 @@ class Lab:
     def node_dir(self, node: str) -> Path:
         return self.state.node_dir(self.topology.node(node).name)
 
+    def node_path(self, node: str, path: str) -> Path:
+        """``path`` as ``node`` sees it in its own root (e.g. ``/var/run/frr/bgpd.pid``), readable from the host."""
+        return kinds.node_path(self.topology.node(node), self.state, path)
+
     def exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` as it runs in ``node`` (``vtysh`` gets ``-N ns``, ``birdc`` its socket)."""
+        """``argv`` as it runs in ``node`` (``birdc`` gets its socket)."""
         n = self.topology.node(node)
         return kinds.handler_for(n.image).exec_argv(n, self.state.node_dir(node), list(argv))
 
@@ -131,7 +140,7 @@ class Lab:
              input_text: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in ``node``'s namespace with the node's environment; output captured as text."""
         n = self.topology.node(node)
-        full = netns.netns_argv(n.netns, self.exec_argv(node, argv))
+        full = kinds.node_argv(n, self.state, self.exec_argv(node, argv), cwd=cwd)
         try:
             proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text,
                                   env=kinds.node_env(n), check=False, cwd=cwd)
@@ -199,11 +208,12 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         if taken:
             raise LabError(f"lab {topo.name}: namespace {taken[0]} already exists (another lab, or a leftover: "
                            f"ip netns del {taken[0]})")
+        _refuse_paths_in_use(topo)
         shutil.rmtree(lab_dir(topo.name) / "nodes", ignore_errors=True)
         state = LabState(name=topo.name, topology=str(topo.path))
         state.save()
         lab = Lab(topo, state)
-        for warning in [*topo.warnings, *_ignored_binds(topo)]:
+        for warning in topo.warnings:
             state.record_warning(warning)
             reporter.warn(warning)
         started = time.monotonic()
@@ -223,25 +233,70 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         return lab
 
 
-CONFIG_BIND_DIRS = ("/etc/frr/", "/etc/bird/", "/etc/bird.conf", "/usr/local/etc/bird.conf", "/etc/gobgp/")
-
-
-def _ignored_binds(topo: Topology) -> list[str]:
-    """Binds other than router configs cannot be honoured without a mount namespace: say so."""
-    return [f"node {node.name}: bind {bind.source} -> {bind.target} is ignored (nodes see the host's filesystem)"
-            for node in topo.nodes.values() for bind in node.binds
-            if not bind.target.startswith(CONFIG_BIND_DIRS)]
+def _refuse_paths_in_use(topo: Topology) -> None:
+    """Two labs sharing an agent's run directory break each other (destroying one kills the other's
+    agents): refuse a deploy whose host paths a running lab (its namespaces exist) recorded."""
+    ours = {str(p): node.name for node in topo.nodes.values() for p in kinds.handler_for(node.image).host_paths(node)}
+    if not ours:
+        return
+    root = state_root()
+    for state_file in sorted(root.glob(f"*/{STATE_FILE}")) if root.is_dir() else []:
+        other = state_file.parent.name
+        if other == topo.name:
+            continue
+        try:
+            state = LabState.load(other)
+        except LabError:
+            continue
+        if state is None or not any(netns.exists(ns) for ns in state.netns):
+            continue
+        for path in state.paths:
+            if path in ours:
+                raise LabError(f"lab {topo.name}: node {ours[path]}'s run directory {path} is used by running lab "
+                               f"{other}; destroy {other} or give the node another TABBY_RUN_ROOT")
 
 
 def _create_namespaces(topo: Topology, state: LabState, reporter: Reporter) -> None:
     names = topo.netns_names()
     reporter.phase("namespaces", len(names))
 
+    settings = docker_ipv4_settings()
+    node_names = {n.netns for n in topo.nodes.values()}
+
     def make(name: str) -> None:
         state.record_netns(name)
         netns.add(name)
+        if name in node_names:
+            netns.run(netns.netns_argv(name, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())]))
 
     _parallel(names, make, reporter)
+
+
+def docker_ipv4_settings(proc_sys: Path = Path("/proc/sys")) -> dict[str, str]:
+    """The IPv4 settings a container on a Docker host starts with.
+
+    A new network namespace copies ``net.ipv4.conf.{all,default}`` from the initial namespace
+    (``net.core.devconf_inherit_init_net=0``, the default; IPv6 starts at kernel defaults), and
+    Docker turns IPv4 forwarding on for the host. So FRR labs written for containerlab never set
+    ``ip_forward``, and their routers forward. Here: the deploying process's (initial) values,
+    writable keys only, then forwarding on. ``sysctls:`` of the file is applied after, and wins.
+    """
+    out: dict[str, str] = {}
+    for conf in ("all", "default"):
+        directory = proc_sys / "net" / "ipv4" / "conf" / conf
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            try:
+                if not path.stat().st_mode & 0o200:
+                    continue
+                value = path.read_text().strip()
+            except OSError:
+                continue
+            if value and " " not in value and "\t" not in value:
+                out[f"net.ipv4.conf.{conf}.{path.name}"] = value
+    out["net.ipv4.conf.all.forwarding"] = "1"
+    out["net.ipv4.conf.default.forwarding"] = "1"
+    out["net.ipv4.ip_forward"] = "1"
+    return out
 
 
 def _mgmt_peer(index: int) -> str:
@@ -304,6 +359,8 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
                  timeout: float) -> None:
     reporter.phase("nodes", len(topo.nodes))
 
+    warnings: list[str] = []
+
     def start(node: Node) -> None:
         ctx = kinds.NodeContext(topology=topo, node=node, state=state)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -311,16 +368,134 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
         for path in handler.host_paths(node):  # e.g. an agent's run directory: destroy removes it
             state.record_path(path)
         try:
+            _start_root(ctx, handler, timeout)
+            if node.startup_delay:
+                time.sleep(node.startup_delay)
             handler.start(ctx)
             handler.wait_ready(ctx, timeout)
+            if node.healthcheck is not None:
+                _wait_healthy(ctx, node.healthcheck)
         except LabError as exc:
             raise LabError(exc.problems[0], [p if p.startswith("node ") else f"node {node.name}: {p}"
                                              for p in exc.problems]) from None
         except OSError as exc:
             raise LabError(f"node {node.name}: {exc}") from None
+        finally:
+            warnings.extend(ctx.warnings)
         log.info("node ready", lab=topo.name, node=node.name, image=node.image, handler=handler.name)
 
-    _parallel(list(topo.nodes.values()), start, reporter, label=lambda n: n.name)
+    try:
+        for wave in start_waves(topo):
+            _parallel(wave, start, reporter, label=lambda n: n.name)
+    finally:
+        for warning in warnings:
+            state.record_warning(warning)
+            reporter.warn(warning)
+
+
+def start_waves(topo: Topology) -> list[list[Node]]:
+    """Nodes in the order ``stages``/``wait-for`` ask for: each wave starts once the ones before are up.
+
+    containerlab lets a node's stage wait for another node's stage (create, create-links,
+    configure, healthy). Here links are made for every node before any program starts, so a
+    dependency means: start after that node is up (its program answers, its healthcheck passed);
+    that satisfies every stage a file can name. Cycles are refused when the file is read.
+    """
+    done: set[str] = set()
+    left = dict(topo.nodes)
+    waves: list[list[Node]] = []
+    while left:
+        wave = [n for n in left.values() if all(d in done or d not in topo.nodes for d in n.wait_for)]
+        if not wave:  # unreachable: topology refuses cycles
+            raise LabError(f"lab {topo.name}: wait-for cycle among {', '.join(left)}")
+        waves.append(wave)
+        for node in wave:
+            done.add(node.name)
+            del left[node.name]
+    return waves
+
+
+def _wait_healthy(ctx: kinds.NodeContext, check: Healthcheck) -> None:
+    """Docker's healthcheck as readiness: healthy at the first success of ``check.argv`` in the node;
+    after ``start-period``, ``retries`` failures in a row make the node unhealthy (deploy fails)."""
+    started = time.monotonic()
+    failures = 0
+    last = ""
+    while True:
+        ctx.check_alive()
+        try:
+            proc = ctx.run(list(check.argv), check=False, timeout=check.timeout)
+            if proc.returncode == 0:
+                return
+            output = (proc.stdout + proc.stderr).strip().splitlines()
+            last = output[-1] if output else f"exit {proc.returncode}"
+        except LabError as exc:
+            last = exc.problems[0]
+        if time.monotonic() - started >= check.start_period:
+            failures += 1
+            if failures >= check.retries:
+                raise LabError(f"node {ctx.node.name}: unhealthy: healthcheck {shlex.join(check.argv)!r} failed "
+                               f"{failures} times: {last}")
+        time.sleep(check.interval)
+
+
+def shared_paths(node: Node) -> list[str]:
+    """Host directories every node sees as the host does: the lab state root and the run root.
+
+    Sockets, logs and pod records live there, so host-side tools (``lab pod add``, logs, flows)
+    find what the node's processes made. Nested paths collapse into their parent.
+    """
+    candidates = [state_root(), Path(DEFAULT_RUN_ROOT)]
+    if node.env.get("TABBY_RUN_ROOT"):
+        candidates.append(Path(node.env["TABBY_RUN_ROOT"]))
+    if node.env.get("TABBY_RUN_DIR"):
+        candidates.append(Path(node.env["TABBY_RUN_DIR"]).parent)
+    kept: list[Path] = []
+    for path in sorted((p.resolve() for p in candidates if p.is_absolute()), key=lambda p: len(p.parts)):
+        if path != Path("/") and not any(path == k or k in path.parents for k in kept):
+            kept.append(path)
+    return [str(p) for p in kept]
+
+
+def _start_root(ctx: kinds.NodeContext, handler: kinds.ImageHandler, timeout: float) -> None:
+    """Start the holder of the node's mount namespace (``lab.mountns``) and wait until it pivoted.
+
+    Recorded like any node process (destroy kills it, and its namespace goes with the last
+    process in it); it lives in the node's network namespace, so a crash before the record is
+    written is still swept by name.
+    """
+    node = ctx.node
+    extra_binds, dirs = handler.root_setup(ctx)
+    base = ctx.workdir / "rootfs"
+    base.mkdir(parents=True, exist_ok=True)
+    for bind in node.binds:  # sources under the lab directory (__clabNodeDir__) are made here, as containerlab does
+        if not bind.source.exists() and ctx.state.dir in bind.source.parents:
+            bind.source.mkdir(parents=True, exist_ok=True)
+    shared = shared_paths(node)
+    for path in shared:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    spec = {
+        "base": str(base),
+        "hostname": node.name,
+        "shared": shared,
+        "binds": [{"source": str(b.source), "target": b.target, "ro": "ro" in (b.mode or "").split(",")}
+                  for b in (*node.binds, *extra_binds)],
+        "dirs": dirs,
+    }
+    argv = [sys.executable, "-I", mountns.__file__, json.dumps(spec)]
+    with open(ctx.workdir / f"{kinds.MOUNTNS_PROCESS}.log", "ab") as err:
+        proc = subprocess.Popen(netns.netns_argv(node.netns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, start_new_session=True)
+    ctx.state.record_holder(ProcessRecord(pid=proc.pid, start_time=process_start_time(proc.pid), node=node.name,
+                                           name=kinds.MOUNTNS_PROCESS, argv=argv[:3]))
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    proc.stdout.close()
+    if line != "ready":
+        reason = line.removeprefix("error: ") or ctx.log_tail(kinds.MOUNTNS_PROCESS) or "no answer"
+        raise LabError(f"node {node.name}: cannot build its root filesystem: {reason}")
+    ctx.popens[kinds.MOUNTNS_PROCESS] = proc
 
 
 def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
@@ -329,12 +504,12 @@ def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
     They run in the topology file's directory, so a relative path in an ``exec`` (``tabbyctl apply
     -f lab/pools.yaml``) names the file beside the topology, as a relative bind source does.
     """
-    nodes = [n for n in lab.nodes.values() if n.exec]
-    reporter.phase("exec", sum(len(n.exec) for n in nodes))
+    nodes = [n for n in lab.nodes.values() if n.exec or n.stage_exec]
+    reporter.phase("exec", sum(len(n.exec) + len(n.stage_exec) for n in nodes))
     failures: list[str] = []
 
     def run_node(node: Node) -> None:
-        for command in node.exec:
+        for command in (*node.stage_exec, *node.exec):
             argv = shlex.split(command)
             try:
                 proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT, cwd=lab.topology.directory.resolve())
@@ -370,21 +545,40 @@ class DestroyReport:
         return not (self.namespaces or self.killed or self.paths or self.was_deployed)
 
 
-def destroy(topology: Topology | str | Path | None, *, cleanup: bool = False) -> DestroyReport:
+def destroy(topology: Topology | str | Path | None, *, cleanup: bool = False, purge: bool = True) -> DestroyReport:
     """Remove every process, namespace and directory of the lab; idempotent.
 
     Without ``cleanup`` it works from the lab's state record and keeps the node logs. With
     ``cleanup`` it also sweeps what the topology implies (namespaces by name, FRR pathspaces,
     processes in those namespaces), works with a missing or corrupt record, and removes the
-    lab directory: after a crashed deploy this leaves nothing behind.
+    lab directory: after a crashed deploy this leaves nothing behind. ``purge=False`` (``tabbyctl
+    lab destroy --cleanup``) keeps the node logs (``nodes/<node>/*.log``) in the lab directory.
     """
     topo = _topology(topology)
     require_root("destroy")
     with lab_lock(topo.name):
-        return _teardown(topo, cleanup=cleanup)
+        return _teardown(topo, cleanup=cleanup, purge=purge)
 
 
-def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
+def _remove_keeping_logs(directory: Path) -> None:
+    """Delete the lab directory except ``nodes/<node>/*.log``."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name == "nodes" and entry.is_dir():
+            for node_dir in entry.iterdir():
+                for item in (node_dir.iterdir() if node_dir.is_dir() else []):
+                    if item.is_dir() and not item.is_symlink():
+                        shutil.rmtree(item, ignore_errors=True)
+                    elif item.suffix != ".log":
+                        item.unlink(missing_ok=True)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _teardown(topo: Topology, *, cleanup: bool, purge: bool = True) -> DestroyReport:
     report = DestroyReport(lab=topo.name)
     try:
         state = LabState.load(topo.name)
@@ -403,7 +597,7 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
             paths += [str(p) for p in kinds.handler_for(node.image).host_paths(node) if str(p) not in paths]
     report.was_deployed = state is not None
 
-    pids = [p.pid for p in (state.processes if state else []) if p.alive()]
+    pids = [p.pid for p in (state.processes + state.holders if state else []) if p.alive()]
     for name in namespaces:
         pids += netns.pids(name)
     report.killed = len(set(pids))
@@ -413,17 +607,49 @@ def _teardown(topo: Topology, *, cleanup: bool) -> DestroyReport:
             netns.delete(name)
             report.namespaces.append(name)
     for path in paths:
-        if Path(path).exists():
+        if Path(path).is_dir() and not Path(path).is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             report.paths.append(path)
-    directory = lab_dir(topo.name)
+        elif Path(path).exists() or Path(path).is_symlink():
+            Path(path).unlink(missing_ok=True)  # a file a node left on the host (an agent's nodename file)
+            report.paths.append(path)
     if cleanup:
+        report.paths += _sweep_by_netns(topo)
+    directory = lab_dir(topo.name)
+    if cleanup and purge:
         shutil.rmtree(directory, ignore_errors=True)
+    elif cleanup:
+        _remove_keeping_logs(directory)
     else:
         (directory / "state.json").unlink(missing_ok=True)
     log.info("lab destroyed", lab=topo.name, namespaces=len(report.namespaces), killed=report.killed,
              cleanup=cleanup)
     return report
+
+
+def _sweep_by_netns(topo: Topology) -> list[str]:
+    """``<run root>/by-netns/``: the agents' socket links by namespace inode. A lab's run root is its
+    own by default (the whole directory goes); in a shared one only links into this lab's run
+    directories or dangling ones go, and the directory once empty."""
+    removed: list[str] = []
+    roots = {node.env["TABBY_RUN_ROOT"] for node in topo.nodes.values() if node.env.get("TABBY_RUN_ROOT")}
+    run_dirs = {str(p) for node in topo.nodes.values() for p in kinds.handler_for(node.image).host_paths(node)}
+    for root in sorted(roots):
+        by_netns = Path(root) / "by-netns"
+        if not by_netns.is_dir():
+            continue
+        for link in by_netns.iterdir():
+            target = os.readlink(link) if link.is_symlink() else ""
+            if not link.exists() or any(target.startswith(d.rstrip("/") + "/") for d in run_dirs):
+                link.unlink(missing_ok=True)
+                removed.append(str(link))
+        with contextlib.suppress(OSError):
+            by_netns.rmdir()
+            removed.append(str(by_netns))
+        if Path(root).resolve().is_relative_to(lab_dir(topo.name)):
+            with contextlib.suppress(OSError):
+                Path(root).rmdir()
+    return removed
 
 
 # --------------------------------------------------------------------------- inspect
@@ -454,6 +680,7 @@ def inspect_rows(topo: Topology, state: LabState | None) -> list[dict[str, str]]
             "kind": node.kind,
             "state": status,
             "ipv4_address": str(node.mgmt_ipv4) if node.mgmt_ipv4 else "N/A",
+            "restarts": str(supervision.restarts(state.node_dir(node.name))) if state is not None else "0",
             "ipv6_address": "N/A",
             "owner": "root",
         })

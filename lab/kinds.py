@@ -34,7 +34,7 @@ import structlog
 from lab import netns
 from lab.errors import LabError
 from lab.state import LabState, ProcessRecord, process_start_time
-from lab.topology import Node, Topology
+from lab.topology import Bind, Node, Topology
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,7 @@ FRR_DEFAULT_DAEMONS = ("zebra", "bgpd", "staticd")
 FRR_KNOWN_DAEMONS = ("zebra", "bgpd", "ospfd", "ospf6d", "ripd", "ripngd", "isisd", "pimd", "ldpd", "nhrpd",
                      "eigrpd", "babeld", "sharpd", "pbrd", "bfdd", "fabricd", "vrrpd", "pathd", "staticd")
 GOBGP_API = "127.0.0.1:50051"
+CMD_GRACE = 0.5  # seconds a plain node's cmd gets to show it does not exit at once
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 
@@ -70,6 +71,11 @@ class NodeContext:
     node: Node
     state: LabState
     popens: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: problems that do not stop the node (e.g. configuration lines FRR rejected); deploy reports them
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     @property
     def netns(self) -> str:
@@ -84,12 +90,20 @@ class NodeContext:
         """A container's environment: a minimal base plus the node's ``env``, never the caller's."""
         return node_env(self.node)
 
+    def argv(self, argv: Sequence[str], cwd: Path | None = None) -> list[str]:
+        """``argv`` as it runs in this node: its network and mount namespaces (``node_argv``)."""
+        return node_argv(self.node, self.state, argv, cwd=cwd)
+
+    def path(self, path: str) -> Path:
+        """A path as this node sees it, read from the host (through its holder's root)."""
+        return node_path(self.node, self.state, path)
+
     def spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> ProcessRecord:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                netns.netns_argv(self.netns, argv),
+                self.argv(argv, cwd=self.workdir),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -106,7 +120,7 @@ class NodeContext:
 
     def run(self, argv: Sequence[str], *, timeout: float = 30.0,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return netns.run(netns.netns_argv(self.netns, argv), timeout=timeout, check=check)
+        return netns.run(self.argv(argv, cwd=self.workdir), timeout=timeout, check=check)
 
     def log_tail(self, name: str, lines: int = 3) -> str:
         try:
@@ -142,6 +156,70 @@ def node_env(node: Node) -> dict[str, str]:
     return {**BASE_ENV, **node.env}
 
 
+MOUNTNS_PROCESS = "mountns"
+
+
+def holder(node: Node, state: LabState | None) -> ProcessRecord | None:
+    """The process owning ``node``'s mount namespace (``lab.mountns``), if one was started."""
+    records = [p for p in (state.holders if state else []) if p.node == node.name]
+    return records[-1] if records else None
+
+
+def node_argv(node: Node, state: LabState | None, argv: Sequence[str], *, cwd: Path | None = None) -> list[str]:
+    """``argv`` run in ``node``: its network namespace and, once deployed, its mount namespace.
+
+    ``nsenter`` joins the holder's namespaces (mount, with the root it pivoted into, and UTS), then changes
+    to ``cwd`` as the node sees it (default: the caller's directory, which the node's overlay
+    shows as on the host). Before the holder exists (or for a lab deployed without one), plain
+    ``ip netns exec``. A holder that died means the node is gone: that is an error, never a
+    silent run against the host's filesystem.
+    """
+    record = holder(node, state)
+    if record is not None and not record.alive() and state is not None:
+        # the lab may have been redeployed since ``state`` was read (deploy --reconfigure)
+        record = holder(node, LabState.load(state.name))
+    if record is None:
+        return netns.netns_argv(node.netns, argv)
+    if not record.alive():
+        raise LabError(f"node {node.name}: its mount namespace is gone (holder pid {record.pid} exited); "
+                       "redeploy the lab")
+    wd = str(cwd) if cwd is not None else os.getcwd()
+    if not (Path(f"/proc/{record.pid}/root") / os.path.realpath(wd).lstrip("/")).is_dir():
+        wd = "/"  # the caller's directory is not in the node's root (e.g. under a host-only /run): as docker exec
+    # not nsenter --wd: it opens the directory before entering, leaving the process a cwd outside its root
+    return ["nsenter", "-t", str(record.pid), "-m", "-n", "-u", "--", "env", "-C", wd, "--", *argv]
+
+
+def node_path(node: Node, state: LabState | None, path: str) -> Path:
+    """``path`` as ``node`` sees it, from the host: ``/proc/<holder>/root/<path>``."""
+    record = holder(node, state)
+    if record is None:
+        return Path(path)
+    # absolute symlinks (/var/run -> /run) would resolve against the host's root under /proc/PID/root:
+    # resolve them first (the node's overlay has the host's symlinks)
+    return Path(f"/proc/{record.pid}/root") / os.path.realpath(path).lstrip("/")
+
+
+def covering_bind(node: Node, target: str) -> Bind | None:
+    """The bind through which ``target`` (a container path) reaches the host, if any (longest wins)."""
+    best: Bind | None = None
+    for bind in node.binds:
+        root = bind.target.rstrip("/") or "/"
+        inside = target == root or target.startswith(root.rstrip("/") + "/")
+        if inside and (best is None or len(root) >= len(best.target.rstrip("/"))):
+            best = bind
+    return best
+
+
+def bound_host_path(node: Node, target: str) -> Path | None:
+    """The host file behind container path ``target`` (a file bind, or a file in a bound directory)."""
+    bind = covering_bind(node, target)
+    if bind is None:
+        return None
+    rest = target[len(bind.target.rstrip("/")):].lstrip("/")
+    return bind.source / rest if rest else bind.source
+
+
 class ImageHandler:
     """A plain namespace: runs ``cmd`` (if any) as the node's main process.
 
@@ -162,12 +240,35 @@ class ImageHandler:
         """Directories outside the lab directory this handler creates (destroy --cleanup sweeps them)."""
         return []
 
+    def root_setup(self, ctx: NodeContext) -> tuple[list[Bind], list[dict[str, int | str]]]:
+        """What the image itself would hold: extra binds (files the lab writes, e.g. a startup
+        config) and directories (``{"path", "uid", "gid"}``) made in the node's root."""
+        return [], []
+
     def start(self, ctx: NodeContext) -> None:
         if ctx.node.cmd:
             ctx.spawn("cmd", shlex.split(ctx.node.cmd))
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
-        ctx.check_alive()
+        """A plain node is up once its ``cmd`` started; one that exits at once is reported.
+
+        containerlab deploys a ``linux`` node whose main process exits (the container is left
+        ``exited``, deploy still succeeds), so this is a warning, not a failure: deploy returns 0,
+        says which node, the exit code and the last lines of its output (kept in
+        ``nodes/<node>/cmd.log``), and inspect shows the node ``exited``.
+        """
+        proc = ctx.popens.get("cmd")
+        if proc is None:
+            ctx.check_alive()
+            return
+        try:
+            code = proc.wait(timeout=CMD_GRACE)
+        except subprocess.TimeoutExpired:
+            return
+        tail = ctx.log_tail("cmd")
+        ctx.warn(f"node {ctx.node.name}: cmd {ctx.node.cmd!r} exited with code {code} at once, the node is "
+                 f"stopped as its container would be (output in {ctx.workdir / 'cmd.log'})"
+                 + (f": {tail}" if tail else ""))
 
     def exec_argv(self, node: Node, workdir: Path, argv: list[str]) -> list[str]:
         """Rewrite an ``exec`` command line so it reaches this node's daemon (e.g. ``vtysh -N``)."""
@@ -175,10 +276,11 @@ class ImageHandler:
 
 
 def bound_config(node: Node, *targets: str) -> Path | None:
-    """The host file a bind maps onto one of the daemon's well-known config paths."""
-    for bind in node.binds:
-        if bind.target in targets:
-            return bind.source
+    """The host file a bind (of the file, or of its directory) maps onto one of the daemon's config paths."""
+    for target in targets:
+        path = bound_host_path(node, target)
+        if path is not None and path.is_file():
+            return path
     return None
 
 
@@ -191,22 +293,21 @@ def config_text(node: Node, *targets: str) -> str | None:
 
 
 class FrrHandler(ImageHandler):
-    """FRR per namespace through its ``-N`` pathspace: ``/etc/frr/<ns>``, ``/var/run/frr/<ns>``.
+    """FRR as its image runs it: ``/etc/frr`` and ``/var/run/frr`` of the node's own root.
 
-    Two FRR nodes therefore never share a vty socket, zserv socket or pid file. The daemons run
-    in the foreground (their pids are ours to record), log to stdout (captured per daemon in the
-    node's directory), have no TCP vty, and get the configuration through ``vtysh -N ns -f``
-    once all of them answer, which is also when the node counts as ready.
+    The node's mount namespace gives every FRR node its own ``/etc/frr`` (the file's binds:
+    ``frr.conf``, ``daemons``, or the whole directory) and ``/var/run/frr`` (sockets, pid files,
+    in the node's overlay), so no pathspace (``-N``) is needed and ``vtysh`` works unchanged.
+    The daemons run in the foreground (their pids are ours to record) with no TCP vty and log to
+    stdout (``nodes/<node>/<daemon>.log``). Like the image's ``vtysh -b``, the configuration is
+    applied once all daemons answer; lines FRR rejects are warnings, the rest is applied.
     """
 
     name = "frr"
     binaries = ("/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/staticd", "vtysh")
 
-    def host_paths(self, node: Node) -> list[Path]:
-        return [FRR_ETC / node.netns, FRR_RUN / node.netns]
-
     def daemons(self, node: Node) -> list[str]:
-        """zebra, bgpd, staticd, plus what a bound ``/etc/frr/daemons`` file switches on."""
+        """zebra, bgpd, staticd, plus what the node's ``/etc/frr/daemons`` (a bind) switches on."""
         chosen = list(FRR_DEFAULT_DAEMONS)
         path = bound_config(node, "/etc/frr/daemons")
         if path is not None:
@@ -216,44 +317,51 @@ class FrrHandler(ImageHandler):
                     chosen.append(key)
         return chosen
 
-    def start(self, ctx: NodeContext) -> None:
-        etc, run = self.host_paths(ctx.node)
-        for path in (etc, run):
-            ctx.state.record_path(path)
-        shutil.rmtree(etc, ignore_errors=True)
-        shutil.rmtree(run, ignore_errors=True)
-        etc.mkdir(parents=True)
-        run.mkdir(parents=True)
-        for bind in ctx.node.binds:
-            if bind.target.startswith("/etc/frr/") and bind.source.is_file():
-                shutil.copyfile(bind.source, etc / Path(bind.target).name)
-        text = config_text(ctx.node, "/etc/frr/frr.conf") or f"hostname {ctx.node.name}\n"
-        (etc / "frr.conf").write_text(text)
-        if not (etc / "vtysh.conf").exists():
-            (etc / "vtysh.conf").write_text("service integrated-vtysh-config\n")
+    def root_setup(self, ctx: NodeContext) -> tuple[list[Bind], list[dict[str, int | str]]]:
         frr = pwd.getpwnam("frr")
-        for path in (etc, run, *etc.iterdir()):
-            os.chown(path, frr.pw_uid, frr.pw_gid)
+        binds: list[Bind] = []
+        node = ctx.node
+        text = node.startup_config.read() if node.startup_config is not None else None
+        if text is None and covering_bind(node, "/etc/frr/frr.conf") is None:
+            text = f"hostname {node.name}\n"  # the image's own frr.conf, not the host's
+        if text is not None:
+            conf = ctx.workdir / "frr.conf"
+            conf.write_text(text)
+            binds.append(Bind(source=conf, target="/etc/frr/frr.conf"))
+        if covering_bind(node, "/etc/frr") is None:
+            vtysh = ctx.workdir / "vtysh.conf"
+            vtysh.write_text("service integrated-vtysh-config\n")
+            binds.append(Bind(source=vtysh, target="/etc/frr/vtysh.conf"))
+        return binds, [{"path": str(FRR_RUN), "uid": frr.pw_uid, "gid": frr.pw_gid}]
+
+    def start(self, ctx: NodeContext) -> None:
         for daemon in self.daemons(ctx.node):
             binary = FRR_BIN / daemon
             if not binary.exists():
                 raise LabError(f"node {ctx.node.name}: FRR daemon {daemon} is not installed")
-            ctx.spawn(daemon, [str(binary), "-N", ctx.netns, "-P", "0", "--log", "stdout"])
+            ctx.spawn(daemon, [str(binary), "-P", "0", "--log", "stdout"])
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
-        run = FRR_RUN / ctx.netns
         daemons = self.daemons(ctx.node)
-        ctx.wait_until("FRR vty sockets", lambda: all((run / f"{d}.vty").exists() for d in daemons), timeout)
-        proc = ctx.run(["vtysh", "-N", ctx.netns, "-f", str(FRR_ETC / ctx.netns / "frr.conf")], check=False,
-                       timeout=timeout)
+        ctx.wait_until("FRR vty sockets",
+                       lambda: all(ctx.path(f"{FRR_RUN}/{d}.vty").exists() for d in daemons), timeout)
+        if not ctx.path(f"{FRR_ETC}/frr.conf").is_file():
+            return
+        proc = ctx.run(["vtysh", "-f", f"{FRR_ETC}/frr.conf"], check=False, timeout=timeout)
         if proc.returncode != 0:
-            lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-            raise LabError(f"node {ctx.node.name}: FRR rejected its configuration: " + " | ".join(lines[:4]))
+            for problem in frr_rejected_lines(proc.stdout + proc.stderr):
+                ctx.warn(f"node {ctx.node.name}: FRR rejected {problem}")
 
-    def exec_argv(self, node: Node, workdir: Path, argv: list[str]) -> list[str]:
-        if argv and Path(argv[0]).name == "vtysh" and "-N" not in argv:
-            return [argv[0], "-N", node.netns, *argv[1:]]
-        return argv
+
+def frr_rejected_lines(output: str) -> list[str]:
+    """vtysh's report of a configuration file as one line per rejected command.
+
+    vtysh prints ``line N: % Unknown command[N]: <text>`` (or another ``%`` message) per line it
+    could not apply and carries on with the rest, as the image's ``vtysh -b`` does at start.
+    """
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    found = [ln for ln in lines if ln.startswith("line ") or ln.startswith("%")]
+    return found or lines[:4] or ["(no message)"]
 
 
 class BirdHandler(ImageHandler):
@@ -331,7 +439,8 @@ class GobgpHandler(ImageHandler):
 
 
 class EtcdHandler(ImageHandler):
-    """A single-member etcd, clients on <mgmt ip>:2379 and 127.0.0.1:2379, data in the node's directory."""
+    """An etcd member, clients on <mgmt ip>:2379 and 127.0.0.1:2379, data in the node's directory: alone, or a
+    member of the cluster its env ``ETCD_INITIAL_CLUSTER`` names (peers on <mgmt ip>:2380)."""
 
     name = "etcd"
     binaries = ("etcd", "etcdctl")
@@ -342,12 +451,18 @@ class EtcdHandler(ImageHandler):
         if node.mgmt_ipv4 is not None:
             urls.insert(0, f"http://{node.mgmt_ipv4.ip}:{ETCD_CLIENT_PORT}")
         peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        cluster = f"{node.name}={peer}"
+        # A member of a cluster (the etcd image's own variable, ETCD_INITIAL_CLUSTER=name=http://ip:2380,...):
+        # peers talk over the management network.
+        if node.env.get("ETCD_INITIAL_CLUSTER") and node.mgmt_ipv4 is not None:
+            peer = f"http://{node.mgmt_ipv4.ip}:{ETCD_PEER_PORT}"
+            cluster = node.env["ETCD_INITIAL_CLUSTER"]
         ctx.spawn("etcd", [
             "etcd", "--name", node.name, "--data-dir", str(ctx.workdir / "etcd-data"),
             "--listen-client-urls", ",".join(urls), "--advertise-client-urls", urls[0],
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{node.name}={peer}", "--log-level", "warn",
-        ])
+            "--initial-cluster", cluster, "--log-level", "warn",
+        ], env={k: v for k, v in ctx.env.items() if k != "ETCD_INITIAL_CLUSTER"})
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
         def up() -> bool:

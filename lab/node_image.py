@@ -4,11 +4,14 @@ Imported by ``lab/__init__`` for its ``register_image`` side effect (a static im
 starts the agent as a program and imports nothing of ``controller``). The agent gets the node's
 ``env`` (calico-node names) with NODENAME defaulting to the lab node's name; its run directory
 is per node (/run/tabby/<nodename>), so several agents share one machine. Ready = its local API answers STATUS.
+The agent runs under ``lab/supervise.py`` (runit's role in calico-node's image): killed, it comes back
+after a bounded backoff (node env ``TABBY_RESTART_BACKOFF``, ``TABBY_RESTART_MAX_BACKOFF``; 1 s and 30 s).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -28,6 +31,11 @@ def _run_dir(env: dict[str, str], nodename: str) -> Path:
     return Path(env.get("TABBY_RUN_ROOT") or DEFAULT_RUN_ROOT) / nodename.strip().lower()
 
 
+def supervise_state(workdir: Path) -> Path:
+    """The agent supervisor's state file in the node's directory (restarts, pid, last exit)."""
+    return workdir / "tabby-node.supervise.json"
+
+
 class TabbyNodeHandler(ImageHandler):
     """Starts ``python -m controller.node`` in the node namespace; ``exec`` runs commands there as is."""
 
@@ -43,10 +51,23 @@ class TabbyNodeHandler(ImageHandler):
 
     def host_paths(self, node: Node) -> list[Path]:
         env = dict(node.env)
-        return [_run_dir(env, env.get("NODENAME") or node.name)]
+        paths = [_run_dir(env, env.get("NODENAME") or node.name)]
+        # The agent's nodename file for a named namespace (controller/node/identity.py): keyed by its inode.
+        try:
+            inode = os.stat(Path("/run/netns") / node.netns).st_ino
+        except OSError:
+            return paths
+        return [*paths, Path(env.get("TABBY_RUN_ROOT") or DEFAULT_RUN_ROOT) / "by-netns" / f"{inode}.nodename"]
 
     def start(self, ctx: NodeContext) -> None:
-        ctx.spawn("tabby-node", [sys.executable, "-m", "controller.node"], env=self._env(ctx))
+        # Supervised as calico-node's runit does: a killed agent comes back by itself (lab/supervise.py).
+        env = self._env(ctx)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        ctx.spawn("tabby-node", [
+            sys.executable, "-m", "lab.supervise", "--state", str(supervise_state(ctx.workdir)),
+            "--backoff", env.get("TABBY_RESTART_BACKOFF", "1"),
+            "--max-backoff", env.get("TABBY_RESTART_MAX_BACKOFF", "30"),
+            "--", sys.executable, "-m", "controller.node"], env=env)
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
         env = self._env(ctx)

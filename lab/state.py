@@ -83,6 +83,8 @@ class LabState:
     netns: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
+    #: per node, the process owning its mount namespace (``lab.mountns``): not one of the node's programs
+    holders: list[ProcessRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: pods made by ``lab pod add`` (see ``pods.PodRecord``): plain dicts so old state files still load
     pods: list[dict[str, Any]] = field(default_factory=list)
@@ -123,7 +125,8 @@ class LabState:
         except (OSError, ValueError) as exc:
             raise LabError(f"lab {lab}: state file {file} is unreadable ({exc}); use destroy --cleanup") from None
         procs = [ProcessRecord(**p) for p in data.pop("processes", [])]
-        return cls(**data, processes=procs)
+        holders = [ProcessRecord(**p) for p in data.pop("holders", [])]
+        return cls(**data, processes=procs, holders=holders)
 
     # ------------------------------------------------------------------ records (save before acting)
     def record_netns(self, name: str) -> None:
@@ -142,6 +145,11 @@ class LabState:
     def record_process(self, record: ProcessRecord) -> None:
         with self._lock:
             self.processes.append(record)
+            self.save()
+
+    def record_holder(self, record: ProcessRecord) -> None:
+        with self._lock:
+            self.holders = [h for h in self.holders if h.node != record.node] + [record]
             self.save()
 
     def record_warning(self, message: str) -> None:

@@ -12,9 +12,10 @@ link it is on and its line, never something to guess about.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lab.errors import TopologyError
+from lab.state import lab_dir
 
 DEFAULT_PREFIX = "clab"
 DEFAULT_MGMT_NETWORK = "clab"
@@ -33,25 +35,39 @@ SUPPORTED_KINDS = ("linux",)
 SUPPORTED_LINK_TYPES = ("veth",)
 # Endpoints containerlab resolves to the host (root) namespace or a host device: never here.
 HOST_ENDPOINT_NODES = ("host", "mgmt-net", "macvlan", "ovs-bridge", "bridge")
-# containerlab node keys that make no sense without Docker: accepted so a file stays portable,
-# ignored with a warning at deploy.
+# containerlab node keys whose absence changes nothing a test could observe here (resources,
+# published ports, image pulling, DNS, certificates, ...): accepted, one warning per key per file.
 IGNORED_NODE_KEYS = (
     "ports",
+    "publish",
     "user",
     "entrypoint",
     "mgmt-ipv6",
-    "startup-delay",
     "type",
     "license",
     "enforce-startup-config",
     "suppress-startup-config",
     "dns",
-    "publish",
     "cpu",
+    "cpu-set",
     "memory",
+    "shm-size",
     "restart-policy",
     "auto-remove",
+    "image-pull-policy",
+    "runtime",
+    "sandbox",
+    "kernel",
+    "extras",
+    "config",
+    "certificate",
+    "SANs",
+    "aliases",
+    "cap-add",
+    "devices",
+    "components",
 )
+STAGES = ("create", "create-links", "configure", "healthy", "exit")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -83,6 +99,31 @@ class RawMgmt(_Strict):
     bridge: str | None = None
     mtu: int | None = Field(None, ge=68, le=65535)
     external_access: bool | None = Field(None, alias="external-access")
+    ipv4_range: str | None = Field(None, alias="ipv4-range")
+    ipv6_range: str | None = Field(None, alias="ipv6-range")
+
+
+class RawWaitFor(_Strict):
+    node: str
+    stage: str = "create"
+
+
+class RawStageExec(_Strict):
+    on_enter: list[str] | None = Field(None, alias="on-enter")
+    on_exit: list[str] | None = Field(None, alias="on-exit")
+
+
+class RawStage(_Strict):
+    wait_for: list[RawWaitFor] | None = Field(None, alias="wait-for")
+    exec_: RawStageExec | list[str] | None = Field(None, alias="exec")
+
+
+class RawHealthcheck(_Strict):
+    test: list[str] | None = None
+    interval: float | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, ge=0)
+    start_period: float | None = Field(None, alias="start-period", ge=0)
 
 
 class RawCommon(_Strict):
@@ -98,22 +139,40 @@ class RawCommon(_Strict):
     labels: dict[str, Scalar] | None = None
     sysctls: dict[str, Scalar] | None = None
     network_mode: str | None = Field(None, alias="network-mode")
-    # accepted for portability, ignored (see IGNORED_NODE_KEYS)
+    startup_delay: int | None = Field(None, alias="startup-delay", ge=0, le=3600)
+    env_files: list[str] | None = Field(None, alias="env-files")
+    stages: dict[str, RawStage | None] | None = None
+    wait_for: list[str] | None = Field(None, alias="wait-for")
+    healthcheck: RawHealthcheck | None = None
+    # accepted for portability, ignored with a warning (see IGNORED_NODE_KEYS)
     ports: Any = None
+    publish: Any = None
     user: Any = None
     entrypoint: Any = None
     mgmt_ipv6: Any = Field(None, alias="mgmt-ipv6")
-    startup_delay: Any = Field(None, alias="startup-delay")
     type: Any = None
     license: Any = None
     enforce_startup_config: Any = Field(None, alias="enforce-startup-config")
     suppress_startup_config: Any = Field(None, alias="suppress-startup-config")
     dns: Any = None
-    publish: Any = None
     cpu: Any = None
+    cpu_set: Any = Field(None, alias="cpu-set")
     memory: Any = None
+    shm_size: Any = Field(None, alias="shm-size")
     restart_policy: Any = Field(None, alias="restart-policy")
     auto_remove: Any = Field(None, alias="auto-remove")
+    image_pull_policy: Any = Field(None, alias="image-pull-policy")
+    runtime: Any = None
+    sandbox: Any = None
+    kernel: Any = None
+    extras: Any = None
+    config: Any = None
+    certificate: Any = None
+    sans: Any = Field(None, alias="SANs")
+    aliases: Any = None
+    cap_add: Any = Field(None, alias="cap-add")
+    devices: Any = None
+    components: Any = None
 
 
 class RawNode(RawCommon):
@@ -135,7 +194,7 @@ class RawTopologyBody(_Strict):
     defaults: RawCommon | None = None
     kinds: dict[str, RawCommon | None] | None = None
     groups: dict[str, RawCommon | None] | None = None
-    nodes: dict[str, RawNode | None]
+    nodes: dict[str, Any]  # each validated on its own (RawNode), so every node's problems are reported
     links: list[RawLink] | None = None
 
 
@@ -144,6 +203,7 @@ class RawLabFile(_Strict):
     prefix: str | None = None
     mgmt: RawMgmt | None = None
     topology: RawTopologyBody
+    settings: Any = None  # containerlab's certificate-authority settings: nothing to do here
 
 
 @dataclass(frozen=True)
@@ -170,6 +230,17 @@ class StartupConfig:
 
 
 @dataclass(frozen=True)
+class Healthcheck:
+    """Docker's healthcheck as readiness: the node is up once ``argv`` succeeds in it."""
+
+    argv: tuple[str, ...]
+    interval: float = 1.0
+    retries: int = 3
+    timeout: float = 30.0
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     kind: str
@@ -187,6 +258,13 @@ class Node:
     network_mode: str | None = None
     ignored_keys: tuple[str, ...] = ()
     line: int | None = None
+    #: nodes this one starts after (stages' wait-for and the older node-level wait-for)
+    wait_for: tuple[str, ...] = ()
+    #: stage exec commands (on-enter, on-exit) in stage order, run with ``exec`` after the node is up
+    stage_exec: tuple[str, ...] = ()
+    healthcheck: Healthcheck | None = None
+    startup_delay: float = 0.0
+    stages_exit: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,8 +447,48 @@ def load_topology(path: str | Path | None) -> Topology:
     return parse_topology(text, file)
 
 
-def parse_topology(text: str, path: Path) -> Topology:
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[=-])([^}]*))?\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """containerlab's environment expansion of the whole file, before YAML parsing.
+
+    ``${VAR}`` (empty when unset), ``${VAR:=default}`` / ``${VAR:-default}`` (default when unset
+    or empty), ``${VAR=default}`` / ``${VAR-default}`` (default when unset); ``:=`` and ``=``
+    also assign, so a later ``${VAR}`` in the file sees the default. A bare ``$VAR`` is left
+    alone: it is how ``exec`` and ``cmd`` lines refer to the node's own environment.
+    """
+    env = dict(os.environ if environ is None else environ)
+
+    def sub(match: re.Match[str]) -> str:
+        name, op, default = match.group(1), match.group(2), match.group(3) or ""
+        value = env.get(name)
+        if op is None:
+            return value or ""
+        missing = value is None or (op.startswith(":") and value == "")
+        if missing and op.endswith("="):
+            env[name] = default
+        return default if missing else str(value)
+
+    return _ENV_RE.sub(sub, text)
+
+
+def magic(text: str, lab: str, node: str) -> str:
+    """containerlab's magic variables in binds, exec and cmd: the node's name and directories.
+
+    ``__clabDir__`` is the lab's directory (``/run/tabby/lab/<lab>``; containerlab's
+    ``clab-<lab>/``), ``__clabNodeDir__`` the node's (``<lab dir>/nodes/<node>``).
+    """
+    if "__clab" not in text:
+        return text
+    lab_path = lab_dir(lab)
+    return (text.replace("__clabNodeName__", node).replace("__clabNodeDir__", str(lab_path / "nodes" / node))
+            .replace("__clabDir__", str(lab_path)))
+
+
+def parse_topology(text: str, path: Path, environ: Mapping[str, str] | None = None) -> Topology:
     """Parse topology ``text`` as if read from ``path`` (relative files resolve next to it)."""
+    text = expand_env(text, environ)
     try:
         data = yaml.safe_load(text)
         index, dups = _line_index(text)
@@ -432,8 +550,15 @@ def _resolve(raw: RawLabFile, path: Path, problems: _Problems) -> Topology:
             problems.add(("topology", "kinds", kind), _unsupported_kind(kind))
 
     nodes: dict[str, Node] = {}
-    for name, node_raw in body.nodes.items():
-        node = _resolve_node(raw.name, prefix, name, node_raw or RawNode(), defaults, kinds, groups, path, problems)
+    for name, value in body.nodes.items():
+        try:
+            node_raw = RawNode.model_validate(value or {})
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc, message = _pydantic_message(err)
+                problems.add(("topology", "nodes", name, *loc), message)
+            continue
+        node = _resolve_node(raw.name, prefix, name, node_raw, defaults, kinds, groups, path, problems)
         if node is not None:
             nodes[name] = node
     if not body.nodes:
@@ -441,10 +566,19 @@ def _resolve(raw: RawLabFile, path: Path, problems: _Problems) -> Topology:
 
     links = _resolve_links(body.links or [], body.nodes, nodes, problems)
     nodes = _assign_mgmt(nodes, mgmt, problems)
+    _check_wait_for(nodes, body.nodes, problems)
     problems.raise_if_any()
 
-    warnings = [f"node {n.name}: key {k!r} is ignored (no container runtime here)" for n in nodes.values()
-                for k in n.ignored_keys]
+    warnings = []
+    for key in IGNORED_NODE_KEYS:  # once per key and file, naming the nodes
+        users = [n.name for n in nodes.values() if key in n.ignored_keys]
+        if users:
+            warnings.append(f"key {key!r} is ignored (nothing observable depends on it without a container "
+                            f"runtime): node{'s' if len(users) > 1 else ''} {', '.join(users)}")
+    if any(n.stages_exit for n in nodes.values()):
+        warnings.append("stages.exit is ignored: destroy does not run commands in nodes")
+    if raw.mgmt and (raw.mgmt.ipv4_range or raw.mgmt.ipv6_range):
+        warnings.append("mgmt: ipv4-range/ipv6-range are ignored: addresses go in file order from the gateway up")
     if raw.mgmt and (raw.mgmt.ipv6_subnet or raw.mgmt.ipv6_gw):
         warnings.append("mgmt: IPv6 management addresses are not supported; ignored")
     if raw.mgmt and raw.mgmt.external_access:
@@ -532,14 +666,8 @@ def _resolve_node(
     if not _NAME_RE.match(name):
         problems.add(loc, "node names may hold only letters, digits, '_', '.', '-'")
         ok = False
-    group = None
-    if raw.group is not None:
-        if raw.group not in groups:
-            known = ", ".join(groups) or "none defined"
-            problems.add((*loc, "group"), f"group {raw.group!r} is not in topology.groups ({known})")
-            ok = False
-        else:
-            group = groups[raw.group]
+    # containerlab accepts a group that topology.groups does not declare: it contributes nothing
+    group = groups.get(raw.group) if raw.group is not None else None
     kind = raw.kind or (group.kind if group else None) or defaults.kind
     if not kind:
         problems.add(loc, "no kind: set kind on the node, its group, or topology.defaults")
@@ -571,18 +699,20 @@ def _resolve_node(
 
     binds: list[Bind] = []
     for i, spec in enumerate(_concat(layers, "binds")):
+        spec = magic(spec, lab, name)
         parts = spec.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
             problems.add((*loc, "binds"), f"bind #{i + 1} {spec!r} is not host-path:/container-path[:mode]")
             ok = False
             continue
         source = (path.parent / parts[0]).resolve()
-        if not source.exists():
+        # a source under the lab's directory (__clabNodeDir__/...) is made at deploy, as containerlab does
+        if not source.exists() and lab_dir(lab) not in source.parents:
             problems.add((*loc, "binds"), f"bind source {parts[0]!r} not found ({source})")
             ok = False
         binds.append(Bind(source=source, target=parts[1], mode=parts[2] if len(parts) == 3 else None))
 
-    execs = _concat(layers, "exec_")
+    execs = [magic(command, lab, name) for command in _concat(layers, "exec_")]
     for command in execs:
         try:
             if not shlex.split(command):
@@ -594,6 +724,7 @@ def _resolve_node(
 
     cmd = _pick(layers, "cmd")
     if cmd:
+        cmd = magic(cmd, lab, name)
         try:
             shlex.split(cmd)
         except ValueError as exc:
@@ -601,7 +732,11 @@ def _resolve_node(
             ok = False
 
     network_mode = _pick(layers, "network_mode")
-    if network_mode not in (None, "none", "bridge"):
+    if network_mode == "host":
+        problems.add((*loc, "network-mode"), "network-mode 'host' is refused: the node would run in the root "
+                     "namespace, which a lab never touches")
+        ok = False
+    elif network_mode not in (None, "none", "bridge"):
         problems.add((*loc, "network-mode"), f"network-mode {network_mode!r} is not supported (none or bridge)")
         ok = False
 
@@ -617,6 +752,69 @@ def _resolve_node(
             ok = False
 
     ignored = tuple(k for k in IGNORED_NODE_KEYS if any(_pick([layer], _attr(k)) is not None for layer in layers))
+
+    env = _merge(layers, "env")
+    env_files: dict[str, str] = {}
+    for spec in _concat(layers, "env_files"):
+        file = (path.parent / spec).resolve()
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as exc:
+            problems.add((*loc, "env-files"), f"env file {spec!r} cannot be read ({exc.strerror})")
+            ok = False
+            continue
+        for text_line in lines:
+            key, sep, value = text_line.strip().partition("=")
+            if sep and key and not key.startswith("#"):
+                env_files[key.removeprefix("export ").strip()] = value.strip().strip('"').strip("'")
+    env = {**env_files, **env}  # env wins over env-files, as in containerlab
+    if str(image or "").startswith("tabby/node") and "TABBY_RUN_ROOT" not in env and "TABBY_RUN_DIR" not in env:
+        # every per-node path derives from the lab name: two labs with the same node names never share
+        # an agent's run directory (the agent, the CNI plugin and the lab all read TABBY_RUN_ROOT)
+        env["TABBY_RUN_ROOT"] = str(lab_dir(lab) / "run")
+
+    wait_for: list[str] = list(_pick(layers, "wait_for") or [])
+    stage_exec: list[str] = []
+    stages_exit = False
+    for stage, conf in (_pick(layers, "stages") or {}).items():
+        if stage not in STAGES:
+            problems.add((*loc, "stages", stage), f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+            ok = False
+            continue
+        if conf is None:
+            continue
+        for dep in conf.wait_for or []:
+            if dep.stage not in STAGES:
+                problems.add((*loc, "stages", stage, "wait-for"), f"unknown stage {dep.stage!r} of node {dep.node}")
+                ok = False
+            wait_for.append(dep.node)
+        commands = conf.exec_
+        if isinstance(commands, RawStageExec):
+            commands = [*(commands.on_enter or []), *(commands.on_exit or [])]
+        if stage == "exit":
+            stages_exit = stages_exit or bool(commands)
+        else:
+            stage_exec.extend(magic(c, lab, name) for c in commands or [])
+
+    health: Healthcheck | None = None
+    raw_health: RawHealthcheck | None = _pick(layers, "healthcheck")
+    if raw_health is not None and raw_health.test:
+        test = list(raw_health.test)
+        test = [magic(part, lab, name) for part in test]
+        if test[0] == "CMD-SHELL":
+            argv = ["sh", "-c", " ".join(test[1:])]
+        elif test[0] == "CMD":
+            argv = test[1:]
+        elif test[0] == "NONE":
+            argv = []
+        else:
+            argv = test
+        if test[0] != "NONE" and not argv:
+            problems.add((*loc, "healthcheck", "test"), "healthcheck test has no command")
+            ok = False
+        if argv:
+            health = Healthcheck(argv=tuple(argv), interval=raw_health.interval or 1.0, retries=raw_health.retries or 3,
+                                 timeout=raw_health.timeout or 30.0, start_period=raw_health.start_period or 0.0)
     if not ok:
         return None
     return Node(
@@ -627,7 +825,7 @@ def _resolve_node(
         startup_config=startup,
         binds=tuple(binds),
         exec=tuple(execs),
-        env=_merge(layers, "env"),
+        env=env,
         cmd=cmd,
         labels=_merge(layers, "labels"),
         sysctls=_merge(layers, "sysctls"),
@@ -636,11 +834,43 @@ def _resolve_node(
         network_mode=network_mode,
         ignored_keys=ignored,
         line=problems.line_of(loc),
+        wait_for=tuple(dict.fromkeys(wait_for)),
+        stage_exec=tuple(stage_exec),
+        stages_exit=stages_exit,
+        healthcheck=health,
+        startup_delay=float(_pick(layers, "startup_delay") or 0),
     )
 
 
 def _attr(key: str) -> str:
-    return key.replace("-", "_")
+    return "sans" if key == "SANs" else key.replace("-", "_")
+
+
+def _check_wait_for(nodes: dict[str, Node], declared: dict[str, Any], problems: _Problems) -> None:
+    """wait-for names nodes of this lab, never the node itself, and never forms a cycle."""
+    for node in nodes.values():
+        for dep in node.wait_for:
+            if dep not in declared:
+                problems.add(("topology", "nodes", node.name, "stages"), f"wait-for: no node {dep!r} in topology.nodes")
+            elif dep == node.name:
+                problems.add(("topology", "nodes", node.name, "stages"), "wait-for: a node cannot wait for itself")
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2 or name not in nodes:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*trail[trail.index(name):], name])
+            problems.add(("topology", "nodes", name, "stages"), f"wait-for cycle: {cycle}")
+            return
+        state[name] = 1
+        for dep in nodes[name].wait_for:
+            if dep != name:
+                visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in nodes:
+        visit(name, [])
 
 
 def _parse_endpoint(value: Any, extended: bool) -> tuple[Endpoint | None, str | None]:

@@ -47,3 +47,12 @@ def etcd_env(etcd_server: EtcdServer, etcd_prefix: str) -> dict[str, str]:
 def etcd_config(etcd_server: EtcdServer, etcd_prefix: str) -> EtcdConfig:
     """Client settings for this test's private prefix on the session etcd."""
     return EtcdConfig(endpoints=(etcd_server.endpoint,), prefix=etcd_prefix)
+
+
+# CI=true: a skipped test fails, --durations=30, suites over their time budget fail (tests/helpers/ci.py).
+from tests.helpers.ci import (  # noqa: E402, F401
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+)

@@ -22,6 +22,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: calicoctl's default configuration file, read when no -c/--config is given and it exists.
+DEFAULT_CONFIG_FILE = "/etc/calico/calicoctl.cfg"
+#: Where to look for that file instead (tests; a packaged install with another /etc).
+DEFAULT_CONFIG_ENV = "TABBY_CALICOCTL_CFG"
+#: calicoctl reads its settings also with a CALICO_ prefix (CALICO_ETCD_ENDPOINTS, ...).
+_CALICO_ALIASES = (
+    "ETCD_ENDPOINTS",
+    "ETCD_CA_CERT_FILE",
+    "ETCD_CERT_FILE",
+    "ETCD_KEY_FILE",
+    "ETCD_USERNAME",
+    "ETCD_PASSWORD",
+    "DATASTORE_TYPE",
+)
+
 #: tabbyctl waits this long for etcd before saying it is unreachable (daemons wait longer).
 DEFAULT_CLI_TIMEOUT = 5.0
 TIMEOUT_ENV = "TABBY_ETCD_TIMEOUT"
@@ -42,6 +57,8 @@ class CliState:
     config_file: str | None = None
     etcd_endpoints: str | None = None
     log_level: str = "warning"
+    #: Write ClusterInformation on first contact with a datastore that has none (calico-node's rule).
+    initialise: bool = True
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def etcd_config(self, timeout: float | None = None) -> EtcdConfig:
@@ -49,9 +66,21 @@ class CliState:
         from datastore import EtcdConfig
 
         env = dict(self.environ)
+        for name in _CALICO_ALIASES:
+            if not env.get(name) and env.get(f"CALICO_{name}"):
+                env[name] = env[f"CALICO_{name}"]
+        dstype = env.get("DATASTORE_TYPE", "").strip()
+        if dstype and dstype != "etcdv3":
+            raise UserError(
+                f"DATASTORE_TYPE={dstype}: Tabby supports only the etcdv3 datastore (unset it, or set etcdv3)"
+            )
         if self.etcd_endpoints:
             env["ETCD_ENDPOINTS"] = self.etcd_endpoints
-        config = EtcdConfig.load(self.config_file, env)
+        config_file = self.config_file
+        if config_file is None:
+            default = env.get(DEFAULT_CONFIG_ENV) or DEFAULT_CONFIG_FILE
+            config_file = default if os.path.isfile(default) else None
+        config = EtcdConfig.load(config_file, env)
         wait = timeout if timeout is not None else cli_timeout(env)
         return replace(config, connect_timeout=wait, rpc_timeout=min(config.rpc_timeout, max(wait, 0.5)))
 
@@ -65,6 +94,16 @@ class CliState:
             ds = Datastore(config)
             try:
                 await ds.connect()
+                if self.initialise:
+                    from controller.cluster_info import ensure_cluster_information
+                    from datastore import DatastoreError
+
+                    try:
+                        await ensure_cluster_information(ds)
+                    except DatastoreError as exc:  # e.g. a read-only etcd user: reads still work
+                        import structlog
+
+                        structlog.get_logger("tabby.cli").debug("cli.cluster_info_skipped", error=str(exc))
                 return await body(ds)
             finally:
                 await ds.close()

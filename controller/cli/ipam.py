@@ -171,17 +171,40 @@ async def _allocated_ips(ds: Any) -> list[tuple[str, str, str]]:
 @ipam.command()
 @click.option("--ip", "ips", multiple=True, metavar="IP", help="Address to release (repeatable).")
 @click.option("--from-report", "report_file", metavar="FILE", help="Release the leaks listed by `ipam check -o`.")
+@click.option(
+    "--allow-in-use",
+    is_flag=True,
+    help="Release an --ip even though a live WorkloadEndpoint or Node tunnel holds it (a deliberate"
+    " deviation from calicoctl, which frees it silently).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --from-report: release even though the datastore is not locked (calicoctl's --force).",
+)
 @datastore_options
-def release(ips: tuple[str, ...], report_file: str | None) -> None:
+def release(ips: tuple[str, ...], report_file: str | None, allow_in_use: bool, force: bool) -> None:
     """Release addresses by IP, or the leaked ones a check report lists."""
     from ipam.client import IPAMClient
 
     if bool(ips) == bool(report_file):
         raise UserError("give either --ip IP or --from-report FILE")
     if report_file:
+        from controller.cluster_info import datastore_ready
+
         report = _read_report(report_file)
         listed = [p.get("ip") for p in report.get("problems") or [] if p.get("kind") == "allocated-not-in-use"]
-        released = state().run(lambda ds: IPAMClient(ds).release_from_report(report))
+
+        async def from_report(ds: Any) -> list[str]:
+            # As calicoctl: a report is only safe to act on while nothing allocates (locked).
+            if not force and await datastore_ready(ds):
+                raise UserError(
+                    "the datastore is not locked: run `tabbyctl datastore migrate lock` before `ipam check -o`"
+                    " and this release (then unlock), or pass --force"
+                )
+            return await IPAMClient(ds).release_from_report(report)
+
+        released = state().run(from_report)
         for ip in released:
             click.echo(f"Successfully released IP address {ip}")
         skipped = len(listed) - len(released)
@@ -190,7 +213,21 @@ def release(ips: tuple[str, ...], report_file: str | None) -> None:
             + (f"; {skipped} changed since the report and were left alone" if skipped else "")
         )
         return
-    not_released = state().run(lambda ds: IPAMClient(ds).release_ips(list(ips)))
+    async def body(ds: Any) -> list[str]:
+        if not allow_in_use:
+            live = await live_in_use(ds) or {}
+            held = [ip.strip() for ip in ips if ip.strip() in live]
+            if held:
+                raise UserError(
+                    [
+                        f"IP address {ip} is in use by a live workload or tunnel (handle {live[ip]}); releasing it"
+                        " would let IPAM hand it out twice. Pass --allow-in-use to release it anyway"
+                        for ip in held
+                    ]
+                )
+        return await IPAMClient(ds).release_ips(list(ips))
+
+    not_released = state().run(body)
     failed = set(not_released)
     for ip in ips:
         if ip.strip() not in failed:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import click
 
 from controller.cli.context import CliState, user_problems
+from controller.cli.controller import controller
+from controller.cli.datastore_cmd import datastore
 from controller.cli.ipam import ipam
 from controller.cli.node import node
 from controller.cli.resources import COMMANDS
@@ -85,7 +87,7 @@ def cli(
     logs.configure(level=obj.log_level, fmt=log_format)
 
 
-for _command in (*COMMANDS, ipam, version, node):
+for _command in (*COMMANDS, ipam, version, node, controller, datastore):
     cli.add_command(_command)
 
 

@@ -54,8 +54,8 @@ def agent_sockets(nodename: str | None, run_root: str | None = None) -> list[Pat
     return out
 
 
-def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
-    """BGP_STATUS from the first agent that answers; None when none does."""
+def query_agent_command(paths: list[Path], command: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
+    """``command``'s answer (its result, or ``{"error": ...}``) from the first agent that answers; None if none."""
     for path in paths:
         if not path.exists():
             continue
@@ -63,7 +63,7 @@ def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str,
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(str(path))
-                sock.sendall(json.dumps({"command": "BGP_STATUS", "env": {}, "config": {}}).encode() + b"\n")
+                sock.sendall(json.dumps({"command": command, "env": {}, "config": {}}).encode() + b"\n")
                 data = b""
                 while not data.endswith(b"\n"):
                     chunk = sock.recv(1 << 16)
@@ -75,7 +75,15 @@ def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str,
             continue
         if isinstance(reply, dict) and isinstance(reply.get("result"), dict):
             return reply["result"]
+        if isinstance(reply, dict) and "error" in reply:
+            return {"error": reply["error"]}
     return None
+
+
+def query_agent(paths: list[Path], timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
+    """BGP_STATUS from the first agent that answers; None when none does."""
+    result = query_agent_command(paths, "BGP_STATUS", timeout)
+    return None if result is None or "error" in result else result
 
 
 def _since(ts: float) -> str:
@@ -106,7 +114,11 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_status(status: dict[str, Any]) -> str:
     """The text `calicoctl node status` prints, with Tabby's name."""
-    lines = ["Tabby process is running.", ""]
+    lines = ["Tabby process is running."]
+    if status.get("ready") is False:
+        reasons = status.get("not_ready_reasons") or [status.get("not_ready_reason") or "unknown"]
+        lines += [f"Not ready: {reason}" for reason in reasons]
+    lines.append("")
     invalid = status.get("invalid_resources") or []
     if invalid:
         lines.append("Invalid resources in the datastore (the agent ignores them, or keeps their last good version)")
@@ -148,3 +160,10 @@ def status(nodename: str | None, output: str, metrics: bool) -> None:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
         click.echo(render_status(result), nl=False)
+
+
+from controller.cli.checksystem import checksystem  # noqa: E402
+from controller.cli.diags import diags  # noqa: E402 - the diags module imports this one's helpers lazily
+
+node.add_command(diags)
+node.add_command(checksystem)

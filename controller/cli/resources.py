@@ -49,19 +49,30 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: {exc.strerror or exc}") from None
 
 
-def load_resources(filename: str, namespace: str | None = None) -> list[Resource]:
-    """Parse every document of ``filename``; any bad document fails the whole input."""
+def load_resources(filename: str, namespace: str | None = None, *, skip_unsupported: bool = False) -> list[Resource]:
+    """Parse every document of ``filename``; any bad document fails the whole input.
+
+    With ``skip_unsupported``, documents of Calico kinds Tabby does not model are left out (and
+    named on stderr) instead of failing the input.
+    """
     from datamodel.resources import ResourceError, parse_documents
 
     resources: list[Resource] = []
     problems: list[str] = []
+    skipped: list[str] | None = [] if skip_unsupported else None
     for text, source in _read_sources(filename):
         try:
-            resources.extend(parse_documents(text, source))
+            resources.extend(parse_documents(text, source, skipped))
         except ResourceError as exc:
             problems.extend(exc.problems)
     if problems:
         raise UserError(problems)
+    if skipped:
+        click.echo(
+            f"Skipped {len(skipped)} document(s) of Calico kinds Tabby does not support: {', '.join(skipped)}", err=True
+        )
+    if not resources and skipped:
+        raise UserError("nothing left to apply: every document is of a Calico kind Tabby does not support")
     if not resources:
         raise UserError(f"{'<stdin>' if filename == '-' else filename}: no resources found")
     return [_in_namespace(r, namespace) for r in resources]
@@ -81,6 +92,31 @@ def _in_namespace(res: Resource, namespace: str | None) -> Resource:
     doc = res.to_dict()
     doc["metadata"]["namespace"] = namespace
     return parse_resource(doc, f"{res.KIND} {res.name}", 0)
+
+
+def terminal_progress(verb: str) -> Any:
+    """A ``progress(done, total)`` that redraws one stderr line, only when stderr is a terminal
+    (scripts and pipes get no progress noise)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{verb} {done}/{total} resources ({100 * done // max(total, 1)}%){end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def enforce_support_policy(resources: Sequence[Resource]) -> None:
+    """Refuse valid fields Tabby cannot honour yet, warn about recorded-only ones (support policy)."""
+    from controller import support_policy
+
+    report = support_policy.check(resources)
+    if report.refused:
+        raise UserError(report.refused)
+    for line in report.warnings:
+        click.echo(f"Warning: {line}", err=True)
 
 
 def kind_class(name: str) -> type[Resource]:
@@ -111,6 +147,14 @@ def _namespace_option(func: Any) -> Any:
     )
 
 
+def _skip_unsupported_option(func: Any) -> Any:
+    return click.option(
+        "--skip-unsupported",
+        is_flag=True,
+        help="Leave out documents of Calico kinds Tabby does not support and apply the rest.",
+    )(func)
+
+
 def _filename_option(required: bool) -> Any:
     return click.option(
         "-f",
@@ -122,13 +166,19 @@ def _filename_option(required: bool) -> Any:
 
 
 # -- create / apply / replace -------------------------------------------------------------
-def _write_command(mode: str, filename: str, namespace: str | None, skip_exists: bool = False) -> None:
+def _write_command(
+    mode: str, filename: str, namespace: str | None, skip_exists: bool = False, skip_unsupported: bool = False
+) -> None:
     from controller.resource_store import ResourceStore
 
-    resources = load_resources(filename, namespace)
+    resources = load_resources(filename, namespace, skip_unsupported=skip_unsupported)
+    enforce_support_policy(resources)
 
     async def body(ds: Any) -> Outcome:
-        return await ResourceStore(ds).write(resources, mode, skip_exists=skip_exists)  # type: ignore[arg-type]
+        store = ResourceStore(ds, progress=terminal_progress(verb_ing[mode]))
+        return await store.write(resources, mode, skip_exists=skip_exists)  # type: ignore[arg-type]
+
+    verb_ing = {"create": "creating", "replace": "replacing", "apply": "applying"}
 
     outcome = state().run(body)
     verb = {"create": "created", "replace": "replaced", "apply": "applied"}[mode]
@@ -138,39 +188,45 @@ def _write_command(mode: str, filename: str, namespace: str | None, skip_exists:
 @click.command()
 @_filename_option(required=True)
 @click.option("--skip-exists", is_flag=True, help="Do not fail on resources that already exist.")
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def create(filename: str, skip_exists: bool, namespace: str | None) -> None:
+def create(filename: str, skip_exists: bool, skip_unsupported: bool, namespace: str | None) -> None:
     """Create resources from a file; fails (writing nothing) if any already exists."""
-    _write_command("create", filename, namespace, skip_exists)
+    _write_command("create", filename, namespace, skip_exists, skip_unsupported)
 
 
 @click.command()
 @_filename_option(required=True)
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def apply(filename: str, namespace: str | None) -> None:
+def apply(filename: str, skip_unsupported: bool, namespace: str | None) -> None:
     """Create resources, or replace them where they exist."""
-    _write_command("apply", filename, namespace)
+    _write_command("apply", filename, namespace, skip_unsupported=skip_unsupported)
 
 
 @click.command()
 @_filename_option(required=True)
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def replace(filename: str, namespace: str | None) -> None:
+def replace(filename: str, skip_unsupported: bool, namespace: str | None) -> None:
     """Replace existing resources; fails (writing nothing) if any does not exist."""
-    _write_command("replace", filename, namespace)
+    _write_command("replace", filename, namespace, skip_unsupported=skip_unsupported)
 
 
 # -- delete ---------------------------------------------------------------------------------
 @click.command()
 @click.argument("target", nargs=-1, metavar="[KIND NAME...]")
 @_filename_option(required=False)
-@click.option("--skip-not-exists", is_flag=True, help="Do not fail on resources that do not exist.")
+@click.option("-s", "--skip-not-exists", is_flag=True, help="Do not fail on resources that do not exist.")
+@_skip_unsupported_option
 @_namespace_option
 @datastore_options
-def delete(target: tuple[str, ...], filename: str | None, skip_not_exists: bool, namespace: str | None) -> None:
+def delete(
+    target: tuple[str, ...], filename: str | None, skip_not_exists: bool, skip_unsupported: bool, namespace: str | None
+) -> None:
     """Delete resources named in a file, or KIND NAME...; all of them or none."""
     from controller.resource_store import Ref, ResourceStore
 
@@ -178,7 +234,7 @@ def delete(target: tuple[str, ...], filename: str | None, skip_not_exists: bool,
     if filename:
         if target:
             raise UserError("give either -f FILE or KIND NAME..., not both")
-        resources = load_resources(filename, namespace)
+        resources = load_resources(filename, namespace, skip_unsupported=skip_unsupported)
         refs = [Ref.of(r) for r in resources]
     else:
         if len(target) < 2:
@@ -187,7 +243,9 @@ def delete(target: tuple[str, ...], filename: str | None, skip_not_exists: bool,
         refs = [Ref(cls, name, namespace) for name in target[1:]]
 
     async def body(ds: Any) -> Outcome:
-        return await ResourceStore(ds).delete(refs, skip_not_exists=skip_not_exists)
+        return await ResourceStore(ds, progress=terminal_progress("deleting")).delete(
+            refs, skip_not_exists=skip_not_exists
+        )
 
     outcome = state().run(body)
     kinds = {r.cls.KIND for r in refs}
@@ -207,16 +265,18 @@ def _check_format(fmt: str) -> str:
     raise UserError(f"unknown output format {fmt!r}: use ps, wide, yaml, json or custom-columns=COL,COL")
 
 
-def _table(resources: Sequence[Resource], fmt: str) -> str:
+def _table(resources: Sequence[Resource], fmt: str, wide: dict[str, Any] | None = None) -> str:
+    """``wide`` holds extra wide_row() arguments (a Node's inherited cluster AS)."""
+    extra = wide or {}
     if fmt == "ps":
         rows = [r.ps_row() for r in resources]
     elif fmt == "wide":
-        rows = [r.wide_row() for r in resources]
+        rows = [r.wide_row(**extra) for r in resources]
     else:
         columns = [c.strip().upper() for c in fmt.split("=", 1)[1].split(",") if c.strip()]
         if not columns:
             raise UserError("custom-columns= needs at least one column name")
-        rows = [{c: {**r.wide_row(), **r.ps_row()}.get(c, "") for c in columns} for r in resources]
+        rows = [{c: {**r.wide_row(**extra), **r.ps_row()}.get(c, "") for c in columns} for r in resources]
         return output.tabwriter(rows, columns)
     if not rows:
         return ""
@@ -269,8 +329,12 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
     fmt = _check_format(fmt)
     cls = kind_class(kind)
 
+    wide_args: dict[str, Any] = {}
+
     async def body(ds: Any) -> tuple[list[Resource], int, list[str]]:
         store = ResourceStore(ds)
+        if cls.KIND == "Node" and fmt != "ps":
+            wide_args["default_asn"] = await _cluster_as(store)
         if not names:
             items, rev = await store.list(cls, namespace, all_namespaces=all_namespaces)
             return items, rev, []
@@ -299,7 +363,7 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
         if doc is not None:
             click.echo(output.to_yaml(doc) if fmt == "yaml" else output.to_json(doc), nl=False)
     else:
-        text = _table(items, fmt)
+        text = _table(items, fmt, wide_args)
         if not items and not (names and missing):
             headers = _empty_headers(cls, fmt)
             text = output.tabwriter([], headers) if headers else ""
@@ -307,6 +371,18 @@ def get(kind: str, names: tuple[str, ...], fmt: str, namespace: str | None, all_
             click.echo(text, nl=False)
     if missing:
         raise UserError(missing)
+
+
+async def _cluster_as(store: Any) -> int:
+    """The AS a node without its own inherits: BGPConfiguration default's asNumber, else 64512."""
+    from controller.resource_store import NotFound
+    from datamodel.resources import DEFAULT_AS_NUMBER, kind_for_name
+
+    try:
+        cfg = await store.get(kind_for_name("bgpconfiguration"), "default")
+    except NotFound:
+        return DEFAULT_AS_NUMBER
+    return cfg.spec.asNumber or DEFAULT_AS_NUMBER
 
 
 # -- label --------------------------------------------------------------------------------------

@@ -19,12 +19,9 @@ VERSION_TIMEOUT = 2.0
 
 
 def client_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from controller.cluster_info import tabby_version
 
-    try:
-        return "v" + version("tabby")
-    except PackageNotFoundError:
-        return "unknown"
+    return tabby_version()
 
 
 async def _cluster_version(ds: Any) -> str:

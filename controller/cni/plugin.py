@@ -18,7 +18,8 @@ import os
 import socket
 import sys
 
-SUPPORTED_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
+# 0.3.0/0.3.1: Calico's stock conflist says 0.3.1; their results have the 0.4.0 shape ("version" per ip).
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 RUN_ROOT = os.environ.get("TABBY_RUN_ROOT") or "/run/tabby"
 DEFAULT_TIMEOUT = 30.0
@@ -74,6 +75,8 @@ def validate(command, env, conf, mode):
         raise PluginError(1, f"cniVersion {version!r} is not supported", f"supported: {SUPPORTED_VERSIONS}")
     if command in ("GC", "STATUS") and _version_key(version) < (1, 1, 0):
         raise PluginError(1, f"{command} needs cniVersion 1.1.0, the configuration says {version}")
+    if command == "CHECK" and _version_key(version) < (0, 4, 0):
+        raise PluginError(1, f"CHECK needs cniVersion 0.4.0 or later, the configuration says {version}")
     name = conf.get("name")
     if not isinstance(name, str) or not name:
         raise PluginError(7, "network configuration has no 'name'")
@@ -181,7 +184,7 @@ def call_agent(path_list, request, timeout):
 
 
 def to_040(result):
-    """A 1.0.0 result in 0.4.0 shape (ips carry "version")."""
+    """A 1.0.0 result in 0.4.0 (and 0.3.x, the same shape) form: ips carry "version"."""
     for ip in result.get("ips") or []:
         ip.setdefault("version", "6" if ":" in ip.get("address", "") else "4")
     return result
@@ -210,7 +213,7 @@ def run(mode, env, stdin_text):
     if command in ("DEL", "CHECK", "GC", "STATUS"):
         return 0, None
     result["cniVersion"] = conf["cniVersion"]
-    if conf["cniVersion"] == "0.4.0":
+    if conf["cniVersion"] in ("0.3.0", "0.3.1", "0.4.0"):
         result = to_040(result)
     return 0, result
 

@@ -21,15 +21,37 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    from common import logs
-    from controller.node.config import NodeConfig, NodeConfigError
+    import structlog
 
+    from common import logs
+    from controller.metrics import agent_settings
+    from controller.node.config import NodeConfig, NodeConfigError
+    from controller.node.identity import AgentLocked, acquire_lock, remember_nodename, resolve_nodename
+    from controller.node.liveness import liveness_ttl
+
+    # NODENAME as calico-node resolves it (env, HOSTNAME, the nodename file, the hostname): a restart
+    # without NODENAME comes back as the same Node.
+    name, source = resolve_nodename(os.environ)
+    os.environ["NODENAME"] = name
     try:
         config = NodeConfig.from_env()
-    except NodeConfigError as exc:
+        liveness_ttl()  # checked here so a bad value stops the agent at once
+        agent_settings(os.environ)
+    except (NodeConfigError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     logs.configure(level=config.log_level, fmt=config.log_format)
+    try:
+        lock = acquire_lock(config.run_dir, config.nodename)
+    except AgentLocked as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(f"Error: {exc.filename or ''}: {exc.strerror} (the node agent must run as root)", file=sys.stderr)
+        return 1
+    written = remember_nodename(os.environ, config.nodename)
+    structlog.get_logger("tabby.node").info(
+        "agent.nodename", node=config.nodename, source=source, file=str(written or ""))
     from controller.node.agent import run_agent
 
     try:
@@ -39,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"Error: {exc.filename or ''}: {exc.strerror} (the node agent must run as root)", file=sys.stderr)
         return 1
+    finally:
+        lock.close()
     return 0
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import os
 import random
 import signal
 import time
@@ -32,20 +34,24 @@ from typing import Any
 
 import structlog
 
+from controller.cluster_info import ensure_cluster_information
+from controller.metrics import MetricsServer, agent_settings
 from controller.node.api import ApiServer
 from controller.node.autodetect import Detected, interface_holding, read_interfaces, route_source, select
 from controller.node.bgp import NodeBgp, disabled_status
-from controller.node.cni_handlers import CNIHandlers, Request
+from controller.node.cni_handlers import INTERNAL, CNIError, CNIHandlers, Request
 from controller.node.config import NodeConfig
 from controller.node.dataplane import Dataplane
 from controller.node.graph import CalcGraph, pod_mtu
-from controller.node.messages import InSync
+from controller.node.liveness import LeaseKeeper, liveness_ttl
+from controller.node.messages import InSync, RouteUpdate
+from controller.node.metrics import AgentMetrics, readiness, start_metrics
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
-from datastore import Datastore, DatastoreError, Put, WatchResync, mod_is
-from datastore.keys import resource_key
+from datastore import Datastore, DatastoreError, Put, WatchHealth, WatchResync, mod_is
+from datastore.keys import GUARDS, HANDLES, resource_key
 from datastore.watch import watch_prefix
 from felix_like.route_programmer import ApplyResult
 from felix_like.vxlan import derive_vtep_mac
@@ -77,6 +83,8 @@ class Agent:
         #: and re-dials its own when etcd goes away, which must not cut a request short.
         self.ds = Datastore(request_cfg)
         self.watch_ds = Datastore(config.etcd)
+        #: Whether the watch's view is current (datastore.watch): CNI ADD answers code 11 while stale.
+        self.watch_health = WatchHealth(on_change=self._watch_health_changed)
         self.ipam = IPAMClient(self.ds, pool_source=self.ipam_pools, pool_filter=self._ipam_pool_filter)
         self.detected: Detected | None = None
         self.dataplane: Dataplane | None = None
@@ -95,6 +103,9 @@ class Agent:
         self.bgp: NodeBgp | None = NodeBgp(self) if config.bgp_enabled else None
         if self.bgp is not None:
             self.bgp.on_learned = self._learned_changed
+        #: Prometheus endpoint, /healthz, /readyz (controller/node/metrics.py; FELIX_PROMETHEUSMETRICS*).
+        self.metrics = AgentMetrics(self)
+        self.metrics_server: MetricsServer | None = None
 
     # -- readiness -----------------------------------------------------------------------------
     def not_ready_reason(self) -> str:
@@ -102,6 +113,8 @@ class Agent:
             return f"waiting for the node address ({self.config.autodetect.describe()})"
         if not self.model.synced:
             return "waiting for the first datastore snapshot (is etcd reachable?)"
+        if not self.watch_health.fresh:
+            return f"its datastore view is stale ({self.watch_health.reason})"
         if self.dataplane is None or not self.dataplane.started:
             return "dataplane not started"
         return ""
@@ -109,7 +122,17 @@ class Agent:
     async def handle(self, req: Request) -> dict[str, Any]:
         if req.command == "BGP_STATUS":
             return self.bgp_status()
-        return await self.handlers.handle(req)
+        start, code = time.monotonic(), None
+        try:
+            return await self.handlers.handle(req)
+        except CNIError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = INTERNAL
+            raise
+        finally:
+            self.metrics.observe_cni(req.command, time.monotonic() - start, code)
 
     def bgp_status(self) -> dict[str, Any]:
         """Sessions, counters and metrics for `tabbyctl node status` (answered before readiness too)."""
@@ -121,9 +144,17 @@ class Agent:
             out["dataplane"] = {"apply_phases": st.apply_phases, "fast_applies": st.fast_applies,
                                 "full_resyncs": st.full_resyncs, "link_resyncs": st.link_resyncs,
                                 "resync_reasons": dict(st.resync_reasons), "policy_applies": st.policy_applies}
-        out["ready"] = not self.not_ready_reason()
-        out["not_ready_reason"] = self.not_ready_reason()
+        ready, reasons = readiness(self)
+        out["ready"] = ready
+        out["not_ready_reason"] = "; ".join(reasons)
+        out["not_ready_reasons"] = reasons
         return out
+
+    def _watch_health_changed(self, health: WatchHealth) -> None:
+        if health.fresh:
+            self.log.info("agent.datastore_fresh", stale_count=health.stale_count)
+        elif self.model.synced:
+            self.log.warning("agent.datastore_stale", reason=health.reason, cni="ADD answers code 11 until fresh")
 
     # -- derived state ---------------------------------------------------------------------------
     @property
@@ -168,11 +199,24 @@ class Agent:
         """A pod CNI just plumbed: a WorkloadEndpoint input of the graph before etcd echoes it; its
         routes and its policy go through the fast lane (applied at once; returns when they are in
         the kernel: the pod is enforced before ADD returns)."""
+        ips = list(ips)
         self.graph.routes.local_add(key, container_id, ips, interface)
         if wep is not None:
             self.graph.policy.local_add(key, wep)
         assert self.dataplane is not None
-        return await self.dataplane.apply_fast(self.graph.flush())
+        messages = self.graph.flush()
+        # The endpoint is written with the allocation, before the veth exists, so its etcd echo may
+        # have reached the graph first: then this flush holds no update for the pod, and a throttled
+        # write of its route may have failed for want of the device, or gone with a half-done ADD's
+        # veth that this ADD replaced (the kernel drops a deleted device's routes without telling
+        # anyone). So the fast lane always carries the pod's own routes, written unconditionally.
+        have = {m.dst for m in messages if isinstance(m, RouteUpdate)}
+        for ip in ips:
+            dst = str(ipaddress.ip_network(ip))  # the resolver's key: "10.0.0.5/32", normalised v6
+            route = self.graph.routes.resolver.route_for(dst)
+            if dst not in have and route is not None:
+                messages.append(RouteUpdate(dst, route))
+        return await self.dataplane.apply_fast(messages, force=True)
 
     async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
         """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""
@@ -187,6 +231,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self.config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.api.start()
+        self.metrics_server = await start_metrics(self, agent_settings(os.environ))
         self.log.info("agent.starting", run_dir=str(self.config.run_dir), netns=self.config.netns or "",
                       ip=self.config.ip, autodetect=self.config.autodetect.describe())
         main = asyncio.create_task(self._main(), name="agent-main")
@@ -202,6 +247,8 @@ class Agent:
 
     async def close(self) -> None:
         await self.api.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.bgp is not None:
             await self.bgp.stop()  # ExaBGP keeps running: sessions and announcements survive a restart
         for task in self._tasks:
@@ -219,13 +266,21 @@ class Agent:
         await asyncio.to_thread(enable_forwarding, self.config.netns)
         if self.config.ip != "none":
             self.detected = await self.detect()
+        try:
+            await ensure_cluster_information(self.ds)
+        except DatastoreError as exc:  # etcd away at start: registration's own retries wait for it
+            self.log.warning("agent.cluster_info_skipped", error=str(exc))
         await self.register()
         self.graph.set_local_node(self.local_ip, self.interface)
+        # Liveness lease for the cluster controller (controller/node/liveness.py).
+        self.liveness = LeaseKeeper(self.config.etcd, self.config.nodename, liveness_ttl())
+        self._tasks.append(asyncio.create_task(self.liveness.run(), name="agent-liveness"))
         if self.bgp is not None:
             await asyncio.to_thread(self.bgp.capture_kernel_routes, self.interface)
             self.graph.routes.set_learned(self.bgp.learned_routes())  # the provisional routes
         self.dataplane = Dataplane(self.config.netns, resync_interval=self.config.resync_interval,
                                    node=self.config.nodename)
+        self.dataplane.observers.append(self.metrics.observe_apply)
         self.dataplane.start()
         self._tasks.append(asyncio.create_task(self._tunnels(), name="agent-tunnels"))
         await self._watch()
@@ -361,7 +416,8 @@ class Agent:
     async def _watch(self) -> None:
         own_key = resource_key("nodes", self.config.nodename)
         assert self.dataplane is not None
-        async for item in watch_prefix(self.watch_ds, ""):
+        # Handles and guards: many keys the dataplane never reads (skipped in the list and the events).
+        async for item in watch_prefix(self.watch_ds, "", health=self.watch_health, skip=(HANDLES, GUARDS)):
             # a resync's values are validated in a worker thread: the CNI socket keeps answering meanwhile
             pre = await asyncio.to_thread(self.model.prevalidate, item.kvs) if isinstance(item, WatchResync) else None
             updates = self.model.apply(item, pre)

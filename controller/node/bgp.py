@@ -17,8 +17,10 @@ Why this shape (Calico's ``bird`` backend, with ExaBGP + our own RIB instead of 
   and only announces/withdraws deltas, until every peer has re-sent its table (End-of-RIB, or a few
   seconds after a replayed session came up and a ROUTE-REFRESH was sent) or the hold time passed.
 
-Graceful restart: ExaBGP 5.0's ``state`` message does not say whether the peer negotiated graceful
-restart, so a dropped session keeps its paths stale for the restart time we configured for it
+Graceful restart (RFC 4724, receiving side): each peer's OPEN (ExaBGP ``receive { open; }``) goes to
+``Rib.peer_open``; the RIB keeps a dropped session's paths stale only for the <AFI, SAFI> tuples of that
+peer's capability, for the peer's Restart Time (see docs/bgp-rib.md). When *our* ExaBGP (or its relay)
+goes away instead, we are the restarting side and keep every path for the restart time we advertise
 (``PeerSpec.graceful_restart``; None/0 = flush at once).
 """
 
@@ -35,13 +37,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from bgp.announce import compute_announcements, diff
-from bgp.bridge import Disconnected, EndOfRib, Event, PeerState, Update
+from bgp.bfd import DOWN as BFD_DOWN
+from bgp.bfd import STATE_NAMES as BFD_STATES
+from bgp.bfd import BfdRunner, open_sockets
+from bgp.exabgp_codec import Disconnected, EndOfRib, Event, Open, PeerState, Update
 from bgp.peers import compute_peers, speaker_spec
-from bgp.rib import Rib
+from bgp.rib import Rib, next_hop_check
 from bgp.speaker import Speaker
-from bgp.types import Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
-from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node
+from bgp.types import MESH, Announcement, BestRoute, PeerSpec, SpeakerSpec, normalize_prefix
+from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node
 from felix_like.netlink import RouteSocket, RouteType
+from felix_like.netns import run_in_netns
 from felix_like.routes import IPIP_DEVICE, EncapMode, LearnedRoute, RouteInputs
 
 if TYPE_CHECKING:
@@ -81,6 +87,7 @@ class NodeBgp:
         self.counters: dict[str, PeerCounters] = {}
         self.started = False
         self._own: set[Announcement] = set()
+        self._own_items: dict[tuple[str | None, str], Announcement] = {}
         self._reflected: dict[tuple[str, str], Announcement] = {}
         self._up: set[str] = set()
         self._eor: set[str] = set()
@@ -92,6 +99,9 @@ class NodeBgp:
         self._tasks: list[asyncio.Task[None]] = []
         #: Called when learned_routes() changed (the agent feeds them to its calculation graph).
         self.on_learned: Callable[[], None] | None = None
+        self._next_hop_key: tuple[str | None, tuple[str, ...]] | None = None
+        self._bfd: BfdRunner | None = None
+        self._bfd_address: str | None = None
 
     # -- start-up ----------------------------------------------------------------------------
     def capture_kernel_routes(self, interface: str) -> None:
@@ -134,6 +144,9 @@ class NodeBgp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._bfd is not None:
+            self._bfd.stop()
+            self._bfd = None
         await self.speaker.stop(keep_exabgp=True)
 
     def mark_dirty(self) -> None:
@@ -167,23 +180,104 @@ class NodeBgp:
             spec = speaker_spec(local, configs)
             if spec is None:
                 return  # no IPv4 BGP address (yet): nothing to run
-            peers = compute_peers(local, nodes, configs, bgp_peers)
+            filters = [f for f in self.agent.model.of_kind(BGPFilter.KIND).values() if isinstance(f, BGPFilter)]
+            peers = compute_peers(local, nodes, configs, bgp_peers, bgp_filters=filters)
+            if self.agent.config.mesh_bfd:
+                peers = [replace(p, bfd=True) if p.type == MESH else p for p in peers]
             if spec != self.spec or peers != list(self.peers.values()):
                 await self._apply_sessions(spec, peers)
+            self._update_next_hop_check(pools)
+            self._sync_bfd()
             own = self.own_prefixes(pools, configs)
+            if self.rib is not None and self.rib.cluster_id is not None:
+                # a reflector reflects nothing it originates itself (one route per prefix and peer)
+                await self._send_reflected(self.rib.set_originated(a.prefix for a in own))
             if own != self._own:
                 announce, withdraw = diff(self._own, own)
                 self._own = own
                 self.log.info("bgp.announcements", announce=[a.prefix for a in announce],
                               withdraw=[a.prefix for a in withdraw], total=len(own))
+            items = self._export_items(own)
+            if items != self._own_items:
+                old_items, self._own_items = self._own_items, items
                 if self._settled:
                     await self._push_all()
                 else:
-                    for ann in announce:
-                        await self.speaker.announce(ann)
-                    for ann in withdraw:
-                        await self.speaker.withdraw(ann.prefix)
+                    for key in sorted(set(old_items) - set(items), key=str):
+                        await self.speaker.withdraw(key[1], key[0])
+                    for key, ann in sorted(items.items(), key=lambda kv: str(kv[0])):
+                        if old_items.get(key) != ann:
+                            await self.speaker.announce(ann, key[0])
             await self._after_rib()
+
+    def _export_items(self, own: set[Announcement]) -> dict[tuple[str | None, str], Announcement]:
+        """Own routes as the speaker's desired entries: to every peer at once, unless a peer's BGPFilter
+        rejects the prefix on export; then to each peer that accepts it (ExaBGP `neighbor X announce`)."""
+        filtered = [p for p in self.peers.values() if p.route_filter is not None]
+        out: dict[tuple[str | None, str], Announcement] = {}
+        for ann in own:
+            prefix = normalize_prefix(ann.prefix)
+            if all(p.route_filter.accepts_export(prefix) for p in filtered if p.route_filter is not None):
+                out[(None, prefix)] = ann
+                continue
+            for peer in self.peers.values():
+                if peer.route_filter is None or peer.route_filter.accepts_export(prefix):
+                    out[(peer.address, prefix)] = ann
+        return out
+
+    # -- BFD ------------------------------------------------------------------------------------
+    def _sync_bfd(self) -> None:
+        """BFD sessions for the peers that want it and are directly connected (on the node's subnet): one
+        BfdRunner thread with sockets made inside the node's namespace, started when first needed."""
+        local = self.agent.local_ip
+        subnet = ipaddress.ip_interface(local).network if local else None
+        wanted = {a for a, p in self.peers.items()
+                  if p.bfd and subnet is not None and ipaddress.ip_address(a) in subnet}
+        address = str(ipaddress.ip_interface(local).ip) if local else None
+        if self._bfd is not None and (not wanted or address != self._bfd_address):
+            self._bfd.stop()
+            self._bfd = None
+        if not wanted or address is None:
+            return
+        if self._bfd is None:
+            loop = asyncio.get_running_loop()
+
+            def on_state(peer: str, state: int, diag: int) -> None:  # runs in the BFD thread
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._on_bfd(peer, state, diag)))
+
+            self._bfd = BfdRunner(run_in_netns(self.agent.config.netns, lambda: open_sockets(address)), on_state)
+            self._bfd_address = address
+            self._bfd.start()
+        for peer in set(self._bfd.sessions) - wanted:
+            self._bfd.remove(peer)
+        for peer in wanted:
+            self._bfd.add(peer)
+
+    async def _on_bfd(self, peer: str, state: int, diag: int) -> None:
+        """BFD down on an Established session: its forwarding path is gone. Every path of the peer leaves
+        the RIB (and so the kernel) now, graceful restart or not, and ExaBGP resets the session (Cease,
+        subcode 10 "BFD Down", RFC 9384) instead of waiting for the hold time."""
+        if state != BFD_DOWN or self.rib is None or peer not in self._up:
+            return
+        self.rib.peer_down(peer, forwarding_lost=True)
+        self._up.discard(peer)
+        self._eor.discard(peer)
+        self.log.warning("bgp.bfd_down", peer=peer, diag=diag)
+        await self.speaker.bridge.send(f"neighbor {ipaddress.ip_address(peer)} teardown 10")
+        await self._after_rib()
+
+    def _update_next_hop_check(self, pools: list[IPPool]) -> None:
+        """Give the RIB the route programmer's NEXT_HOP rule (local subnet, or an IPIP pool), so a path whose
+        next hop cannot be reached is no candidate at all (RFC 4271 9.1.2) instead of a best path the
+        dataplane then drops."""
+        if self.rib is None:
+            return
+        local = self.agent.local_ip
+        key = (local, tuple(sorted(p.spec.cidr for p in pools if p.spec.ipipMode != "Never")))
+        if key == self._next_hop_key and self.rib.has_next_hop_check:
+            return
+        self._next_hop_key = key
+        self.rib.set_next_hop_check(next_hop_check([local], key[1]) if local else None)
 
     async def _apply_sessions(self, spec: SpeakerSpec, peers: list[PeerSpec]) -> None:
         old = self.peers
@@ -218,7 +312,9 @@ class NodeBgp:
 
     async def _push_all(self) -> None:
         """The complete desired set (own routes to everyone + reflected routes per peer) to the speaker."""
-        items: list[Announcement | tuple[str | None, Announcement]] = list(self._own)
+        items: list[Announcement | tuple[str | None, Announcement]] = [
+            (peer, ann) for (peer, _), ann in self._own_items.items()
+        ]
         items += [(peer, ann) for (peer, _), ann in self._reflected.items()]
         await self.speaker.replace_announcements(items)
 
@@ -238,6 +334,13 @@ class NodeBgp:
         rib = self.rib
         if rib is None:
             return
+        if isinstance(event, Open):
+            rib.peer_open(event.peer, event.router_id, event.graceful_restart)
+            gr = event.graceful_restart
+            self.log.info("bgp.open", peer=event.peer, router_id=event.router_id,
+                          restart_time=None if gr is None else gr.restart_time,
+                          families=None if gr is None else [f + ("" if kept else " (F=0)") for f, kept in gr.families])
+            return
         if isinstance(event, PeerState):
             spec = self.peers.get(event.peer)
             if spec is None:
@@ -254,7 +357,7 @@ class NodeBgp:
             elif event.state == "down" and event.peer in self._up:
                 # only a session that was up: a failed reconnect also says `down`, and re-marking would
                 # push the stale deadline out on every attempt
-                self._peer_down(event.peer, spec, event.reason or "session down")
+                self._peer_down(event.peer, event.reason or "session down")
         elif isinstance(event, Update):
             counters = self.counters.setdefault(event.peer, PeerCounters())
             counters.updates += 1
@@ -263,29 +366,33 @@ class NodeBgp:
         elif isinstance(event, EndOfRib):
             self.counters.setdefault(event.peer, PeerCounters()).eors += 1
             self._eor.add(event.peer)
-            rib.end_of_rib(event.peer)
+            rib.end_of_rib(event.peer, event.family)
         elif isinstance(event, Disconnected):
             # ExaBGP (or its relay) went away: no `down` lines will come for its sessions. Keep the
             # paths stale (the peers re-send them and End-of-RIB once the new ExaBGP is up).
             for address in sorted(self._up):
                 spec = self.peers.get(address)
                 if spec is not None:
-                    self._peer_down(address, spec, f"ExaBGP link lost: {event.reason}")
+                    self._peer_down(address, f"ExaBGP link lost: {event.reason}",
+                                    local_restart=spec.graceful_restart)
         else:
             return
         await self._after_rib()
 
-    def _peer_down(self, address: str, spec: PeerSpec, why: str) -> None:
+    def _peer_down(self, address: str, why: str, local_restart: int | None = None) -> None:
+        """The RIB decides what stays stale (the peer's GR capability, or ``local_restart`` when our own
+        speaker went away)."""
         assert self.rib is not None
-        restart = spec.graceful_restart or 0
-        self.rib.peer_down(address, graceful=restart > 0, restart_time=restart)
+        self.rib.peer_down(address, local_restart_time=local_restart)
         self._up.discard(address)
         self._eor.discard(address)
         counters = self.counters.get(address)
         if counters is not None:
             counters.up_at = None
-        self.log.info("bgp.peer_down", peer=address, graceful=restart > 0, restart_s=restart, reason=why,
-                      stale=self.rib.counters().stale_per_peer.get(address, 0))
+        deadline = self.rib.stale_deadline(address)
+        self.log.info("bgp.peer_down", peer=address, reason=why,
+                      stale=self.rib.counters().stale_per_peer.get(address, 0),
+                      stale_for_s=None if deadline is None else round(deadline - time.monotonic(), 1))
 
     async def _reflect_to(self, peer: str) -> None:
         """A session came up on a route reflector: its full reflected table; drop what it no longer gets."""
@@ -415,6 +522,7 @@ class NodeBgp:
                 "prefixes_stale": rib_counters.stale_per_peer.get(address, 0) if rib_counters else 0,
                 "updates_received": counters.updates,
                 "end_of_rib_received": counters.eors,
+                "bfd": self._bfd_state(address),
             })
         by_state: dict[str, int] = {}
         for s in sessions:
@@ -451,6 +559,10 @@ class NodeBgp:
             "metrics": metrics_text(self.agent.config.nodename, sessions, counters_out),
         }
 
+    def _bfd_state(self, address: str) -> str | None:
+        state = self._bfd.state(address) if self._bfd is not None else None
+        return None if state is None else BFD_STATES[state]
+
     def _paths(self) -> list[dict[str, Any]]:
         """Every path the RIB holds, with the attributes an operator debugs with (reflection included)."""
         if self.rib is None:
@@ -475,8 +587,8 @@ def disabled_status(backend: str) -> dict[str, Any]:
 
 
 def _router_id(spec: PeerSpec) -> str:
-    """A Tabby node's router id is its address (speaker_spec); a router outside: unknown until OPEN
-    (ExaBGP does not report it), so the RIB falls back to the peer address in tie-breaks."""
+    """Fallback router id until the peer's OPEN is seen (the RIB prefers the OPEN's BGP Identifier): a Tabby
+    node's is its address (speaker_spec); a router outside: unknown, the RIB uses the peer address."""
     return spec.address if spec.peer_node else ""
 
 
@@ -532,7 +644,7 @@ def metrics_text(node: str, sessions: list[dict[str, Any]], counters: dict[str, 
         "# HELP tabby_bgp_rejected_total Paths rejected on input, by reason.",
         "# TYPE tabby_bgp_rejected_total counter",
     ]
-    for reason in ("as_path_loop", "originator_id", "cluster_list_loop"):
+    for reason in ("as_path_loop", "originator_id", "cluster_list_loop", "import_filter"):
         lines.append(f'tabby_bgp_rejected_total{{node="{n}",reason="{reason}"}} '
                      f'{counters["rejected"].get(reason, 0)}')
     lines += [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from datamodel.resources.workloadendpoint import (
     workload_endpoint_name,
 )
 from datastore import DatastoreError, Delete, Put, mod_is
+from datastore.client import Compare
 from datastore.keys import resource_key
 from felix_like.workload import (
     GATEWAY_V4,
@@ -43,7 +45,7 @@ from felix_like.workload import (
     setup_workload,
     teardown_workload,
 )
-from ipam.errors import IPAMError, NoPoolsError, PoolsExhausted
+from ipam.errors import HandleInUse, IPAMError, NoPoolsError, PoolsExhausted
 
 if TYPE_CHECKING:
     from controller.node.agent import Agent
@@ -60,12 +62,34 @@ IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+CLUSTER_INFO_KEY = resource_key("clusterinformations", "default")
 NOT_AVAILABLE = 50
 # plugin-specific (100+)
 IPAM_FAILURE = 100
 CHECK_FAILED = 101
 INTERNAL = 199
 
+
+
+class Phases:
+    """Where one ADD/DEL spends its time (ms per phase), logged with ``cni.added``/``cni.deleted``.
+
+    Why: the CNI benchmark (tests/bench/cni.py) and an operator both need to see whether a slow
+    pod start is etcd, netlink or the dataplane; the agent's own clock is the only one that can tell.
+    """
+
+    def __init__(self) -> None:
+        self._t = self.start = time.monotonic()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """Charge the time since the previous mark to ``phase``."""
+        now = time.monotonic()
+        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - self._t) * 1000, 2)
+        self._t = now
+
+    def total(self) -> float:
+        return round((time.monotonic() - self.start) * 1000, 1)
 
 
 class CNIError(Exception):
@@ -207,15 +231,21 @@ class CNIHandlers:
                 coro.close()
 
     async def ready(self, deadline: float) -> None:
-        """The first full snapshot and the node address are needed before any ADD."""
+        """The first full snapshot, the node address and a current (not stale) datastore view are
+        needed before any ADD; a stale view is waited for within the request's time, then code 11."""
         agent = self.agent
-        if agent.dataplane is not None and agent.dataplane.started:
-            return
-        try:
-            await asyncio.wait_for(agent.ready.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            why = agent.not_ready_reason()
-            raise CNIError(TRY_AGAIN_LATER, f"the tabby node agent of {self.node} is not ready: {why}") from None
+        if not (agent.dataplane is not None and agent.dataplane.started):
+            try:
+                await asyncio.wait_for(agent.ready.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                why = agent.not_ready_reason()
+                raise CNIError(TRY_AGAIN_LATER, f"the tabby node agent of {self.node} is not ready: {why}") from None
+        if not await agent.watch_health.wait_fresh(deadline - time.monotonic()):
+            raise CNIError(
+                TRY_AGAIN_LATER,
+                f"the tabby node agent of {self.node} is not ready: {agent.not_ready_reason()}; try again later",
+                f"endpoints: {', '.join(agent.config.etcd.endpoints)}",
+            )
 
     def lock(self, container_id: str) -> asyncio.Lock:
         lock = self._locks.get(container_id)
@@ -258,6 +288,7 @@ class CNIHandlers:
     async def _assign(self, req: Request, ident: Identity | None, deadline: float) -> tuple[list[str], list[str]]:
         """Release leftovers of an earlier attempt under the same handle, then allocate."""
         ipam = self.agent.ipam
+        self._refuse_if_locked()
         num_v4, num_v6 = self._families(req)
         stale = await self.bounded("release leftovers of an earlier ADD", ipam.release_by_handle(req.handle), deadline)
         if stale:
@@ -274,6 +305,16 @@ class CNIHandlers:
             deadline,
         )
         return list(result.v4), list(result.v6)
+
+    def _refuse_if_locked(self) -> None:
+        """``tabbyctl datastore migrate lock`` (ClusterInformation datastoreReady false): no new
+        addresses until unlock, so an IPAM-leak report stays true while it is acted on."""
+        info = self.agent.model.get(CLUSTER_INFO_KEY)
+        if info is not None and info.spec.datastoreReady is False:
+            raise CNIError(
+                TRY_AGAIN_LATER,
+                "the datastore is locked (tabbyctl datastore migrate lock): no address is assigned until unlock",
+            )
 
     async def ipam_only(self, req: Request) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -294,11 +335,12 @@ class CNIHandlers:
         return {}
 
     async def add(self, req: Request) -> dict[str, Any]:
-        start = time.monotonic()
-        deadline = start + self.timeout
+        ph = Phases()
+        deadline = ph.start + self.timeout
         agent = self.agent
         await self.ready(deadline)
         ident = identity(req, self.node)
+        ph.mark("parse")
         bound = log.bind(node=self.node, pod=ident.pod or req.container_id, handle=req.handle)
         # A different sandbox of the same pod (the runtime re-created it): free its handle too.
         old = agent.model.get(ident.wep_key)
@@ -307,12 +349,15 @@ class CNIHandlers:
             if old_handle and old_handle != req.handle:
                 await self.bounded("release the previous sandbox's addresses",
                                    agent.ipam.release_by_handle(old_handle), deadline)
-        v4, v6 = await self._assign(req, ident, deadline)
+        pod_mac = _pod_mac()
+        written: dict[str, Any] = {}  # the endpoint document the allocation transaction wrote
+        v4, v6 = await self._assign_with_wep(req, ident, pod_mac, deadline, written)
+        ph.mark("ipam_wep")
         try:
             mtu = agent.pod_mtu()
             spec = WorkloadSpec(
                 host_ifname=ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname, mtu=mtu,
-                ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6],
+                ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6], pod_mac=pod_mac,
             )
             if v6:
                 # The node must forward IPv6 for this pod (IPv4 forwarding is on since start): per-veth
@@ -326,15 +371,15 @@ class CNIHandlers:
                 raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
-            wep = self._wep(req, ident, v4, v6, made.pod_mac)
+            ph.mark("netlink")
+            wep = WorkloadEndpoint.model_validate(written["doc"]) if "doc" in written else None
             await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
-                                             ident.host_ifname, WorkloadEndpoint.model_validate(wep))
-            await self.bounded("record the WorkloadEndpoint", self._put_wep(ident.wep_key, wep), deadline)
+                                             ident.host_ifname, wep)
+            ph.mark("route_apply")
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
             raise
-        bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname,
-                   ms=round((time.monotonic() - start) * 1000, 1))
+        bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname, ms=ph.total(), phases_ms=ph.ms)
         ips = [{"address": _host_cidr(ip), "gateway": GATEWAY_V4, "interface": 1} for ip in v4]
         ips += [{"address": _host_cidr(ip), "interface": 1} for ip in v6]
         routes = ([{"dst": "0.0.0.0/0", "gw": GATEWAY_V4}] if v4 else []) + ([{"dst": "::/0"}] if v6 else [])
@@ -348,6 +393,50 @@ class CNIHandlers:
             "routes": routes,
             "dns": req.config.get("dns") or {},
         }
+
+    # -- IPAM + WorkloadEndpoint in ONE etcd transaction (issue 15) -----------------------------
+    # Why one transaction: an allocation without its endpoint is what IPAM GC and `ipam check` call
+    # a leak, and other nodes learn the pod's IP and labels only from the endpoint. The endpoint is
+    # written with the block and the handle, compared against the revision the watch-fed snapshot
+    # holds (a fresh read only after that compare failed), so an update never overwrites labels
+    # someone set meanwhile (`tabbyctl label`). The handle is assumed new (no read): when it is not
+    # (leftovers of an earlier half-done ADD of this container), IPAM says so and they are released.
+    async def _assign_with_wep(
+        self, req: Request, ident: Identity, mac: str, deadline: float, written: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[str]]:
+        agent = self.agent
+        ipam = agent.ipam
+        self._refuse_if_locked()
+        num_v4, num_v6 = self._families(req)
+        attrs = {"node": self.node, "namespace": ident.namespace, "pod": ident.pod or "",
+                 "container": req.container_id}
+        key = ident.wep_key
+
+        async def wep_ops(ips: list[str], fresh: bool) -> tuple[list[Compare], list[Put | Delete]]:
+            if fresh:
+                kv = await agent.ds.get(key)
+                current, rev = (kv.json(), kv.mod_revision) if kv is not None else (None, 0)
+            else:
+                current, rev = agent.model.document(key)
+            doc = self._wep(req, ident, [i for i in ips if ":" not in i], [i for i in ips if ":" in i], mac,
+                            existing=current if isinstance(current, dict) else None)
+            if written is not None:
+                written["doc"] = doc  # the last attempt's is the one committed
+            return [mod_is(key, rev)], [Put(key, doc)]
+
+        async def allocate() -> Any:
+            kwargs: dict[str, Any] = {"node": self.node, "handle_id": req.handle, "num_v4": num_v4,
+                                      "num_v6": num_v6, "attrs": attrs, "pools": self._pools(req),
+                                      "extra_ops": wep_ops}
+            try:
+                return await ipam.auto_assign(**kwargs, new_handle=True)
+            except HandleInUse:
+                stale = await ipam.release_by_handle(req.handle)
+                log.info("cni.leftover_released", node=self.node, handle=req.handle, ips=stale)
+                return await ipam.auto_assign(**kwargs)
+
+        result = await self.bounded("allocate an address and record the WorkloadEndpoint", allocate(), deadline)
+        return list(result.v4), list(result.v6)
 
     async def _undo_add(self, req: Request, ident: Identity, ips: list[str]) -> None:
         """A failed ADD leaves nothing behind (veth, route, addresses) as far as it can."""
@@ -364,8 +453,22 @@ class CNIHandlers:
             await asyncio.wait_for(agent.ipam.release_by_handle(req.handle), self.timeout)
         except Exception:
             log.warning("cni.undo_failed", node=self.node, step="release", handle=req.handle)
+        try:
+            await asyncio.wait_for(self._delete_wep(ident.wep_key, req.container_id), self.timeout)
+        except Exception:
+            log.warning("cni.undo_failed", node=self.node, step="endpoint", key=ident.wep_key)
 
-    def _wep(self, req: Request, ident: Identity, v4: list[str], v6: list[str], mac: str) -> dict[str, Any]:
+    def _wep(self, req: Request, ident: Identity, v4: list[str], v6: list[str], mac: str,
+             existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The endpoint document; over an ``existing`` one, its labels are kept (never overwritten)."""
+        labels = dict(ident.labels)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if existing is not None:
+            meta = existing.get("metadata") or {}
+            for k, v in (meta.get("labels") or {}).items():
+                if not str(k).startswith("projectcalico.org/"):
+                    labels[str(k)] = str(v)
+            created = str(meta.get("creationTimestamp") or created)
         spec: dict[str, Any] = {
             "orchestrator": ident.orchestrator,
             "node": self.node,
@@ -387,9 +490,9 @@ class CNIHandlers:
             "metadata": {
                 "name": ident.wep_name,
                 "namespace": ident.namespace,
-                "labels": ident.labels,
+                "labels": labels,
                 "annotations": {ANNOTATION_HANDLE: req.handle, ANNOTATION_NETWORK: req.network},
-                "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "creationTimestamp": created,
             },
             "spec": spec,
         }
@@ -399,19 +502,18 @@ class CNIHandlers:
             raise CNIError(INVALID_CONFIG, f"workload endpoint would be invalid: {str(exc).splitlines()[0]}",
                            str(exc)) from None
 
-    async def _put_wep(self, key: str, doc: dict[str, Any]) -> None:
-        ds = self.agent.ds
-        for _ in range(10):
-            current = await ds.get(key)
-            rev = current.mod_revision if current is not None else 0
-            res = await ds.txn([mod_is(key, rev)], [Put(key, doc)])
-            if res.succeeded:
-                return
-        raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being written")
-
     async def _delete_wep(self, key: str, container_id: str) -> bool:
-        """Delete the WEP only while it still belongs to this container (a new sandbox may own it)."""
+        """Delete the WEP only while it still belongs to this container (a new sandbox may own it).
+
+        First against the revision the watch-fed snapshot holds (no read); a failed compare (the
+        snapshot lags our own write, or someone changed it) falls back to reading it.
+        """
         ds = self.agent.ds
+        cached, rev = self.agent.model.document(key)
+        if cached is not None and (cached.get("spec") or {}).get("containerID") in (None, container_id):
+            res = await ds.txn([mod_is(key, rev)], [Delete(key)])
+            if res.succeeded:
+                return True
         for _ in range(10):
             current = await ds.get(key)
             if current is None:
@@ -426,11 +528,12 @@ class CNIHandlers:
 
     # -- DEL ---------------------------------------------------------------------------------
     async def delete(self, req: Request) -> dict[str, Any]:
-        start = time.monotonic()
-        deadline = start + self.timeout
+        ph = Phases()
+        deadline = ph.start + self.timeout
         agent = self.agent
         ident = identity(req, self.node)
         found = agent.model.find_wep(req.container_id, req.ifname or None)
+        ph.mark("parse")
         keys = {ident.wep_key}
         interfaces = {ident.host_ifname}
         found_ifname = found[1].spec.interfaceName if found is not None else None
@@ -442,12 +545,19 @@ class CNIHandlers:
             # A new sandbox of the same pod may already use this veth name: only delete ours.
             if found is None or name == found_ifname or name == ident.host_ifname:
                 await asyncio.to_thread(teardown_workload, agent.config.netns, name)
+        ph.mark("netlink")
         await agent.local_workload_removed(keys, interfaces)
-        released = await self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline)
-        for key in sorted(keys):
-            await self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
+        ph.mark("route_apply")
+        # The release and the endpoint deletes are independent writes: in flight together, not one
+        # after the other (the next ADD needs neither to wait for the other).
+        released, *_ = await asyncio.gather(
+            self.bounded("release addresses", agent.ipam.release_by_handle(req.handle), deadline),
+            *(self.bounded("delete the WorkloadEndpoint", self._delete_wep(key, req.container_id), deadline)
+              for key in sorted(keys)),
+        )
+        ph.mark("ipam_wep")
         log.info("cni.deleted", node=self.node, pod=ident.pod or req.container_id, handle=req.handle,
-                 ips=released, ms=round((time.monotonic() - start) * 1000, 1))
+                 ips=released, ms=ph.total(), phases_ms=ph.ms)
         return {}
 
     # -- CHECK -------------------------------------------------------------------------------
@@ -512,6 +622,13 @@ class CNIHandlers:
         if reason:
             raise CNIError(NOT_AVAILABLE, f"the tabby node agent of {self.node} is not ready: {reason}")
         return {}
+
+
+def _pod_mac() -> str:
+    """A random locally administered unicast MAC for the pod side, chosen before the endpoint is written."""
+    b = bytearray(secrets.token_bytes(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 def _bare(ip: str) -> str:

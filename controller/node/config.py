@@ -65,6 +65,9 @@ class NodeConfig:
     cni_timeout: float = 5.0
     networking_backend: str = "bird"
     bgp_startup_hold: float = DEFAULT_BGP_STARTUP_HOLD
+    #: TABBY_BGP_MESH_BFD=true: BFD (300 ms x 3) on node-to-node mesh sessions to nodes on the local subnet.
+    #: A Tabby switch, because Calico's kinds have no field for the mesh (BGPPeers use failureDetectionMode).
+    mesh_bfd: bool = False
 
     @property
     def bgp_enabled(self) -> bool:
@@ -130,6 +133,9 @@ class NodeConfig:
         if backend not in BACKENDS:
             raise NodeConfigError(f"{BACKEND_ENV}: must be bird (BGP), vxlan or none, got {backend!r}")
         hold = _positive_float(env, "TABBY_BGP_STARTUP_HOLD", DEFAULT_BGP_STARTUP_HOLD)
+        mesh_bfd_raw = env.get("TABBY_BGP_MESH_BFD", "").strip().lower()
+        if mesh_bfd_raw not in ("", "true", "false"):
+            raise NodeConfigError(f"TABBY_BGP_MESH_BFD: must be true or false, got {mesh_bfd_raw!r}")
         return cls(
             nodename=nodename,
             etcd=etcd,
@@ -147,6 +153,7 @@ class NodeConfig:
             cni_timeout=cni_timeout,
             networking_backend=backend,
             bgp_startup_hold=hold,
+            mesh_bfd=mesh_bfd_raw == "true",
         )
 
 

@@ -31,12 +31,13 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
 from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, PolicyUpdate, RouteUpdate, VXLANUpdate
+from felix_like.forward import ForwardAccepts
 from felix_like.ipip import IPIPManager
 from felix_like.nat import NATManager
 from felix_like.netlink import LinkMonitor, Route, RouteMonitor
@@ -67,13 +68,14 @@ class Stats:
 
 
 class TunnelManagers:
-    """VXLAN, IPIP and NAT managers of one namespace; each applies the last message it got."""
+    """VXLAN, IPIP, NAT and FORWARD-accept managers of one namespace; each applies the last message it got."""
 
     def __init__(self, netns: str | None, node: str) -> None:
         self.node = node
         self.vxlan = VXLANManager(netns)
         self.ipip = IPIPManager(netns)
         self.nat = NATManager(netns)
+        self.forward = ForwardAccepts(netns)
         self.vxlan_msg: VXLANUpdate | None = None
         self.ipip_msg: IPIPUpdate | None = None
         self.nat_msg: NATUpdate | None = None
@@ -103,6 +105,8 @@ class TunnelManagers:
             self._nat_on = True
             if nres.error:
                 log.warning("tunnels.nat_failed", node=self.node, error=nres.error)
+        # A FORWARD policy DROP in another base chain (Docker's) would drop pod traffic: accept ours there.
+        self.forward.apply()
         return resync
 
 
@@ -119,7 +123,7 @@ class Dataplane:
         self._log = log.bind(node=node)
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self._fast: list[tuple[list[RouteUpdate], list[PolicyUpdate],
+        self._fast: list[tuple[list[RouteUpdate], list[PolicyUpdate], bool,
                                concurrent.futures.Future[ApplyResult]]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -138,6 +142,8 @@ class Dataplane:
         self._policy_dirty = False
         self._in_sync = False
         self._retry_needed = False
+        #: Called with every ApplyResult, on the dataplane thread (the metrics' apply histograms).
+        self.observers: list[Callable[[ApplyResult], None]] = []
 
     # -- the agent's side (event loop) ---------------------------------------------------------------
     @property
@@ -162,9 +168,11 @@ class Dataplane:
             self._inbox.extend(messages)
         self._wake()
 
-    async def apply_fast(self, messages: Iterable[Message]) -> ApplyResult | None:
+    async def apply_fast(self, messages: Iterable[Message], *, force: bool = False) -> ApplyResult | None:
         """The fast lane (CNI ADD/DEL): route updates applied at once, in one netlink batch; other
-        messages go to the normal buffer. Returns when the routes are in the kernel (or failed)."""
+        messages go to the normal buffer. Returns when the routes are in the kernel (or failed).
+        ``force``: write them even where the programmer's cache says they are there (see
+        RouteProgrammer.apply_changes)."""
         routes: list[RouteUpdate] = []
         policies: list[PolicyUpdate] = []
         rest: list[Message] = []
@@ -180,7 +188,7 @@ class Dataplane:
             return None
         future: concurrent.futures.Future[ApplyResult] = concurrent.futures.Future()
         with self._lock:
-            self._fast.append((routes, policies, future))
+            self._fast.append((routes, policies, force, future))
         self._wake()
         return await asyncio.wrap_future(future)
 
@@ -198,7 +206,7 @@ class Dataplane:
             await asyncio.to_thread(self._thread.join, 10)
         with self._lock:
             fast, self._fast = self._fast, []
-        for _, _, future in fast:
+        for *_, future in fast:
             if not future.done():
                 future.set_exception(RuntimeError("the dataplane stopped"))
         self._wake_r.close()
@@ -352,10 +360,12 @@ class Dataplane:
         if not fast:
             return
         assert self.programmer is not None
-        for updates, policies, future in fast:
+        for updates, policies, force, future in fast:
             for pol in policies:
                 self._policy.fold(pol.sets, pol.chains, pol.interfaces)
-            if policies and self._in_sync:
+            # also what the throttled buffer holds: the pod's endpoint may have reached the graph through
+            # the watch echo first (the allocation transaction wrote it), its update then waits there
+            if (policies or self._policy_dirty) and self._in_sync:
                 self._policy_dirty = False
                 try:
                     self._policy_apply()
@@ -383,7 +393,7 @@ class Dataplane:
                 if not self._in_sync:
                     result = ApplyResult("changes")  # not in sync yet: the first resync will carry it
                 else:
-                    result = self.programmer.apply_changes(upserts, removes)
+                    result = self.programmer.apply_changes(upserts, removes, force=force)
                     self.stats.fast_applies += 1
                     self._after(result)
                 future.set_result(result)
@@ -459,5 +469,10 @@ class Dataplane:
 
     def _after(self, result: ApplyResult) -> None:
         self.stats.last_result = result
+        for observe in self.observers:
+            try:
+                observe(result)
+            except Exception:
+                self._log.exception("dataplane.observer_failed")
         if result.failures:
             self._retry_needed = True

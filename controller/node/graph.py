@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from controller.node.messages import IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
 from controller.node.model import BLOCK, Update
 from controller.node.policy import PolicyCalc
-from datamodel.resources import BGPConfiguration, BGPPeer, IPPool, Node
+from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 from felix_like.ipip import IPIPConfig
 from felix_like.nat import NATPool
@@ -319,7 +319,7 @@ class BgpCalc:
         self.on_change: Callable[[], None] | None = None
 
     def register(self, dispatcher: Dispatcher) -> None:
-        for kind in (IPPool.KIND, Node.KIND, BGPConfiguration.KIND, BGPPeer.KIND):
+        for kind in (IPPool.KIND, Node.KIND, BGPConfiguration.KIND, BGPPeer.KIND, BGPFilter.KIND):
             dispatcher.register(kind, self._any)
         dispatcher.register(BLOCK, self.on_block)
 

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from datamodel.resources.workloadendpoint import ANNOTATION_HANDLE
+from datastore import staged
 from datastore.keys import resource_prefix
 
 DEFAULT_NETWORK = "k8s-pod-network"
@@ -50,9 +51,13 @@ async def live_allocations(ds: Any) -> dict[str, str]:
         out = []
         for kv in kvs:
             try:
-                out.append(json.loads(kv.value))
+                value = json.loads(kv.value)
             except ValueError:
                 continue
+            if staged.is_staged(value):  # a large apply in flight: its previous value, or absent
+                value = staged.resolve(value, {})
+            if isinstance(value, dict):
+                out.append(value)
         return out
 
     return allocations_from(docs(weps), docs(nodes))

@@ -42,7 +42,8 @@ from datamodel.resources import (
     all_kinds,
 )
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
-from datastore import KV, WatchEvent, WatchResync
+from datastore import KV, WatchEvent, WatchResync, staged
+from datastore.client import encode
 from datastore.keys import AFFINITIES, BLOCKS, GUARDS, HANDLES, RESOURCES, key_to_cidr
 from ipam.block import Block, BlockFormatError
 
@@ -117,6 +118,18 @@ def _with_identity(doc: dict[str, Any], key: str, cls: type[Resource]) -> dict[s
     return doc
 
 
+_ENVELOPE = staged.ENVELOPE.encode()
+
+
+def _is_staged(kv: KV) -> bool:
+    return _ENVELOPE in kv.value
+
+
+def _plain(key: str, value: Any, mod_revision: int) -> KV | None:
+    """A KV carrying what a staged key reads as (None: absent)."""
+    return None if value is None else KV(key, encode(value), mod_revision)
+
+
 def validate(key: str, raw: bytes) -> Any:
     """Parse and default one stored value; raises ValueError (one line per problem) when invalid."""
     found = kind_of(key)
@@ -159,6 +172,10 @@ class Model:
         self.invalid: dict[str, Invalid] = {}
         #: This node's WorkloadEndpoints by key: CNI DEL/CHECK/GC look there, never at the whole cluster.
         self._local_weps: dict[str, WorkloadEndpoint] = {}
+        #: every key's latest mod_revision (valid or not): writers compare against it instead of reading
+        self.revisions: dict[str, int] = {}
+        #: values staged by a large apply, held until its commit (datastore/staged.py)
+        self._staged = staged.StagedFilter()
         self.revision = 0
         self.synced = False
         self._log = log.bind(node=nodename)
@@ -172,6 +189,8 @@ class Model:
         for kv in kvs:
             if kind_of(kv.key) is None:
                 continue
+            if _is_staged(kv):
+                continue  # resolved (and validated) by apply(), against the resync's intent records
             current = self._entries.get(kv.key)
             if current is not None and current.raw == kv.value:
                 continue
@@ -187,9 +206,7 @@ class Model:
         if isinstance(item, WatchResync):
             updates: list[Update] = []
             seen: set[str] = set()
-            for kv in item.kvs:
-                if kind_of(kv.key) is None:
-                    continue
+            for kv in self._resync_visible(item.kvs):
                 seen.add(kv.key)
                 updates.extend(self._put(kv, prevalidated))
             for key in [k for k in self._entries if k not in seen]:
@@ -200,18 +217,72 @@ class Model:
             self.synced = True
             return updates
         self.revision = max(self.revision, item.kv.mod_revision)
-        if kind_of(item.kv.key) is None:
+        key = item.kv.key
+        if key.startswith(staged.RECORDS) or (item.kind == "put" and _is_staged(item.kv)):
+            # A large apply (datastore/staged.py): its keys are held until its commit, then applied
+            # together, so no consumer ever acts on half a bundle.
+            if not key.startswith(staged.RECORDS):
+                self.revisions[key] = item.kv.mod_revision
+            try:
+                value = item.kv.json() if item.kind == "put" else None
+                released = self._staged.feed(key, value)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                released = []
+            updates = []
+            for rkey, rvalue in released:
+                if kind_of(rkey) is None:
+                    continue
+                kv = _plain(rkey, rvalue, self.revisions.get(rkey, item.kv.mod_revision))
+                if kv is None:
+                    self.invalid.pop(rkey, None)
+                    updates.extend(self._delete(rkey))
+                else:
+                    updates.extend(self._put(kv))
+            return updates
+        if kind_of(key) is None:
             return []
         if item.kind == "delete":
-            self.invalid.pop(item.kv.key, None)
-            return self._delete(item.kv.key)
+            self.invalid.pop(key, None)
+            return self._delete(key)
         return self._put(item.kv)
+
+    def _resync_visible(self, kvs: list[KV]) -> list[KV]:
+        """A resync's keys the model holds, staged values read against the resync's intent records:
+        committed -> the new value; pending -> the previous value, the new one held until the commit."""
+        self._staged = staged.StagedFilter()
+        for kv in kvs:
+            if kv.key.startswith(staged.RECORDS):
+                try:
+                    self._staged.states[kv.key[len(staged.RECORDS):]] = str(kv.json().get("state"))
+                except (ValueError, AttributeError):
+                    continue
+        out = []
+        for kv in kvs:
+            if kind_of(kv.key) is None:
+                continue
+            if not _is_staged(kv):
+                out.append(kv)
+                continue
+            try:
+                value = kv.json()
+            except ValueError:
+                out.append(kv)  # not JSON: validation reports it
+                continue
+            intent = staged.staged_intent(value)
+            if intent is not None and self._staged.states.get(intent) != staged.COMMITTED:
+                meta = value[staged.ENVELOPE]
+                self._staged.held.setdefault(intent, {})[kv.key] = None if meta.get("delete") else value.get("value")
+            visible = _plain(kv.key, staged.resolve(value, self._staged.states), kv.mod_revision)
+            if visible is not None:
+                out.append(visible)
+        return out
 
     def _put(self, kv: KV, prevalidated: dict[str, Any] | None = None) -> list[Update]:
         found = kind_of(kv.key)
         assert found is not None
         kind = found[0]
         current = self._entries.get(kv.key)
+        self.revisions[kv.key] = kv.mod_revision
         if current is not None and current.raw == kv.value:
             return []
         try:
@@ -232,6 +303,9 @@ class Model:
             return []
         if self.invalid.pop(kv.key, None) is not None:
             self._log.info("model.valid_again", key=kv.key, kind=kind, revision=kv.mod_revision)
+        if current is not None and current.obj == obj:
+            current.raw = kv.value  # the same resource written again in another form (a staged apply's cleanup)
+            return []
         self._entries[kv.key] = _Entry(kv.value, obj)
         self.by_kind.setdefault(kind, {})[kv.key] = obj
         if isinstance(obj, WorkloadEndpoint):
@@ -243,6 +317,7 @@ class Model:
         return [Update(kv.key, kind, old, obj)]
 
     def _delete(self, key: str) -> list[Update]:
+        self.revisions.pop(key, None)
         entry = self._entries.pop(key, None)
         if entry is None:
             return []
@@ -256,6 +331,21 @@ class Model:
     def get(self, key: str) -> Any:
         entry = self._entries.get(key)
         return entry.obj if entry is not None else None
+
+    def document(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """The accepted document at ``key`` as stored (JSON) and the key's latest mod_revision (0: absent).
+
+        For writers that update a document in place with a compare (the CNI handlers' endpoint
+        writes): they keep fields they do not own (labels set with ``tabbyctl label``).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, 0
+        try:
+            doc = json.loads(entry.raw)
+        except ValueError:
+            return None, 0
+        return (doc if isinstance(doc, dict) else None), self.revisions.get(key, 0)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         return self.by_kind.get(kind, {})

@@ -14,6 +14,10 @@ from __future__ import annotations
 from datamodel.resources.bgp import (
     BGPConfiguration,
     BGPConfigurationSpec,
+    BGPFilter,
+    BGPFilterRuleV4,
+    BGPFilterRuleV6,
+    BGPFilterSpec,
     BGPPassword,
     BGPPeer,
     BGPPeerSpec,
@@ -23,6 +27,7 @@ from datamodel.resources.bgp import (
     ServiceIPBlock,
     split_peer_ip,
 )
+from datamodel.resources.clusterinfo import ClusterInformation, ClusterInformationSpec
 from datamodel.resources.common import (
     API_VERSION,
     DEFAULT_AS_NUMBER,
@@ -32,21 +37,37 @@ from datamodel.resources.common import (
     parse_duration,
 )
 from datamodel.resources.errors import ResourceError, format_validation_error
+from datamodel.resources.felixconfig import (
+    FELIX_DEFAULTS,
+    FelixConfiguration,
+    FelixConfigurationSpec,
+    effective_felix_config,
+)
 from datamodel.resources.ipamconfig import IPAMConfiguration, IPAMConfigurationSpec
 from datamodel.resources.ippool import IPPool, IPPoolSpec, pool_overlaps
 from datamodel.resources.node import Node, NodeAddress, NodeBGPSpec, NodeSpec, OrchRef
 from datamodel.resources.parsing import parse_documents, parse_resource
-from datamodel.resources.registry import all_kinds, kind_for_name
+from datamodel.resources.registry import UNSUPPORTED_CALICO_KINDS, all_kinds, kind_for_name, unsupported_kind
 
 __all__ = [
     "API_VERSION",
     "DEFAULT_AS_NUMBER",
+    "FELIX_DEFAULTS",
+    "UNSUPPORTED_CALICO_KINDS",
     "BGPConfiguration",
     "BGPConfigurationSpec",
+    "BGPFilter",
+    "BGPFilterRuleV4",
+    "BGPFilterRuleV6",
+    "BGPFilterSpec",
     "BGPPassword",
     "BGPPeer",
     "BGPPeerSpec",
+    "ClusterInformation",
+    "ClusterInformationSpec",
     "Community",
+    "FelixConfiguration",
+    "FelixConfigurationSpec",
     "IPAMConfiguration",
     "IPAMConfigurationSpec",
     "IPPool",
@@ -63,6 +84,7 @@ __all__ = [
     "SecretKeyRef",
     "ServiceIPBlock",
     "all_kinds",
+    "effective_felix_config",
     "format_validation_error",
     "kind_for_name",
     "parse_as_number",
@@ -71,4 +93,5 @@ __all__ = [
     "parse_resource",
     "pool_overlaps",
     "split_peer_ip",
+    "unsupported_kind",
 ]

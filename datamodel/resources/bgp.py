@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from datamodel.resources.common import (
     DEFAULT_AS_NUMBER,
@@ -32,6 +32,7 @@ from datamodel.resources.errors import Problems
 # Shared pieces
 # --------------------------------------------------------------------------------------------
 
+_IGNORED_INTERFACE = re.compile(r"^[a-zA-Z0-9_.*-]{1,15}$")  # Calico's ignoredInterfaceRegex
 _STANDARD_COMMUNITY = re.compile(r"^(\d+):(\d+)$")
 _LARGE_COMMUNITY = re.compile(r"^(\d+):(\d+):(\d+)$")
 
@@ -147,10 +148,15 @@ _GLOBAL_ONLY = (
 )
 
 
+def _zero_is_unset(value: object) -> object:
+    return None if value == 0 and not isinstance(value, bool) else value
+
+
 class BGPConfigurationSpec(CalicoModel):
     """spec of a BGPConfiguration. Unset fields are None; `default` gets Calico's defaults filled in."""
 
-    logSeverityScreen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] | None = None
+    # Calico's logLevel validator: exactly these words, case-sensitive (Trace included).
+    logSeverityScreen: Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"] | None = None
     nodeToNodeMeshEnabled: bool | None = None
     asNumber: ASNumber | None = None
     serviceLoadBalancerIPs: list[ServiceIPBlock] | None = None
@@ -158,7 +164,8 @@ class BGPConfigurationSpec(CalicoModel):
     serviceClusterIPs: list[ServiceIPBlock] | None = None
     communities: list[Community] | None = None
     prefixAdvertisements: list[PrefixAdvertisement] | None = None
-    listenPort: int | None = Field(default=None, ge=1, le=65535)
+    # Go's omitempty: listenPort 0 is "unset" (the default 179 then applies), as Calico reads it.
+    listenPort: Annotated[int | None, BeforeValidator(_zero_is_unset)] = Field(default=None, ge=1, le=65535)
     nodeMeshPassword: BGPPassword | None = None
     nodeMeshMaxRestartTime: Duration | None = None
     bindMode: Literal["None", "NodeIP"] | None = None
@@ -170,6 +177,17 @@ class BGPConfigurationSpec(CalicoModel):
     @model_validator(mode="after")
     def _communities(self) -> BGPConfigurationSpec:
         problems = Problems()
+        for i, pattern in enumerate(self.ignoredInterfaces or []):
+            if pattern == "*" or not _IGNORED_INTERFACE.match(pattern):
+                problems.add(
+                    f"ignoredInterfaces[{i}]",
+                    f"invalid interface pattern {pattern!r}: 1-15 characters of letters, digits, '_', '.', '-'"
+                    " or '*' (and not '*' alone)",
+                )
+        if self.nodeToNodeMeshEnabled is False:
+            for field in ("nodeMeshPassword", "nodeMeshMaxRestartTime"):
+                if getattr(self, field) is not None:
+                    problems.add(field, "cannot be set while nodeToNodeMeshEnabled is false")
         names = {c.name for c in self.communities or []}
         if self.communities and not self.prefixAdvertisements:
             problems.add("communities", "communities are defined but not used in prefixAdvertisements")
@@ -278,22 +296,27 @@ class BGPPeerSpec(CalicoModel):
 
     @model_validator(mode="after")
     def _rules(self) -> BGPPeerSpec:
+        """validateBGPPeerSpec: Calico accepts a peer with neither peerIP nor peerSelector, and peerIP
+        without asNumber; what Tabby cannot honour of those is refused at apply (support policy)."""
         problems = Problems()
         if self.node and self.nodeSelector:
-            problems.add("nodeSelector", "cannot be combined with node (use one or the other)")
+            problems.add("node", "must be empty when nodeSelector is specified")
         if self.peerIP and self.peerSelector:
-            problems.add("peerSelector", "cannot be combined with peerIP (use one or the other)")
-        elif not self.peerIP and not self.peerSelector and not self.localWorkloadSelector:
-            problems.add("peerIP", "one of peerIP or peerSelector is required")
+            problems.add("peerIP", "must be empty when peerSelector is specified")
         if self.peerSelector and self.asNumber is not None:
-            problems.add("asNumber", "must not be set with peerSelector: the AS comes from each selected node")
-        if self.peerIP and self.asNumber is None:
-            problems.add("asNumber", "required with peerIP")
+            problems.add("asNumber", "must be empty when peerSelector is specified: the AS comes from each node")
+        if self.localWorkloadSelector:
+            if self.asNumber is None:
+                problems.add("asNumber", "must NOT be empty when localWorkloadSelector is specified")
+            if self.peerIP:
+                problems.add("peerIP", "must be empty when localWorkloadSelector is specified")
+            if self.peerSelector:
+                problems.add("peerSelector", "must be empty when localWorkloadSelector is specified")
         if self.keepOriginalNextHop and self.nextHopMode is not None:
-            problems.add("nextHopMode", "cannot be combined with keepOriginalNextHop (use nextHopMode: Keep)")
+            problems.add("keepOriginalNextHop", "is deprecated and must not be true when nextHopMode is set")
         if self.reachableBy is not None:
             if not self.peerIP:
-                problems.add("reachableBy", "requires peerIP")
+                problems.add("reachableBy", "must be empty when peerIP is empty")
             else:
                 host, _ = split_peer_ip(self.peerIP)
                 if parse_ip(host).version != parse_ip(self.reachableBy).version:
@@ -323,3 +346,76 @@ class BGPPeer(Resource):
             "NODE": s.node or s.nodeSelector or "(global)",
             "ASN": str(s.asNumber or 0),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# BGPFilter (helper `bgp`, issue 11): import/export rules referenced from BGPPeer.spec.filters
+# --------------------------------------------------------------------------------------------
+
+
+class BGPFilterPrefixLength(CalicoModel):
+    """Prefix lengths an `In` / `NotIn` rule matches (inclusive; default: the cidr's length .. 32/128)."""
+
+    min: int | None = Field(default=None, ge=0, le=128)
+    max: int | None = Field(default=None, ge=0, le=128)
+
+
+class _BGPFilterRule(CalicoModel):
+    """One rule: the first rule that matches decides (`action`); a route no rule matches is accepted."""
+
+    action: Literal["Accept", "Reject"]
+    cidr: Network | None = None
+    matchOperator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
+    prefixLength: BGPFilterPrefixLength | None = None
+    source: Literal["RemotePeers"] | None = None
+    interface: str | None = None
+
+    VERSION: ClassVar[int] = 4
+
+    @model_validator(mode="after")
+    def _rule(self) -> _BGPFilterRule:
+        problems = Problems()
+        if (self.cidr is None) != (self.matchOperator is None):
+            problems.add("matchOperator" if self.cidr else "cidr", "cidr and matchOperator go together")
+        bits = 32 if self.VERSION == 4 else 128
+        if self.cidr is not None and parse_ip(self.cidr.split("/")[0]).version != self.VERSION:
+            problems.add("cidr", f"must be an IPv{self.VERSION} network")
+        if self.prefixLength is not None:
+            if self.cidr is None:
+                problems.add("prefixLength", "requires cidr")
+            lo, hi = self.prefixLength.min, self.prefixLength.max
+            for name, value in (("min", lo), ("max", hi)):
+                if value is not None and value > bits:
+                    problems.add(f"prefixLength.{name}", f"must be 0..{bits}")
+            if lo is not None and hi is not None and lo > hi:
+                problems.add("prefixLength", "min must not exceed max")
+        problems.raise_if_any()
+        return self
+
+
+class BGPFilterRuleV4(_BGPFilterRule):
+    VERSION: ClassVar[int] = 4
+
+
+class BGPFilterRuleV6(_BGPFilterRule):
+    VERSION: ClassVar[int] = 6
+
+
+class BGPFilterSpec(CalicoModel):
+    exportV4: list[BGPFilterRuleV4] | None = None
+    importV4: list[BGPFilterRuleV4] | None = None
+    exportV6: list[BGPFilterRuleV6] | None = None
+    importV6: list[BGPFilterRuleV6] | None = None
+
+
+class BGPFilter(Resource):
+    """projectcalico.org/v3 BGPFilter (cluster-scoped)."""
+
+    KIND: ClassVar[str] = "BGPFilter"
+    PLURAL: ClassVar[str] = "bgpfilters"
+    ALIASES: ClassVar[tuple[str, ...]] = ("bgpfilter", "bgpfilters")
+
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
+
+    def ps_row(self) -> dict[str, str]:
+        return {"NAME": self.name}

@@ -24,6 +24,8 @@ from datamodel.resources.errors import Problems
 API_VERSION = "projectcalico.org/v3"
 
 DEFAULT_AS_NUMBER = 64512
+#: Kubernetes' limit on the summed length of annotation keys and values (Calico enforces it too).
+ANNOTATIONS_SIZE_LIMIT = 256 * 1024
 MAX_AS_NUMBER = 4294967295
 
 
@@ -338,10 +340,18 @@ class Metadata(CalicoModel):
     @classmethod
     def _annotations(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
         problems = Problems()
-        for key in annotations or {}:
+        total = 0
+        for key, value in (annotations or {}).items():
             why = qualified_name_problem(key.lower())
             if why:
                 problems.add(f"[{key!r}]", why)
+            total += len(key.encode()) + len(value.encode())
+        if total > ANNOTATIONS_SIZE_LIMIT:
+            problems.add(
+                "",
+                f"total size of annotations is too large by {total - ANNOTATIONS_SIZE_LIMIT} bytes"
+                f" (at most {ANNOTATIONS_SIZE_LIMIT} bytes of keys and values, as Kubernetes allows)",
+            )
         problems.raise_if_any()
         return annotations
 

@@ -51,6 +51,8 @@ class IPPoolSpec(CalicoModel):
     disableBGPExport: bool = False
     blockSize: int | None = None
     nodeSelector: Annotated[Selector, BeforeValidator(_empty_is_all)] = "all()"
+    # Calico: both namespaceSelector and nodeSelector must match for the pool to be used.
+    namespaceSelector: Selector | None = None
     allowedUses: Annotated[list[AllowedUse], BeforeValidator(_empty_is_default_uses)] = Field(
         default_factory=lambda: ["Workload", "Tunnel"]
     )
@@ -58,41 +60,51 @@ class IPPoolSpec(CalicoModel):
 
     @model_validator(mode="after")
     def _rules(self) -> IPPoolSpec:
+        """validateIPPoolSpec and clientv3's defaulting, every problem collected in one pass."""
         problems = Problems()
         try:
             network = parse_network(self.cidr)
         except ValueError as exc:
             problems.add("cidr", str(exc))
             network = None
+        # The version is known even for an unparsable cidr, so blockSize is still checked.
+        version = network.version if network is not None else (6 if ":" in self.cidr else 4)
+        if self.blockSize is None:
+            self.blockSize = DEFAULT_BLOCK_SIZE[version]
+        low, high = BLOCK_SIZE_RANGE[version]
+        block_ok = low <= self.blockSize <= high
+        if not block_ok:
+            problems.add(
+                "blockSize", f"must be between {low} and {high} for an IPv{version} pool, got {self.blockSize}"
+            )
         if network is not None:
             self.cidr = str(network)  # normalised, as Calico stores it
-            version = network.version
             link_local = _V4_LINK_LOCAL if version == 4 else _V6_LINK_LOCAL
             if network.overlaps(link_local):
                 problems.add("cidr", f"{network} overlaps the IPv{version} link-local range {link_local}")
-            low, high = BLOCK_SIZE_RANGE[version]
-            if self.blockSize is None:
-                self.blockSize = DEFAULT_BLOCK_SIZE[version]
-            if not low <= self.blockSize <= high:
-                problems.add(
-                    "blockSize", f"must be between {low} and {high} for an IPv{version} pool, got {self.blockSize}"
-                )
-            elif network.prefixlen > self.blockSize and not self.disabled:
+            if block_ok and network.prefixlen > self.blockSize and not self.disabled:
                 problems.add(
                     "cidr",
                     f"pool /{network.prefixlen} is smaller than one block (blockSize {self.blockSize});"
                     f" use a prefix of /{self.blockSize} or shorter, or a larger blockSize",
                 )
-            if version == 6 and self.ipipMode != "Never":
-                problems.add("ipipMode", "IPIP is not supported on an IPv6 pool (use vxlanMode)")
+        if version == 6 and self.ipipMode != "Never":
+            problems.add("ipipMode", "IPIPMode other than 'Never' is not supported on an IPv6 IP pool (use vxlanMode)")
         if self.ipipMode != "Never" and self.vxlanMode != "Never":
             problems.add(
                 "ipipMode",
                 f"IPIP and VXLAN cannot both be enabled on one pool (ipipMode {self.ipipMode},"
                 f" vxlanMode {self.vxlanMode})",
             )
-        if "LoadBalancer" in self.allowedUses and len(set(self.allowedUses)) > 1:
-            problems.add("allowedUses", "LoadBalancer cannot be combined with other allowed uses")
+        if "LoadBalancer" in self.allowedUses:
+            for use in sorted(set(self.allowedUses) - {"LoadBalancer"}):
+                problems.add("allowedUses", f"LoadBalancer cannot be used at the same time as: {use}")
+            if self.ipipMode != "Never" or self.vxlanMode != "Never":
+                problems.add("ipipMode", "neither IPIPMode nor VXLANMode can be enabled on a LoadBalancer IP pool")
+            if self.disableBGPExport:
+                problems.add("disableBGPExport", "must not be true on a LoadBalancer IP pool (Calico refuses it)")
+            if self.nodeSelector != "all()":
+                problems.add("nodeSelector", f"must be all() on a LoadBalancer IP pool, got {self.nodeSelector!r}")
         problems.raise_if_any()
         return self
 
@@ -145,12 +157,32 @@ class IPPool(Resource):
 
 
 def pool_overlaps(pools: Iterable[IPPool]) -> list[tuple[IPPool, IPPool]]:
-    """Pairs of differently named pools whose CIDRs overlap (Calico refuses such a pool)."""
-    seen: list[IPPool] = []
+    """Pairs of differently named pools whose CIDRs overlap (Calico refuses such a pool).
+
+    Sorted sweep per address family: O(n log n) plus the number of clashes (two CIDRs overlap
+    exactly when one contains the other, so each pool is compared only with the still-open
+    supernets before it). Pairs keep input order: (earlier pool, later pool).
+    """
+    items = list(pools)
+    order = {id(p): i for i, p in enumerate(items)}
+    nets = {id(p): p.network for p in items}
+    keyed = sorted(
+        (
+            (nets[id(p)].version, int(nets[id(p)].network_address), nets[id(p)].prefixlen, order[id(p)], p)
+            for p in items
+        ),
+        key=lambda t: t[:4],
+    )
     clashes: list[tuple[IPPool, IPPool]] = []
-    for pool in pools:
-        for other in seen:
-            if other.name != pool.name and other.ip_version == pool.ip_version and other.network.overlaps(pool.network):
-                clashes.append((other, pool))
-        seen.append(pool)
+    stack: list[tuple[int, int, IPPool]] = []  # (version, last address, pool) of open supernets
+    for version, start, _, _, pool in keyed:
+        end = int(nets[id(pool)].broadcast_address)
+        while stack and (stack[-1][0] != version or stack[-1][1] < start):
+            stack.pop()
+        for _, _, other in stack:
+            if other.name != pool.name:
+                a, b = (other, pool) if order[id(other)] < order[id(pool)] else (pool, other)
+                clashes.append((a, b))
+        stack.append((version, end, pool))
+    clashes.sort(key=lambda ab: (order[id(ab[1])], order[id(ab[0])]))
     return clashes

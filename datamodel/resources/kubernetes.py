@@ -226,10 +226,6 @@ class NetworkPolicy(Resource):
                 "TYPES": ",".join(self.spec.policyTypes or [])}
 
 
-class NamespaceSpec(CalicoModel):
-    finalizers: list[str] | None = None
-
-
 class Namespace(Resource):
     """``v1`` Namespace: only its labels matter to Tabby (namespaceSelector)."""
 
@@ -238,7 +234,8 @@ class Namespace(Resource):
     ALIASES: ClassVar[tuple[str, ...]] = ("namespace", "namespaces", "ns")
     GROUP_VERSION: ClassVar[str] = "v1"
 
-    spec: NamespaceSpec = Field(default_factory=NamespaceSpec)
+    # Only the labels matter to Tabby; spec (finalizers) and status are the API server's, kept as written.
+    spec: dict[str, Any] = Field(default_factory=dict)
     status: dict[str, Any] | None = None
 
     @classmethod

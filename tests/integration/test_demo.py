@@ -57,7 +57,7 @@ def test_demo_three_node_tor(tmp_path: Path) -> None:
         state = LabState.load(lab.topo.name)
         assert state is not None, "the demo leaves its lab running"
     finally:
-        destroyed = lab_cli("destroy", "-t", str(lab.path), "--cleanup", timeout=120)
+        destroyed = lab_cli("destroy", "-t", str(lab.path), "--cleanup", "--purge", timeout=120)
         assert destroyed.returncode == 0, destroyed.stderr
         assert tabby_leftovers(lab) == []
         assert root_namespace_snapshot() == before, "the demo changed the root namespace"

@@ -126,8 +126,7 @@ def tabby_leftovers(lab: TabbyLab) -> list[str]:
     found += [f"pod namespace {ns}" for ns in pod_netns_left(lab.topo)]
     if lab.run_root.exists():
         for path in sorted(lab.run_root.rglob("*")):
-            if not (path.is_dir() and path.name == "by-netns" and not any(path.iterdir())):
-                found.append(f"path {path}")
+            found.append(f"path {path}")  # by-netns/ too: destroy --cleanup removes it
     return found
 
 
@@ -173,7 +172,7 @@ def tabby_lab_fixture(tmp_path: Path) -> Iterator[Callable[[Path], TabbyLab]]:
         for lab in labs:
             state = LabState.load(lab.topo.name)
             processes = state.processes if state else []
-            proc = lab_cli("destroy", "-t", str(lab.path), "--cleanup", timeout=120)
+            proc = lab_cli("destroy", "-t", str(lab.path), "--cleanup", "--purge", timeout=120)
             if proc.returncode != 0:
                 problems.append(f"destroy failed: {proc.stderr.strip()}")
             problems += tabby_leftovers(lab)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from lab.deploy import all_processes_alive
 from tests.topology.conftest import (
@@ -36,8 +35,8 @@ def test_frr_pair_ebgp(make_lab: Callable[..., LabRun]) -> None:
     wait_for("ping r1 -> r2 loopback", lambda: ping(lab, "r1", "10.255.0.2", source="10.255.0.1"), timeout=10)
     wait_for("ping r2 -> r1 loopback", lambda: ping(lab, "r2", "10.255.0.1", source="10.255.0.2"), timeout=10)
 
-    # each node has its own FRR pathspace: no shared socket or pid file
-    pids = {Path(f"/var/run/frr/{lab.node_netns(n)}/bgpd.pid").read_text().strip() for n in ("r1", "r2")}
+    # each node has its own /var/run/frr (its own root): no shared socket or pid file
+    pids = {lab.node_path(n, "/var/run/frr/bgpd.pid").read_text().strip() for n in ("r1", "r2")}
     assert len(pids) == 2
     run.assert_root_untouched()
 

@@ -25,7 +25,7 @@ def test_deploy_killed_at_each_step(make_lab: Callable[..., LabRun], step: str) 
     made = [ns for ns in netns_list() if ns in topo.netns_names()]
     if step != "namespaces":
         assert made, "the crash came after namespaces were made"
-    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup")
+    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup", "--purge")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(run.path) == []
     run.assert_root_untouched()
@@ -52,7 +52,7 @@ def test_deploy_killed_while_daemons_start(make_lab: Callable[..., LabRun]) -> N
         deployer.kill()
         deployer.wait(timeout=10)
     assert any(ns in netns_list() for ns in topo.netns_names())
-    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup")
+    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup", "--purge")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(run.path) == []
 
@@ -67,6 +67,6 @@ def test_cleanup_without_a_state_file(make_lab: Callable[..., LabRun]) -> None:
     proc = lab_cli("destroy", "-t", str(run.path))
     assert proc.returncode == 1 and "use destroy --cleanup" in proc.stderr
     time.sleep(0.1)
-    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup")
+    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup", "--purge")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(run.path) == []

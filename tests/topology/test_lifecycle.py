@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_etcd_node_and_node_env(make_lab: Callable[..., LabRun]) -> None:
     # the node's env reaches exec and the node's main process, the caller's does not
     assert lab.exec("client", ["sh", "-c", "echo $NODENAME $AS $ETCD_ENDPOINTS"]).stdout.split() == [
         "client-1", "65010", "http://172.20.20.2:2379"]
-    (cmd,) = [p for p in lab.state.processes if p.node == "client"]
+    (cmd,) = [p for p in lab.state.processes if p.node == "client" and p.name == "cmd"]
     environ = Path(f"/proc/{cmd.pid}/environ").read_bytes().split(b"\0")
     assert b"NODENAME=client-1" in environ and b"AS=65010" in environ
     rows = {r["name"]: r["state"] for r in lab.inspect()}
@@ -94,3 +95,55 @@ def test_a_daemon_that_dies_fails_the_deploy_naming_the_node(make_lab: Callable[
     # the half-built lab is still there for inspection until destroyed (the fixture checks it all goes)
     topo = load_topology(run.path)
     wait_for("state recorded", lambda: LabState.load(topo.name) is not None, timeout=5)
+
+
+def test_a_cmd_that_exits_at_once_is_a_warning_with_its_output_kept(make_lab: Callable[..., LabRun]) -> None:
+    run = make_lab(LABS / "dead-cmd.clab.yml", deploy_it=False)
+    proc = lab_cli("deploy", "-t", str(run.path))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert any("node dead: cmd" in w and "exited with code 3" in w and "no such config" in w for w in warnings), \
+        proc.stderr
+    topo = load_topology(run.path)
+    log = LabState.load(topo.name).node_dir("dead") / "cmd.log"  # type: ignore[union-attr]
+    assert log.read_text().splitlines() == ["starting up", "no such config"]
+    rows = json.loads(lab_cli("inspect", "-t", str(run.path), "-f", "json").stdout)["containers"]
+    assert {r["name"]: r["state"] for r in rows} == {topo.nodes["dead"].netns: "exited",
+                                                     topo.nodes["alive"].netns: "running"}
+
+    # exec's own options after the node name are options, not the command
+    started = time.monotonic()
+    proc = lab_cli("exec", "-t", str(run.path), "alive", "--timeout", "1", "--", "sleep", "10")
+    assert proc.returncode == 1 and "timed out after 1.0s" in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 8
+
+
+def test_two_copies_differing_only_in_name_run_side_by_side(make_lab: Callable[..., LabRun]) -> None:
+    """Every per-node path derives from the lab name: two copies of a Tabby example never share an
+    agent's run directory, destroying one leaves the other working, and a lab pointed at a running
+    lab's run root is refused."""
+    import yaml
+
+    from lab.state import lab_dir
+
+    one = make_lab(EXAMPLES / "two-node-native.clab.yml")
+    two = make_lab(EXAMPLES / "two-node-native.clab.yml")
+    assert one.lab is not None and two.lab is not None
+    for run in (one, two):
+        assert run.lab is not None
+        root = lab_dir(run.lab.name) / "run"
+        assert run.lab.nodes["native1"].env["TABBY_RUN_ROOT"] == str(root)
+        assert (root / "native1" / "agent.sock").exists()
+
+    clash = make_lab(EXAMPLES / "two-node-native.clab.yml", deploy_it=False)
+    data = yaml.safe_load(clash.path.read_text())
+    data["topology"]["defaults"]["env"]["TABBY_RUN_ROOT"] = str(lab_dir(one.lab.name) / "run")
+    clash.path.write_text(yaml.safe_dump(data))
+    with pytest.raises(LabError, match=f"is used by running lab {one.lab.name}"):
+        deploy(clash.path)
+
+    processes = [p for p in two.lab.state.processes]
+    one.lab.destroy(cleanup=True)
+    assert all(p.alive() for p in processes), "destroying one lab killed the other's processes"
+    assert (lab_dir(two.lab.name) / "run" / "native1" / "agent.sock").exists()
+    assert ping(two.lab, "native1", "10.10.1.12")

@@ -65,7 +65,7 @@ def test_line3_deploy_inspect_exec_ping_destroy(make_lab: Callable[..., LabRun])
     assert proc.returncode == 0 and proc.stdout.count("== n") == 3 and "10.0.23.3/24" in proc.stdout
 
     # destroy through the CLI leaves nothing
-    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup")
+    proc = lab_cli("destroy", "-t", str(run.path), "--cleanup", "--purge")
     assert proc.returncode == 0, proc.stderr
     assert not [n for n in netns_list() if n in topo.netns_names()]
     assert leftovers(run.path) == []

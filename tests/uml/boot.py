@@ -1,4 +1,10 @@
-"""Pieces of the UML guests' init scripts shared by the IPIP tests.
+"""The opt-in User-Mode Linux backend of the guest-kernel runner (``TABBY_GUEST=uml``).
+
+Why opt-in: UML 6.1 panics at init on host CPUs with AMX (``ptrace set fp regs failed``), so the
+default backend, and the only one CI runs, is QEMU (tests/guest/qemu.py). UML boots faster where
+it works. :func:`run_uml` gives the same contract as the QEMU runner: ``script`` runs as root in
+the host's filesystem, cwd the checkout, ``modprobe`` loading the UML kernel's modules, results
+written to ``$TABBY_GUEST_OUT`` (the work directory).
 
 The guest's root is the host's filesystem through hostfs, and the init script mounts a tmpfs
 over /tmp so the guest writes nothing on the host. A checkout (and its virtualenv) may itself
@@ -15,18 +21,14 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.guest.qemu import EXIT_MARKER, GUEST_BIN, GuestRun, modprobe_wrapper, needed_paths, write_run_script
+
 HOST_TMP_ASIDE = "/run/host-tmp"
-
-
-def needed_paths(repo: Path) -> list[Path]:
-    """The checkout and the virtualenv holding the interpreter the guest runs."""
-    venv = Path(sys.executable).parent.parent
-    return sorted({repo.resolve(), venv.resolve()})
 
 
 def mount_tmp_keeping(paths: list[Path]) -> str:
@@ -100,3 +102,41 @@ def boot_guest(init_text: str, workdir: Path, *, mem: str, umid: str, timeout: f
                 out, _ = proc.communicate(timeout=10)
         proc.wait(timeout=10)
     return out.decode(errors="replace"), timed_out
+
+
+UML_INIT = """#!/bin/sh
+# init of the UML guest: the root is the HOST filesystem through hostfs, write only to tmpfs.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin  # the kernel starts init without PATH
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmpfs /run
+{mount_tmp}
+mkdir -p /tmp/modroot/lib/modules
+ln -s {modules} /tmp/modroot/lib/modules/{kver}
+{modprobe}
+echo {guest_bin}/modprobe > /proc/sys/kernel/modprobe
+/bin/sh {run}
+echo "{exit_marker}$?"
+halt -f
+"""
+
+
+def run_uml(script: str, work: Path, *, timeout: float, env: dict[str, str], mem_mb: int,
+            extra_paths: list[Path] | tuple[Path, ...] = ()) -> GuestRun:
+    """tests/guest/runner.py's contract on User-Mode Linux (hostfs root; the work dir is written directly)."""
+    modules, kver = uml_modules()
+    work.mkdir(parents=True, exist_ok=True)
+    run = write_run_script(work, script, env)
+    init = UML_INIT.format(
+        mount_tmp=mount_tmp_keeping(needed_paths([*extra_paths, work])), modules=modules, kver=kver,
+        modprobe="\n".join(modprobe_wrapper("/tmp/modroot")), guest_bin=GUEST_BIN, run=shlex.quote(str(run)),
+        exit_marker=EXIT_MARKER,
+    )
+    started = time.monotonic()
+    text, timed_out = boot_guest(init, work, mem=f"{mem_mb}M", umid=f"tabby{os.getpid()}", timeout=timeout)
+    (work / "console.log").write_text(text)
+    status = None
+    for line in text.splitlines():
+        if line.startswith(EXIT_MARKER):
+            status = line[len(EXIT_MARKER):].strip()
+    return GuestRun(text, timed_out, work, time.monotonic() - started, status)

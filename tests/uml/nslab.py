@@ -1,6 +1,6 @@
-"""A tiny namespace lab for the tunnel and NAT dataplane tests, on the host and inside the UML guest.
+"""A tiny namespace lab for the tunnel and NAT dataplane tests, on the host and inside the guest kernel.
 
-Why here (tests/uml): the IPIP test runs inside a User-Mode Linux guest that has only the
+Why here (tests/uml, where it began): the IPIP tests run inside a guest kernel (tests/guest) with only the
 repository and the standard library plus the venv to work with; the VXLAN and NAT integration
 tests build the same shapes (node namespaces, workload namespaces behind a /32 veth with
 proxy_arp) on the host. One helper keeps both honest.
@@ -38,7 +38,7 @@ class Netns:
     def enter(self) -> list[str]:
         """Command prefix running a program in this namespace.
 
-        nsenter rather than ``ip netns exec``: the latter remounts /sys, which fails in the UML
+        nsenter rather than ``ip netns exec``: the latter remounts /sys, which fails in a UML
         guest (hostfs root) and is not needed here (/proc/sys/net follows the network namespace).
         """
         return ["nsenter", f"--net=/run/netns/{self.name}"]

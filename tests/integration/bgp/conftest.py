@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bgp.bridge import Event
+from bgp.exabgp_codec import Event
 from bgp.speaker import Speaker
 from tests.integration.bgp.lab import Frr, Netns, wait_for
 

@@ -73,9 +73,11 @@ def link(a: Netns, a_addr: str, b: Netns, b_addr: str, name: str = "eth") -> tup
 class Frr:
     """FRR 8.4 (zebra, bgpd, staticd) in a namespace, as design.md section 5 says (pathspace -N <ns>)."""
 
-    DAEMONS = ("zebra", "bgpd", "staticd")
+    DAEMONS: tuple[str, ...] = ("zebra", "bgpd", "staticd")
 
-    def __init__(self, ns: Netns) -> None:
+    def __init__(self, ns: Netns, *, bfd: bool = False) -> None:
+        if bfd:
+            self.DAEMONS = (*type(self).DAEMONS, "bfdd")
         self.ns = ns
         self.etc = Path("/etc/frr") / ns.name
         self.run_dir = Path("/var/run/frr") / ns.name
@@ -122,6 +124,18 @@ class Frr:
     def route(self, prefix: str) -> dict[str, Any]:
         """`show bgp ipv4 unicast <prefix> json` ({} or without paths when absent)."""
         return self.json(f"show bgp ipv4 unicast {prefix} json")
+
+    def kill(self, daemon: str = "bgpd") -> None:
+        """SIGKILL one daemon (a ToR whose BGP dies: its TCP sessions are closed by the kernel, no NOTIFICATION)."""
+        pid = int((self.run_dir / f"{daemon}.pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+    def start(self, daemon: str = "bgpd") -> None:
+        """Start one daemon again (it comes up with an empty configuration: `configure` it)."""
+        run("ip", "netns", "exec", self.ns.name, f"/usr/lib/frr/{daemon}", "-d", "-N", self.ns.name)
+        wait_for(f"FRR {daemon} answering", lambda: self.vtysh("show bgp summary json", check=False).returncode == 0,
+                 timeout=15)
 
     def close(self) -> None:
         for daemon in reversed(self.DAEMONS):

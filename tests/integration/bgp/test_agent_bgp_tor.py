@@ -109,3 +109,42 @@ def test_tor_ebgp(tor_lab: tuple[BgpLab, Frr], etcd_env: dict[str, str]) -> None
     # and the other node's block is best over the mesh (iBGP from its owner), not via FRR
     other = lab.route_to(names[0], blocks[names[1]])
     assert other and other["gateway"] == lab.node_ip(names[1])
+
+
+def test_one_as_ebgp_to_the_tor_mesh_off_with_num_allowed_local_as(
+    tor_lab: tuple[BgpLab, Frr], etcd_env: dict[str, str]
+) -> None:
+    """Calico's "all nodes in one AS, eBGP to the ToR, mesh off" design: each node's block reaches the other
+    node only through the ToR, with AS_PATH (65001, 64512). numAllowedLocalASNumbers: 1 lets it in, and
+    every pod pair reaches (without it the AS_PATH loop check would drop the block)."""
+    lab, frr = tor_lab
+    names = list(lab.nodes)
+    tor = f"{lab.subnet}.254"
+    frr.configure(
+        f"router bgp 65001\n bgp router-id {tor}\n no bgp ebgp-requires-policy\n"
+        + "".join(f" neighbor {lab.node_ip(n)} remote-as 64512\n" for n in names)
+    )
+    apply_pool(etcd_env, BGP_POOL)
+    tabbyctl_apply(
+        etcd_env,
+        {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "metadata": {"name": "default"},
+         "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": False}},
+        {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": "tor"},
+         "spec": {"peerIP": tor, "asNumber": 65001, "numAllowedLocalASNumbers": 1}},
+    )
+    for name in names:
+        lab.set_address(name)
+        lab.start_agent(name)
+    for name in names:
+        wait_for(f"{name}: only the ToR session", lambda name=name: lab.established(name, 1), timeout=40)
+    pods = {name: lab.add_pod(name, f"n{i}") for i, name in enumerate(names)}
+    blocks = {name: lab.block_of(pods[name].ip, name) for name in names}
+    a, b = names
+    for here, there in ((a, b), (b, a)):
+        route = wait_for(f"{here}: {there}'s block learned through the ToR",
+                         lambda here=here, there=there: lab.route_to(here, blocks[there]), timeout=30)
+        assert route.get("gateway") in (tor, lab.node_ip(there)), route
+        path = next(p for p in lab.bgp_status(here)["paths"] if p["prefix"] == blocks[there])
+        assert path["as_path"] == [65001, 64512]
+    wait_for("pod a -> pod b", lambda: lab.ping(pods[a].netns, pods[b].ip), timeout=20, interval=0.5)
+    wait_for("pod b -> pod a", lambda: lab.ping(pods[b].netns, pods[a].ip), timeout=20, interval=0.5)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bgp.bridge import EndOfRib, Hello, PeerState, Update
+from bgp.exabgp_codec import EndOfRib, Hello, Open, PeerState, Update
 from bgp.speaker import Speaker
 from bgp.types import GLOBAL, Announcement, PeerSpec, SpeakerSpec
 from tests.integration.bgp.conftest import Events, LoopThread
@@ -84,6 +84,18 @@ def test_session_established_on_both_sides(lab: Lab) -> None:
     assert (lab.speaker.run_dir / "exabgp.log").stat().st_size > 0
 
 
+def test_frr_open_reaches_the_agent_with_router_id_and_graceful_restart(lab: Lab) -> None:
+    """FRR 8.4 in its default mode is a graceful-restart helper: its OPEN carries the capability with a
+    restart time but no <AFI, SAFI> (it preserves no forwarding state), which the RIB must treat as 'flush
+    its paths when its session drops'."""
+    established_b(lab)
+    got = lab.events.wait("FRR B's OPEN", lambda e: isinstance(e, Open) and e.peer == B_IP)
+    assert isinstance(got, Open)
+    assert got.router_id == B_IP and got.asn == B_AS
+    assert got.graceful_restart is not None and got.graceful_restart.families == (), got
+    assert got.graceful_restart.restart_time > 0
+
+
 def test_announced_block_reaches_frr_with_our_next_hop(lab: Lab) -> None:
     established_b(lab)
     ann = Announcement(prefix=BLOCK, communities=("64512:100",))
@@ -150,6 +162,8 @@ def test_adding_a_peer_reloads_and_keeps_the_existing_session(lab: Lab) -> None:
     wait_for("FRR C Established", lambda: lab.frr_c.established(A2_IP), 30)
     # our block is announced to every peer (announce without a neighbor): C gets it too
     wait_for("FRR C has our block", lambda: lab.frr_c.route(BLOCK).get("paths"), 15)
+    # a neighbor added by reload reports its OPEN too (graceful restart depends on it)
+    lab.events.wait("FRR C's OPEN", lambda e: isinstance(e, Open) and e.peer == C_IP, 5)
     after = lab.frr_b.neighbor(A_IP)
     assert lab.speaker.pid == pid, "a reload, not a restart"
     assert after["bgpState"] == "Established"

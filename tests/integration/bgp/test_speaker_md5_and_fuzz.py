@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from bgp.bridge import BgpBridge, EndOfRib, Hello, PeerState, Update
+from bgp.exabgp_codec import EndOfRib, Hello, PeerState, Update
+from bgp.relay_link import BgpBridge
 from bgp.types import GLOBAL, PeerSpec, SpeakerSpec
 from tests.integration.bgp.conftest import LoopThread
 from tests.integration.bgp.lab import link, wait_for

@@ -157,6 +157,9 @@ def test_ipam_release_from_report_skips_reused_addresses(
     problems[2]["handle_id"] = "net.someone-else-before"
     report = write("report.json", json.dumps({"summary": {"ok": False}, "problems": problems}))
     res = ctl("ipam", "release", "--from-report", report)
+    assert res.rc == 1 and "the datastore is not locked" in res.err  # as calicoctl: lock first
+    assert ctl("datastore", "migrate", "lock").rc == 0
+    res = ctl("ipam", "release", "--from-report", report)
     assert res.rc == 0, res.err
     assert f"Successfully released IP address {allocated[0]}" in res.out
     assert f"Successfully released IP address {allocated[1]}" in res.out
@@ -165,6 +168,9 @@ def test_ipam_release_from_report_skips_reused_addresses(
 
     res = ctl("ipam", "release", "--from-report", write("junk.json", "[1, 2]"))
     assert res.rc == 1 and "not a report" in res.err
+    assert ctl("datastore", "migrate", "unlock").rc == 0
+    res = ctl("ipam", "release", "--from-report", report, "--force")
+    assert res.rc == 0 and "Released 0 of 3" in res.out, res.err
 
 
 def test_ipam_configure(ctl: Any) -> None:
@@ -183,3 +189,23 @@ def test_ipam_configure(ctl: Any) -> None:
     assert res.rc == 1 and "nothing to configure" in res.err
     res = ctl("ipam", "configure", "--strictaffinity=maybe")
     assert res.rc == 2 and "maybe" in res.err
+
+
+def test_ipam_release_of_an_address_a_live_workload_holds_needs_allow_in_use(
+    ctl: Any, allocated: list[str], run_ds: Any
+) -> None:
+    async def seed(ds: Any) -> None:
+        await ds.put(resource_key("workloadendpoints", "node1-k8s-pod--0-eth0", "default"), wep_doc(0, allocated[0]))
+
+    run_ds(seed)
+    res = ctl("ipam", "release", "--ip", allocated[0])
+    assert res.rc == 1
+    assert res.err_lines == [
+        f"Error: IP address {allocated[0]} is in use by a live workload or tunnel (handle net.c0); releasing it"
+        " would let IPAM hand it out twice. Pass --allow-in-use to release it anyway"
+    ]
+    assert allocated[0] in ctl("ipam", "show", "--ip", allocated[0]).out
+    assert "in use" in ctl("ipam", "show", "--ip", allocated[0]).out.lower()
+    res = ctl("ipam", "release", "--ip", allocated[0], "--allow-in-use")
+    assert res.rc == 0, res.err
+    assert res.out.strip() == f"Successfully released IP address {allocated[0]}"

@@ -3,7 +3,7 @@
 This machine's kernel has no ipip module, so the useful host-side check is the error path: a
 clear ``ipip kernel module not available`` report, no exception, nothing created. Where the
 module is loaded (``tunl0`` exists in every namespace) the same test checks address, MTU and
-up-state instead. Traffic over IPIP is tested under User-Mode Linux (tests/uml).
+up-state instead. Traffic over IPIP is tested in a guest kernel under QEMU (tests/guest).
 """
 
 from __future__ import annotations

@@ -47,32 +47,45 @@ async def main(args: argparse.Namespace) -> None:
     hard_deadline = start + args.seconds + 40
     async with Datastore(config) as ds:
         c = IPAMClient(ds)
-        i = 0
-        while i < args.ops and time.monotonic() - start < args.seconds:
-            i += 1
-            handle = f"{args.node}.c{i}"
-            try:
-                r = await c.auto_assign(node=args.node, handle_id=handle, num_v4=1, num_v6=1 if i % 7 == 0 else 0)
-                held[handle] = r.v4 + r.v6
-                stats["allocs"] += 1
-            except PoolsExhausted:
-                stats["exhausted"] += 1
-            except DatastoreError:
-                stats["datastore_errors"] += 1
-                await asyncio.sleep(0.3)
-                ips = await settle("reconcile", lambda h=handle: c.ips_by_handle(h), hard_deadline, stats)
-                if ips:
-                    held[handle] = ips
-                    stats["reconciled"] += 1
-            if held and (len(held) >= args.max_held or rnd.random() < 0.45):
-                victim = rnd.choice(sorted(held))
-                if rnd.random() < 0.5:
-                    await settle("release", lambda v=victim: c.release_by_handle(v), hard_deadline, stats)
-                else:
-                    await settle("release", lambda v=victim: c.release_ips(held[v], handle_id=v), hard_deadline, stats)
-                    # release_ips leaves nothing behind: the handle goes when its last IP does.
-                del held[victim]
-                stats["releases"] += 1
+        # Connected: tell the test (which kills etcd only once every worker runs), start the clock.
+        Path(args.out).with_suffix(".ready").touch()
+        start = time.monotonic()
+        hard_deadline = start + args.seconds + 40
+
+        async def loop(task: int) -> None:
+            # With --concurrency > 1 the tasks share one client: their allocations on this node
+            # meet in the group commit (ipam/batch.py), several handles in one transaction.
+            i = 0
+            while i < args.ops and time.monotonic() - start < args.seconds:
+                i += 1
+                handle = f"{args.node}.t{task}c{i}"
+                try:
+                    r = await c.auto_assign(node=args.node, handle_id=handle, num_v4=1,
+                                            num_v6=1 if i % 7 == 0 else 0)
+                    held[handle] = r.v4 + r.v6
+                    stats["allocs"] += 1
+                except PoolsExhausted:
+                    stats["exhausted"] += 1
+                except DatastoreError:
+                    stats["datastore_errors"] += 1
+                    await asyncio.sleep(0.3)
+                    ips = await settle("reconcile", lambda h=handle: c.ips_by_handle(h), hard_deadline, stats)
+                    if ips:
+                        held[handle] = ips
+                        stats["reconciled"] += 1
+                if held and (len(held) >= args.max_held or rnd.random() < 0.45):
+                    victim = rnd.choice(sorted(held))
+                    ips = held.pop(victim)  # before the await: another task must not pick it too
+                    if rnd.random() < 0.5:
+                        await settle("release", lambda v=victim: c.release_by_handle(v), hard_deadline, stats)
+                    else:
+                        await settle("release", lambda v=victim, ips=ips: c.release_ips(ips, handle_id=v),
+                                     hard_deadline, stats)
+                        # release_ips leaves nothing behind: the handle goes when its last IP does.
+                    stats["releases"] += 1
+
+        await asyncio.gather(*(loop(k) for k in range(args.concurrency)))
+        stats["grouped"] = c.grouped_requests
     Path(args.out).write_text(json.dumps({"node": args.node, "held": held, "stats": stats,
                                           "elapsed": time.monotonic() - start}))
 
@@ -83,6 +96,7 @@ if __name__ == "__main__":
     p.add_argument("--ops", type=int, default=400)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--max-held", type=int, default=24)
+    p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--out", required=True)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:

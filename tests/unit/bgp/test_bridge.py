@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
+import socket
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp import exabgp_api
-from bgp.bridge import (
+from bgp.exabgp_codec import (
     BadLine,
     EndOfRib,
     Hello,
     Notification,
+    Open,
     PeerState,
     Shutdown,
     Update,
@@ -24,7 +27,7 @@ from bgp.bridge import (
     format_withdraw,
     parse_line,
 )
-from bgp.types import Announcement
+from bgp.types import Announcement, GracefulRestart
 
 # real lines captured from ExaBGP 5.0.15 against FRR 8.4
 STATE_UP = (
@@ -201,3 +204,82 @@ def test_relay_tracks_announced_routes_and_replays_states() -> None:
     relay.on_exabgp_line(STATE_UP.encode() + b"\n")
     relay.on_exabgp_line(b"done\n")
     assert relay.dropped == 2 and list(relay.states) == ["10.77.0.2"]
+
+
+# The OPEN as ExaBGP 5.0.15's JSON encoder renders a received one (capabilities keyed by their code, "64" =
+# graceful restart): F bit set for IPv4 (ExaBGP labels it "restart"), clear for IPv6, R bit set ("forwarding").
+OPEN_GR = (
+    '{ "exabgp": "5.0.15", "time": 1796153463.42, "host" : "vm", "pid" : 12611, "ppid" : 12609, "counter": 1, '
+    '"type": "open", "neighbor": { "address": { "local": "10.0.0.1", "peer": "10.0.0.2" }, "asn": { "local": '
+    '64512, "peer": 65001 }, "router-id": "10.0.0.1" , "direction": "receive", "open": { "version": 4, "asn": '
+    '65001, "hold_time": 9, "router_id": "10.9.9.9", "capabilities": { "64": { "name": '
+    '"graceful restart", "time": 120, "address-family-flags": { "ipv4/unicast": [ "restart" ] , "ipv6/unicast": '
+    '[ ] }, "restart-flags": [ "forwarding" ]  } } } } }'
+)
+
+
+def test_open_with_graceful_restart_capability() -> None:
+    event = parse_line(OPEN_GR)
+    assert event == Open(
+        peer="10.0.0.2",
+        router_id="10.9.9.9",
+        asn=65001,
+        hold_time=9,
+        graceful_restart=GracefulRestart(120, (("ipv4 unicast", True), ("ipv6 unicast", False)), restarting=True),
+    )
+    assert event.graceful_restart is not None and event.graceful_restart.forwarding("ipv4 unicast")
+    assert not event.graceful_restart.forwarding("ipv6 unicast") and event.graceful_restart.lists("ipv6 unicast")
+
+
+def test_open_helper_only_and_without_capability() -> None:
+    helper = OPEN_GR.replace('"ipv4/unicast": [ "restart" ] , "ipv6/unicast": [ ] ', "")
+    assert parse_line(helper).graceful_restart == GracefulRestart(120, (), restarting=True)  # type: ignore[union-attr]
+    bare = json.loads(OPEN_GR)
+    del bare["neighbor"]["open"]["capabilities"]["64"]
+    assert parse_line(json.dumps(bare)).graceful_restart is None  # type: ignore[union-attr]
+    sent = OPEN_GR.replace('"direction": "receive"', '"direction": "send"')
+    assert parse_line(sent) is None
+    for bad in ('"time": 120', '"router_id": "10.9.9.9"'):
+        with pytest.raises(BadLine):
+            parse_line(OPEN_GR.replace(bad, bad.split(":")[0] + ': "x"'))
+
+
+def test_relay_replays_the_last_open_before_the_states(tmp_path: pathlib.Path) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.closing(listener):
+        listener.bind(str(tmp_path / "api.sock"))
+        listener.listen(1)
+        relay = exabgp_api.Relay(str(tmp_path / "api.sock"))
+        relay.on_exabgp_line(OPEN_GR.encode() + b"\n")
+        relay.on_exabgp_line(OPEN_GR.replace('"receive"', '"send"').encode() + b"\n")  # ours: not kept
+        relay.on_exabgp_line(STATE_UP.encode() + b"\n")
+        assert list(relay.opens) == ["10.0.0.2"]
+        relay.connect()
+        assert relay.sock is not None
+        lines = bytes(relay.to_agent).splitlines()
+        relay.disconnect()
+    hello = json.loads(lines[0])
+    assert hello["replay"] == 1
+    assert [json.loads(line)["type"] for line in lines[1:]] == ["open", "state"]
+    assert json.loads(lines[1])["neighbor"]["direction"] == "receive"
+
+
+def test_as_set_and_confederation_segments_are_kept() -> None:
+    msg = json.loads(UPDATE)
+    msg["neighbor"]["message"]["update"]["attribute"]["as-path"] = {
+        "0": {"element": "confed-sequence", "value": [64601]},
+        "1": {"element": "as-sequence", "value": [64513]},
+        "2": {"element": "as-set", "value": [1, 2]},
+    }
+    event = parse_line(json.dumps(msg))
+    assert isinstance(event, Update)
+    (p,) = event.announces
+    assert p.as_path == (64601, 64513, 1, 2)
+    assert p.as_path_segments == (("confed-sequence", (64601,)), ("as-sequence", (64513,)), ("as-set", (1, 2)))
+    assert p.path_length == 2 and p.neighbour_as == 64513
+    msg["neighbor"]["message"]["update"]["attribute"]["as-path"] = {"0": {"element": "as-bogus", "value": [1]}}
+    with pytest.raises(BadLine):
+        parse_line(json.dumps(msg))
+    # a plain sequence keeps no segments (nothing to preserve)
+    (plain,) = parse_line(UPDATE).announces  # type: ignore[union-attr]
+    assert plain.as_path_segments == ()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import bgp.bridge as bridge_mod
-from bgp.bridge import BgpBridge
+import bgp.relay_link as bridge_mod
+from bgp.relay_link import BgpBridge
 
 
 def test_stalled_relay_is_dropped_within_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

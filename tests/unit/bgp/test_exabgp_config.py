@@ -77,6 +77,7 @@ neighbor 192.0.2.3 {
         neighbor-changes;
         receive {
             parsed;
+            open;
             update;
             notification;
             refresh;
@@ -112,6 +113,7 @@ neighbor 198.51.100.7 {
         neighbor-changes;
         receive {
             parsed;
+            open;
             update;
             notification;
             refresh;
@@ -142,6 +144,7 @@ neighbor 2001:db8::2 {
         neighbor-changes;
         receive {
             parsed;
+            open;
             update;
             notification;
             refresh;

@@ -165,8 +165,10 @@ def test_bgp_peer_options() -> None:
         keepOriginalNextHop=True,
         ttlSecurity=1,
         keepaliveTime="10s",
+        numAllowedLocalASNumbers=1,
     )
     p = compute_peers(N1, [N1], None, [tor], secrets={"tor": {"pw": "x"}})[0]
+    assert p.allowed_local_as == 1
     assert (p.password, p.local_address, p.graceful_restart, p.ttl_security) == ("x", None, 30, 1)
     assert p.keep_original_next_hop and p.next_hop_mode == "Keep"
     assert (p.keepalive, p.hold_time) == (10, 30)

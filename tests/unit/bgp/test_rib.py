@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, select_best
-from bgp.types import GLOBAL, MESH, Path, PeerSpec
+from bgp.exabgp_codec import format_announce
+from bgp.rib import REJECT_AS_LOOP, REJECT_CLUSTER_LOOP, REJECT_ORIGINATOR, Rib, next_hop_check, select_best
+from bgp.types import (
+    AS_CONFED_SEQUENCE,
+    AS_CONFED_SET,
+    AS_SEQUENCE,
+    AS_SET,
+    GLOBAL,
+    MESH,
+    Announcement,
+    GracefulRestart,
+    Path,
+    PeerSpec,
+)
 
 LOCAL_AS = 64512
 P = "10.65.0.0/26"
@@ -298,19 +312,37 @@ def test_peer_down_without_graceful_restart_removes_its_paths() -> None:
     assert rib.adj_rib_in("10.0.0.2") == {}
 
 
-# ---------------------------------------------------------------- graceful restart
+# ---------------------------------------------------------------- graceful restart (RFC 4724, receiving side)
+
+V4 = "ipv4 unicast"
+V6 = "ipv6 unicast"
+P6 = "fd00:65::/122"
 
 
-def gr_rib() -> Rib:
-    rib = rib_with(ibgp("10.0.0.2"))
-    rib.update("10.0.0.2", [path("10.0.0.2"), path("10.0.0.2", prefix="10.65.1.0/26")])
+def gr_cap(restart_time: int = 120, **families: bool) -> GracefulRestart:
+    """A capability listing families given as v4=True (F bit set) / v6=False (F bit clear)."""
+    names = {"v4": V4, "v6": V6}
+    return GracefulRestart(restart_time, tuple(sorted((names[k], f) for k, f in families.items())))
+
+
+def gr_rib(cap: GracefulRestart | None = None, peer: str = "10.0.0.2") -> Rib:
+    """One iBGP peer that negotiated `cap` (default: 120 s, IPv4 with F set) and sent two v4 paths."""
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open(peer, peer, gr_cap(v4=True) if cap is None else cap)
+    rib.peer_up(ibgp(peer))
+    rib.update(peer, [path(peer), path(peer, prefix="10.65.1.0/26")])
     return rib
+
+
+def reconnect(rib: Rib, cap: GracefulRestart | None, peer: str = "10.0.0.2", router_id: str = "") -> None:
+    rib.peer_open(peer, router_id or peer, cap)
+    rib.peer_up(ibgp(peer))
 
 
 def test_graceful_down_keeps_paths_stale_and_routes_programmed() -> None:
     rib = gr_rib()
     rib.drain_changes()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
     assert set(rib.best()) == {P, "10.65.1.0/26"}
     assert all(p.stale for p in rib.adj_rib_in("10.0.0.2").values())
     assert rib.stale_deadline("10.0.0.2") == 1120.0
@@ -320,22 +352,104 @@ def test_graceful_down_keeps_paths_stale_and_routes_programmed() -> None:
     assert all(c is not None and c.next_hops == ("10.0.0.2",) for c in rib.drain_changes().values())
 
 
+def test_peer_without_graceful_restart_capability_loses_its_paths_at_once() -> None:
+    # the critical defect: a router that never negotiated GR was kept stale for our own restart time
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open("10.0.0.2", "10.0.0.2", None)
+    rib.peer_up(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
+def test_peer_never_seen_opening_is_treated_as_without_capability() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {}
+
+
+def test_helper_only_capability_without_tuples_loses_its_paths_at_once() -> None:
+    # FRR's default: a GR capability with a restart time but no <AFI, SAFI> (it keeps no forwarding state)
+    rib = gr_rib(GracefulRestart(120, ()))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
+def test_zero_restart_time_loses_its_paths_at_once() -> None:
+    rib = gr_rib(gr_cap(0, v4=True))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best() == {}
+
+
+def test_only_families_listed_in_the_capability_are_kept() -> None:
+    rib = gr_rib(gr_cap(v4=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert set(rib.best()) == {P, "10.65.1.0/26"}
+
+
+def test_stale_for_the_peers_restart_time_not_ours() -> None:
+    rib = gr_rib(gr_cap(7, v4=True))
+    rib.peer_down("10.0.0.2", now=1000.0)
+    assert rib.stale_deadline("10.0.0.2") == 1007.0
+    assert rib.sweep_expired(now=1006.9) == []
+    assert rib.sweep_expired(now=1007.0) == ["10.0.0.2"]
+    assert rib.best() == {}
+
+
+def test_reconnect_with_f_bit_clear_flushes_that_family_at_once() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v4=False, v6=True))
+    assert set(rib.best()) == {P6}
+    assert rib.adj_rib_in("10.0.0.2")[P6].stale
+
+
+def test_reconnect_with_family_missing_flushes_that_family_at_once() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v6=True))
+    assert set(rib.best()) == {P6}
+
+
+def test_reconnect_without_capability_flushes_everything_stale() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, None)
+    assert rib.best() == {} and rib.next_deadline() is None
+
+
 def test_graceful_restart_refresh_then_eor_sweeps_only_unrefreshed() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
-    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1010.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
+    reconnect(rib, gr_cap(v4=True))
     rib.update("10.0.0.2", [path("10.0.0.2")])
     assert not rib.adj_rib_in("10.0.0.2")[P].stale
     rib.drain_changes()
-    rib.end_of_rib("10.0.0.2")
+    rib.end_of_rib("10.0.0.2", V4)
     assert set(rib.best()) == {P}
     assert rib.drain_changes() == {"10.65.1.0/26": None}
     assert rib.stale_deadline("10.0.0.2") is None
 
 
+def test_end_of_rib_sweeps_only_its_family() -> None:
+    rib = gr_rib(gr_cap(v4=True, v6=True))
+    rib.update("10.0.0.2", [path("10.0.0.2", prefix=P6, next_hop="fd00::2")])
+    rib.peer_down("10.0.0.2", now=0.0)
+    reconnect(rib, gr_cap(v4=True, v6=True))
+    rib.end_of_rib("10.0.0.2", V6)
+    assert set(rib.best()) == {P, "10.65.1.0/26"}
+    assert rib.stale_deadline("10.0.0.2") == 120.0
+    rib.end_of_rib("10.0.0.2", V4)
+    assert rib.best() == {} and rib.stale_deadline("10.0.0.2") is None
+
+
 def test_graceful_restart_expiry_sweeps_stale_paths() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
+    rib.peer_down("10.0.0.2", now=1000.0)
     assert rib.sweep_expired(now=1119.0) == []
     assert len(rib.best()) == 2
     assert rib.sweep_expired(now=1120.0) == ["10.0.0.2"]
@@ -343,35 +457,69 @@ def test_graceful_restart_expiry_sweeps_stale_paths() -> None:
     assert rib.next_deadline() is None
 
 
-def test_peer_up_restarts_the_stale_timer() -> None:
+def test_repeated_flaps_without_end_of_rib_do_not_push_the_deadline_out() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=1000.0)
-    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2", now=1100.0)
-    assert rib.stale_deadline("10.0.0.2") == 1220.0
-    assert rib.sweep_expired(now=1150.0) == []
-
-
-def test_graceful_down_with_zero_restart_time_removes_at_once() -> None:
-    rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=0)
+    rib.peer_down("10.0.0.2", now=1000.0)
+    for t in (1030.0, 1060.0, 1090.0):
+        reconnect(rib, gr_cap(v4=True))
+        rib.update("10.0.0.2", [path("10.0.0.2", prefix="10.65.2.0/26")])  # a fresh path, never an EoR
+        rib.peer_down("10.0.0.2", now=t)
+        assert rib.stale_deadline("10.0.0.2") == 1120.0
+    assert rib.sweep_expired(now=1119.0) == []
+    assert rib.sweep_expired(now=1120.0) == ["10.0.0.2"]
     assert rib.best() == {}
+
+
+def test_a_new_loss_after_end_of_rib_starts_a_new_restart_time() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", now=1000.0)
+    reconnect(rib, gr_cap(v4=True))
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.end_of_rib("10.0.0.2", V4)
+    rib.peer_down("10.0.0.2", now=2000.0)
+    assert rib.stale_deadline("10.0.0.2") == 2120.0
+
+
+def test_peer_up_without_a_new_open_keeps_the_capability_and_stale_paths() -> None:
+    # the agent re-registers an up session whose spec changed: no OPEN, no re-establishment
+    rib = gr_rib()
+    rib.peer_up(ibgp("10.0.0.2", rr_client=True))
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert len(rib.best()) == 2
+
+
+def test_local_speaker_restart_keeps_every_family_for_our_restart_time() -> None:
+    # our ExaBGP went away (not the peer): we are the restarting side and keep forwarding state
+    rib = rib_with(ibgp("10.0.0.2"))  # no OPEN seen
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    rib.peer_down("10.0.0.2", local_restart_time=30, now=0.0)
+    assert set(rib.best()) == {P} and rib.stale_deadline("10.0.0.2") == 30.0
+
+
+def test_router_id_comes_from_the_open() -> None:
+    rib = Rib(LOCAL_AS, "10.0.0.1")
+    rib.peer_open("10.0.0.2", "192.0.2.99", None)
+    rib.peer_up(ebgp("10.0.0.2"), router_id="")
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert rib.best()[P].path.peer_router_id == "192.0.2.99"
 
 
 def test_forget_peer_drops_stale_paths_too() -> None:
     rib = gr_rib()
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=120, now=0.0)
+    rib.peer_down("10.0.0.2", now=0.0)
     rib.forget_peer("10.0.0.2")
     assert rib.best() == {}
     assert rib.next_deadline() is None
 
 
 def test_stale_path_loses_nothing_in_the_decision() -> None:
-    # A stale path keeps forwarding (that is the point of graceful restart) and still competes.
-    rib = rib_with(ibgp("10.0.0.2"), ibgp("10.0.0.3"))
-    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200)])
+    # A stale path keeps forwarding (RFC 4724: that is the point of graceful restart) and still competes,
+    # also inside the ECMP set.
+    rib = gr_rib(peer="10.0.0.2")
+    rib.peer_up(ibgp("10.0.0.3"))
     rib.update("10.0.0.3", [path("10.0.0.3")])
-    rib.peer_down("10.0.0.2", graceful=True, restart_time=60, now=0.0)
-    assert rib.best()[P].path.peer_address == "10.0.0.2"
+    rib.peer_down("10.0.0.2", now=0.0)
+    assert rib.best()[P].next_hops == ("10.0.0.2", "10.0.0.3")
 
 
 # ---------------------------------------------------------------- change feed and counters
@@ -400,3 +548,145 @@ def test_counters() -> None:
     assert (c.prefixes, c.paths) == (2, 3)
     assert [p.peer_address for p in rib.paths(P)] == ["10.0.0.2", "10.0.0.3"]
     assert rib.best_for("10.65.1.0/26") is not None
+
+
+# ---------------------------------------------------------------- decision process fixes (issue 11)
+
+
+def test_unresolvable_next_hop_is_excluded_before_best_path() -> None:
+    # the better path (LOCAL_PREF 200) has a next hop the node cannot reach: the usable one wins,
+    # instead of the prefix getting a best route the dataplane then drops
+    check = next_hop_check(["10.0.0.1/24"])
+    rib = Rib(LOCAL_AS, "10.0.0.1", next_hop_ok=check)
+    for peer in ("10.0.0.2", "10.0.0.3"):
+        rib.peer_up(ibgp(peer), router_id=peer)
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=200, next_hop="192.0.2.7")])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    assert rib.best()[P].path.peer_address == "10.0.0.3"
+    assert rib.best()[P].next_hops == ("10.0.0.3",)
+
+
+def test_no_usable_next_hop_means_no_route_and_a_new_check_re_evaluates() -> None:
+    rib = Rib(LOCAL_AS, "10.0.0.1", next_hop_ok=next_hop_check(["10.0.0.1/24"]))
+    rib.peer_up(ibgp("10.0.0.2"), router_id="10.0.0.2")
+    rib.update("10.0.0.2", [path("10.0.0.2", next_hop="192.0.2.7")])
+    assert rib.best() == {}
+    rib.drain_changes()
+    assert rib.has_next_hop_check
+    rib.set_next_hop_check(next_hop_check(["10.0.0.1/24"], ipip_pools=["10.65.0.0/16"]))  # IPIP: via tunl0
+    assert rib.drain_changes()[P] is not None
+
+
+def test_next_hop_check_follows_the_route_programmer() -> None:
+    check = next_hop_check(["10.0.0.1/24", "fd00::1/64"], ipip_pools=["10.65.0.0/16"])
+    assert check("198.51.100.0/24", "10.0.0.9")  # on the subnet
+    assert not check("198.51.100.0/24", "10.9.0.9")  # not on it, not an IPIP pool
+    assert check("10.65.1.0/26", "10.9.0.9")  # IPIP pool: any IPv4 node address via tunl0 onlink
+    assert check("fd00:65::/122", "fd00::9") and not check("fd00:65::/122", "fd01::9")
+    assert not check("10.65.1.0/26", "not-an-address")
+
+
+def test_ebgp_local_pref_is_ignored() -> None:
+    # LOCAL_PREF 50 from an eBGP peer would lose to the iBGP path's 100; ignored, it is the default 100
+    # and eBGP-over-iBGP picks it (RFC 4271 5.1.5)
+    rib = rib_with(ebgp("10.0.0.2"), ibgp("10.0.0.3"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=50)])
+    rib.update("10.0.0.3", [path("10.0.0.3")])
+    best = rib.best()[P].path
+    assert best.peer_address == "10.0.0.2" and best.local_pref is None
+
+
+def test_ebgp_originator_id_and_cluster_list_are_discarded() -> None:
+    # kept, ORIGINATOR_ID = our router id would drop the path as a reflection loop (RFC 7606 7.9, 7.10)
+    rib = rib_with(ebgp("10.0.0.2"), router_id="10.0.0.1", cluster_id="10.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2", originator_id="10.0.0.1", cluster_list=("10.0.0.1",))])
+    best = rib.best()[P].path
+    assert best.originator_id is None and best.cluster_list == ()
+    assert rib.counters().rejected == {}
+
+
+def test_ibgp_keeps_local_pref_and_reflection_attributes() -> None:
+    rib = rib_with(ibgp("10.0.0.2"))
+    rib.update("10.0.0.2", [path("10.0.0.2", local_pref=300, originator_id="10.0.0.7", cluster_list=("1.1.1.1",))])
+    best = rib.best()[P].path
+    assert (best.local_pref, best.originator_id, best.cluster_list) == (300, "10.0.0.7", ("1.1.1.1",))
+
+
+def seg(*parts: tuple[str, tuple[int, ...]]) -> dict[str, object]:
+    flat = tuple(a for _, ases in parts for a in ases)
+    return {"as_path": flat, "as_path_segments": parts}
+
+
+def test_as_set_counts_one() -> None:
+    short = seg((AS_SEQUENCE, (65001,)), (AS_SET, (1, 2, 3)))  # length 2
+    long = seg((AS_SEQUENCE, (65001, 65002, 65003)),)  # length 3
+    rib = rib_with(ebgp("10.0.0.2", 65001), ebgp("10.0.0.3", 65001))
+    rib.update("10.0.0.2", [path("10.0.0.2", **short)])
+    rib.update("10.0.0.3", [path("10.0.0.3", **long)])
+    assert rib.best()[P].path.peer_address == "10.0.0.2"
+
+
+def test_confederation_segments_count_zero() -> None:
+    confed = seg((AS_CONFED_SEQUENCE, (64601, 64602, 64603)), (AS_SEQUENCE, (65001,)))  # length 1
+    plain = seg((AS_SEQUENCE, (65001, 65002)),)
+    rib = rib_with(ebgp("10.0.0.2", 65001), ebgp("10.0.0.3", 65001))
+    rib.update("10.0.0.2", [path("10.0.0.2", **plain)])
+    rib.update("10.0.0.3", [path("10.0.0.3", **confed)])
+    assert rib.best()[P].path.peer_address == "10.0.0.3"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([AS_SEQUENCE, AS_SET, AS_CONFED_SEQUENCE, AS_CONFED_SET]),
+            st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=5).map(tuple),
+        ),
+        max_size=5,
+    )
+)
+def test_path_length_rule(segments: list[tuple[str, tuple[int, ...]]]) -> None:
+    p = Path(prefix=P, next_hop="10.0.0.2", **seg(*segments))  # type: ignore[arg-type]
+    expected = sum(len(a) for k, a in segments if k == AS_SEQUENCE) + sum(1 for k, _ in segments if k == AS_SET)
+    assert p.path_length == expected
+
+
+def test_as_set_is_preserved_when_reflected() -> None:
+    rib = rib_with(ibgp("10.0.0.2", rr_client=True), ibgp("10.0.0.3", rr_client=True), cluster_id="10.0.0.1")
+    segments = ((AS_SEQUENCE, (65001,)), (AS_SET, (1, 2)))
+    rib.update("10.0.0.2", [path("10.0.0.2", **seg(*segments))])
+    ((target, ann),) = rib.reflect(rib.drain_changes())
+    assert target == "10.0.0.3" and ann.as_path_segments == segments
+    assert "as-path [ 65001 ] ( 1 2 )" in format_announce(ann, target)
+
+
+def test_reflector_does_not_reflect_what_it_originates() -> None:
+    rib = rib_with(ibgp("10.0.0.2", rr_client=True), ibgp("10.0.0.3", rr_client=True), cluster_id="10.0.0.1")
+    rib.update("10.0.0.2", [path("10.0.0.2")])
+    assert [t for t, _ in rib.reflect(rib.drain_changes())] == ["10.0.0.3"]
+    # the reflector now announces P itself (say a service CIDR every node announces): the reflected
+    # copy is withdrawn, never sent beside it
+    assert rib.set_originated([P]) == [("10.0.0.3", Announcement(prefix=P, withdraw=True))]
+    rib.update("10.0.0.2", [path("10.0.0.2", med=5)])
+    assert rib.reflect(rib.drain_changes()) == []
+    assert rib.reflect_to("10.0.0.3") == []
+    # and reflected again once it stops originating it
+    assert [t for t, a in rib.set_originated([]) if not a.withdraw] == ["10.0.0.3"]
+
+
+def test_num_allowed_local_as_numbers_lets_our_as_through_that_often() -> None:
+    # Calico's "all nodes in one AS, eBGP to the ToR, mesh off": node B's block comes back from the ToR
+    # as AS_PATH (65000, 64512); with numAllowedLocalASNumbers 1 it is learned, a second copy of our AS is not
+    tor = PeerSpec(address="10.0.0.254", peer_as=65000, local_as=LOCAL_AS, type=GLOBAL, name="tor",
+                   allowed_local_as=1)
+    rib = rib_with(tor, ebgp("10.0.0.253"))
+    rib.update("10.0.0.254", [path("10.0.0.254", as_path=(65000, LOCAL_AS))])
+    rib.update("10.0.0.254", [path("10.0.0.254", prefix="10.65.9.0/26", as_path=(65000, LOCAL_AS, 1, LOCAL_AS))])
+    rib.update("10.0.0.253", [path("10.0.0.253", prefix="10.65.8.0/26", as_path=(65000, LOCAL_AS))])
+    assert set(rib.best()) == {P}
+    assert rib.counters().rejected == {REJECT_AS_LOOP: 2}
+
+
+def test_bfd_down_flushes_even_a_graceful_restart_peer() -> None:
+    rib = gr_rib()
+    rib.peer_down("10.0.0.2", forwarding_lost=True, now=0.0)
+    assert rib.best() == {} and rib.next_deadline() is None

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp.rib import Rib
-from bgp.types import GLOBAL, MESH, Path, PeerSpec
+from bgp.types import GLOBAL, MESH, GracefulRestart, Path, PeerSpec
 
 AS = 64512
 PEERS = [f"10.0.0.{i}" for i in range(1, 7)]
@@ -119,7 +119,10 @@ def test_graceful_restart_refresh_and_eor_restores_the_refreshed_state(
     resent = data.draw(st.lists(st.sampled_from(own), unique_by=lambda kv: kv[0]) if own else st.just([]))
     a, b = new_rib(), new_rib()
     load(a, sorted(table.items()))
-    a.peer_down(down, graceful=True, restart_time=120, now=0.0)
+    a.peer_open(down, down, GracefulRestart(120, (("ipv4 unicast", True),)))
+    a.peer_up(peer_spec(down), router_id=down)
+    a.peer_down(down, now=0.0)
+    a.peer_open(down, down, GracefulRestart(120, (("ipv4 unicast", True),)))
     a.peer_up(peer_spec(down), router_id=down, now=10.0)
     load(a, resent)
     a.end_of_rib(down)

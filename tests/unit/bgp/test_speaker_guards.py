@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bgp.bridge import Hello
+from bgp.exabgp_codec import Hello
 from bgp.speaker import Speaker, same_netns
 
 

@@ -59,6 +59,8 @@ CASES = [
     ("labels not an object", add_env(), json.dumps({**GOOD, "labels": "x"}), "tabby", 7, "labels"),
     ("bad timeout", add_env(), json.dumps({**GOOD, "timeout": -1}), "tabby", 7, "timeout"),
     ("GC needs 1.1.0", add_env(CNI_COMMAND="GC"), json.dumps(GOOD), "tabby", 1, "1.1.0"),
+    ("CHECK needs 0.4.0", add_env(CNI_COMMAND="CHECK"), json.dumps({**GOOD, "cniVersion": "0.3.1"}), "tabby", 1,
+     "0.4.0"),
     ("no agent socket", add_env(), json.dumps(GOOD), "tabby", 11, "/nonexistent-tabby"),
     ("no agent for nodename", add_env(), json.dumps({**GOOD, "nodename": "n7"}), "tabby", 11,
      "/nonexistent-tabby/n7/agent.sock"),
@@ -129,5 +131,35 @@ def test_forwards_to_agent_socket_and_relays_errors(tmp_path: Path) -> None:
     assert seen[0]["env"]["CNI_ARGS"] == "K8S_POD_NAME=p" and seen[0]["config"]["name"] == "net"
     rc, out = run(add_env(), json.dumps(conf))
     assert rc == 1 and out == {"cniVersion": "1.0.0", "code": 11, "msg": "etcd unreachable", "details": "x"}
+    thread.join(5)
+    srv.close()
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
+def test_calico_stock_versions_get_results_in_their_shape(tmp_path: Path, version: str) -> None:
+    """Calico's stock conflist says cniVersion 0.3.1: accepted, result with "version" per address."""
+    path = tmp_path / "agent.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    reply = {"result": {"ips": [{"address": "10.0.0.5/32", "interface": 0}, {"address": "fd00::5/128"}]}}
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    rc, out = run(add_env(), json.dumps({**GOOD, "cniVersion": version, "agent_socket": str(path)}))
+    assert rc == 0, out
+    assert out["cniVersion"] == version
+    assert [(ip["address"], ip["version"]) for ip in out["ips"]] == [("10.0.0.5/32", "4"), ("fd00::5/128", "6")]
     thread.join(5)
     srv.close()

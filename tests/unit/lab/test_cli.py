@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
-MALFORMED = Path(__file__).parent / "malformed"
+MALFORMED = Path(__file__).parent / "malformed" / "containerlab-refuses"
 
 
 def lab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

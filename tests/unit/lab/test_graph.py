@@ -51,3 +51,31 @@ def test_render_each_format(triangle, tmp_path: Path, ext: str) -> None:
 def test_unknown_format_is_a_user_error(triangle, tmp_path: Path) -> None:
     with pytest.raises(LabError, match="unknown picture format 'gif'"):
         render(triangle, tmp_path / "lab.gif")
+
+
+def test_live_view_shows_addresses_as_sessions_pods_and_the_mgmt_network(triangle) -> None:
+    from lab.graph import NodeLive
+
+    live = {
+        "frr": NodeLive(addresses=["eth1 10.0.12.1/30"], asn="65001", sessions={"10.0.12.2": "Established",
+                                                                                "10.9.9.9": "Active"}),
+        "bird": NodeLive(addresses=["eth1 10.0.12.2/30"], asn="65002", sessions={"10.0.12.1": "Established"},
+                         pods=["web-1"]),
+        "gobgp": NodeLive(),
+    }
+    dot = to_dot(triangle, live)
+    assert "AS 65001\\neth1 10.0.12.1/30" in dot and "pods: web-1" in dot
+    # one dashed edge per session between lab nodes (the pair once; a peer outside the lab has none)
+    assert dot.count('label="BGP Established"') == 1 and "BGP Active" not in dot
+    # every node hangs off the management network: none floats
+    for name in ("frr", "bird", "gobgp"):
+        assert f'"{name}" -- "__mgmt__"' in dot
+    md = to_mermaid(triangle, live)
+    assert '-.-|"BGP Established"|' in md and "n0 -.- mgmt" in md
+
+
+def test_pods_are_named_as_lab_pod_list_names_them() -> None:
+    from lab.live import _pod_label
+
+    assert _pod_label({"name": "web-1", "namespace": "default", "ips": ["10.244.0.5/32"]}) == "web-1 10.244.0.5"
+    assert _pod_label({"name": "db", "namespace": "shop", "ips": []}) == "shop/db"

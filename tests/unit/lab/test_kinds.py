@@ -58,8 +58,9 @@ def node(image: str, netns: str = "clab-x-r1", binds: tuple[Bind, ...] = ()) -> 
 
 def test_vtysh_and_birdc_reach_the_nodes_own_daemon(tmp_path: Path) -> None:
     frr = handler_for("frr")
+    # FRR nodes have their own /var/run/frr (mount namespace): plain vtysh reaches them
     assert frr.exec_argv(node("frr"), tmp_path, ["vtysh", "-c", "show bgp summary json"]) == [
-        "vtysh", "-N", "clab-x-r1", "-c", "show bgp summary json"]
+        "vtysh", "-c", "show bgp summary json"]
     assert frr.exec_argv(node("frr"), tmp_path, ["ip", "route"]) == ["ip", "route"]
     bird = handler_for("bird")
     assert bird.exec_argv(node("bird"), tmp_path, ["birdc", "show", "protocols"]) == [
@@ -72,7 +73,15 @@ def test_frr_daemons_file_adds_daemons(tmp_path: Path) -> None:
     handler = kinds.FrrHandler()
     n = node("frr", binds=(Bind(source=daemons, target="/etc/frr/daemons"),))
     assert handler.daemons(n) == ["zebra", "bgpd", "staticd", "ospfd"]
-    assert handler.host_paths(n) == [Path("/etc/frr/clab-x-r1"), Path("/var/run/frr/clab-x-r1")]
+    assert handler.host_paths(n) == []  # nothing of FRR's is made in the host's /etc or /run
+
+
+def test_frr_daemons_file_in_a_bound_directory(tmp_path: Path) -> None:
+    (tmp_path / "daemons").write_text("bfdd=yes\n")
+    n = node("frr", binds=(Bind(source=tmp_path, target="/etc/frr/"),))
+    assert kinds.FrrHandler().daemons(n) == ["zebra", "bgpd", "staticd", "bfdd"]
+    assert kinds.bound_host_path(n, "/etc/frr/frr.conf") == tmp_path / "frr.conf"
+    assert kinds.bound_host_path(n, "/etc/other") is None
 
 
 def test_node_env_is_a_containers_not_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:

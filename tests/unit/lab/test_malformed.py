@@ -1,7 +1,11 @@
-"""Every file in malformed/ is refused, each problem on one line naming its node or link.
+"""The refused-topology corpus, in two halves, each problem on one line naming its node or link.
 
-A file states what it expects in ``# expect: <text>`` header lines; each must appear in one of
-the reported problems (``:N:`` pins the line number too).
+``malformed/containerlab-refuses/``: files containerlab refuses too (schema errors, links to
+missing nodes, addresses Docker would not give, ...). ``malformed/tabby-refuses/``: valid
+containerlab files Tabby refuses on purpose, each with a ``# reason:`` line (they would touch the
+root namespace, or need a kind other than linux). A file states what it expects in
+``# expect: <text>`` header lines; each must appear in one of the reported problems (``:N:``
+pins the line number too).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from lab.errors import TopologyError
 from lab.topology import load_topology
 
 CORPUS = Path(__file__).parent / "malformed"
-FILES = sorted(CORPUS.glob("*.clab.yml"))
+CLAB_REFUSES = sorted((CORPUS / "containerlab-refuses").glob("*.clab.yml"))
+TABBY_REFUSES = sorted((CORPUS / "tabby-refuses").glob("*.clab.yml"))
+FILES = CLAB_REFUSES + TABBY_REFUSES
 
 
 def expectations(path: Path) -> list[str]:
@@ -23,11 +29,12 @@ def expectations(path: Path) -> list[str]:
 
 
 def test_corpus_is_there() -> None:
-    assert len(FILES) >= 30
+    assert len(CLAB_REFUSES) >= 25 and len(TABBY_REFUSES) >= 6
     assert all(expectations(f) for f in FILES), "every corpus file states what it expects"
+    assert all("# reason:" in f.read_text() for f in TABBY_REFUSES), "a deliberate refusal says why"
 
 
-@pytest.mark.parametrize("path", FILES, ids=[f.name.removesuffix(".clab.yml") for f in FILES])
+@pytest.mark.parametrize("path", FILES, ids=[f"{f.parent.name}/{f.name.removesuffix('.clab.yml')}" for f in FILES])
 def test_malformed_file_is_refused_with_a_named_problem(path: Path) -> None:
     with pytest.raises(TopologyError) as info:
         load_topology(path)

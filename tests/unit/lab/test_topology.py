@@ -149,8 +149,55 @@ topology:
 
 
 def test_ignored_containerlab_keys_warn(tmp_path: Path) -> None:
-    topo = parse("name: w\ntopology:\n  nodes:\n    r1: {kind: linux, image: a, ports: ['80:80']}\n", tmp_path)
-    assert topo.warnings == ("node r1: key 'ports' is ignored (no container runtime here)",)
+    topo = parse("name: w\ntopology:\n  defaults: {cpu: 2}\n  nodes:\n"
+                 "    r1: {kind: linux, image: a, ports: ['80:80']}\n"
+                 "    r2: {kind: linux, image: a, ports: ['81:80']}\n", tmp_path)
+    assert topo.warnings == (  # once per key, naming the nodes
+        "key 'ports' is ignored (nothing observable depends on it without a container runtime): nodes r1, r2",
+        "key 'cpu' is ignored (nothing observable depends on it without a container runtime): nodes r1, r2")
+
+
+def test_every_containerlab_node_key_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "vars.env").write_text("# comment\nFROM_FILE=1\nBOTH=file\n")
+    topo = parse("""
+name: keys
+settings: {certificate-authority: {key-size: 2048}}
+mgmt: {ipv4-range: 172.20.20.128/25}
+topology:
+  nodes:
+    a:
+      kind: linux
+      image: alpine
+      healthcheck: {test: [CMD-SHELL, "test -e /tmp/up"], interval: 1, retries: 5, start-period: 2}
+      startup-delay: 1
+    b:
+      kind: linux
+      image: alpine
+      env-files: [vars.env]
+      env: {BOTH: env}
+      stages:
+        create: {wait-for: [{node: a, stage: healthy}]}
+        configure: {exec: {on-enter: ["echo enter"], on-exit: ["echo exit"]}}
+      image-pull-policy: IfNotPresent
+      aliases: [b.example]
+      cap-add: [NET_ADMIN]
+      shm-size: 1g
+      devices: [/dev/net/tun]
+      dns: {servers: [1.1.1.1]}
+      certificate: {issue: true}
+      restart-policy: always
+      runtime: docker
+      cpu-set: 0-1
+      memory: 1Gb
+    c: {kind: linux, image: alpine, wait-for: [b]}
+""", tmp_path)
+    a, b, c = topo.nodes["a"], topo.nodes["b"], topo.nodes["c"]
+    assert a.healthcheck is not None and a.healthcheck.argv == ("sh", "-c", "test -e /tmp/up")
+    assert (a.healthcheck.retries, a.healthcheck.start_period, a.startup_delay) == (5, 2.0, 1.0)
+    assert b.wait_for == ("a",) and c.wait_for == ("b",)
+    assert b.stage_exec == ("echo enter", "echo exit")
+    assert b.env["FROM_FILE"] == "1" and b.env["BOTH"] == "env"
+    assert any("'cap-add' is ignored" in w for w in topo.warnings)
 
 
 def test_directory_lookup_finds_the_single_file(tmp_path: Path) -> None:
@@ -170,3 +217,49 @@ def test_parse_topology_resolves_relative_to_given_path() -> None:
     assert topo.name == "other"
     assert topo.nodes["frr"].netns == "clab-other-frr"
     assert topo.nodes["bird"].startup_config.path == EXAMPLES / "triangle" / "bird.conf"
+
+
+def test_undeclared_group_is_accepted_and_contributes_nothing(tmp_path: Path) -> None:
+    """containerlab accepts ``group: spines`` without topology.groups.spines (it is only a label)."""
+    topo = parse("""
+name: g
+topology:
+  defaults: {kind: linux, image: alpine}
+  groups:
+    leaves: {image: frr}
+  nodes:
+    s1: {group: spines}
+""", tmp_path)
+    assert topo.nodes["s1"].group == "spines"
+    assert topo.nodes["s1"].image == "alpine"
+
+
+def test_env_expansion_as_containerlab_does() -> None:
+    from lab.topology import expand_env
+
+    env = {"SET": "v", "EMPTY": ""}
+    assert expand_env("${SET} ${UNSET} ${UNSET:=d} ${UNSET}", env) == "v  d d"  # := assigns
+    assert expand_env("${EMPTY:-d}|${EMPTY-d}|${EMPTY:=e}|${NOPE-x}", env) == "d||e|x"
+    assert expand_env("echo $HOME ${SET:=other}", env) == "echo $HOME v"  # bare $VAR is the node's
+
+
+def test_env_and_magic_variables_in_a_file(tmp_path: Path) -> None:
+    from lab.state import lab_dir
+
+    (tmp_path / "r1.conf").write_text("hostname r1\n")
+    topo = parse_topology("""
+name: ${LAB_NAME:=magic}
+topology:
+  nodes:
+    r1:
+      kind: linux
+      image: ${IMAGE:=quay.io/frrouting/frr:8.4.1}
+      binds:
+        - __clabNodeName__.conf:/etc/frr/frr.conf
+        - __clabNodeDir__/data:/data
+      exec: ["echo __clabNodeName__ in __clabDir__"]
+""", tmp_path / "t.clab.yml", environ={})
+    r1 = topo.nodes["r1"]
+    assert topo.name == "magic" and r1.image == "quay.io/frrouting/frr:8.4.1"
+    assert [b.source for b in r1.binds] == [tmp_path / "r1.conf", lab_dir("magic") / "nodes" / "r1" / "data"]
+    assert r1.exec == (f"echo r1 in {lab_dir('magic')}",)

@@ -72,6 +72,14 @@ def test_backend_setting_refuses_unknown() -> None:
         NodeConfig.from_env({"NODENAME": "n1", "CALICO_NETWORKING_BACKEND": "gobgp", "ETCD_ENDPOINTS": "http://x:1"})
 
 
+def test_mesh_bfd_switch() -> None:
+    base = {"NODENAME": "n1", "ETCD_ENDPOINTS": "http://x:1"}
+    assert not NodeConfig.from_env(base).mesh_bfd
+    assert NodeConfig.from_env({**base, "TABBY_BGP_MESH_BFD": "True"}).mesh_bfd
+    with pytest.raises(NodeConfigError, match=r"^TABBY_BGP_MESH_BFD: "):
+        NodeConfig.from_env({**base, "TABBY_BGP_MESH_BFD": "yes"})
+
+
 def _session(addr: str, state: str = "Established") -> dict:
     return {"peer_address": addr, "peer_type": "node-to-node mesh", "state": "up" if state == "Established" else
             "start", "bgp_state": state, "since": 0, "info": state, "prefixes_received": 2, "prefixes_stale": 0}

@@ -57,24 +57,26 @@ def test_namespace_defaults_and_round_trip() -> None:
     assert _np("  podSelector: {}\n").namespace == "prod"
 
 
-@pytest.mark.parametrize(
-    ("selector", "labels", "expected"),
-    [
-        ({}, {}, True),
-        ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
-        ({"matchLabels": {"app": "web"}}, {"app": "db"}, False),
-        ({"matchLabels": {"app": "web"}}, {}, False),
-        ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a", "b"]}]}, {"t": "b"}, True),
-        ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a", "b"]}]}, {}, False),
-        ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]}, {}, True),
-        ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]}, {"t": "a"}, False),
-        ({"matchExpressions": [{"key": "t", "operator": "Exists"}]}, {"t": ""}, True),
-        ({"matchExpressions": [{"key": "t", "operator": "DoesNotExist"}]}, {"t": ""}, False),
-        ({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "Exists"}]}, {"a": "1"}, False),
-        ({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "Exists"}]},
-         {"a": "1", "b": "2"}, True),
-    ],
-)
+#: (selector, labels, selected?): matchLabels and matchExpressions (key, operator In/NotIn/Exists/
+#: DoesNotExist, values) as Kubernetes defines them.
+SELECTOR_CASES = [
+    ({}, {}, True),
+    ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
+    ({"matchLabels": {"app": "web"}}, {"app": "db"}, False),
+    ({"matchLabels": {"app": "web"}}, {}, False),
+    ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a", "b"]}]}, {"t": "b"}, True),
+    ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a", "b"]}]}, {}, False),
+    ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]}, {"t": "a"}, False),
+    ({"matchExpressions": [{"key": "t", "operator": "Exists"}]}, {"t": ""}, True),
+    ({"matchExpressions": [{"key": "t", "operator": "DoesNotExist"}]}, {"t": ""}, False),
+    ({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "Exists"}]}, {"a": "1"}, False),
+    ({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "Exists"}]},
+     {"a": "1", "b": "2"}, True),
+]
+
+
+@pytest.mark.parametrize(("selector", "labels", "expected"), SELECTOR_CASES)
 def test_label_selector_means_what_kubernetes_says(selector: dict, labels: dict, expected: bool) -> None:
     assert LabelSelector.model_validate(selector).to_selector().matches(labels) is expected
 

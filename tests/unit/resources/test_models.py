@@ -110,7 +110,6 @@ spec:
     communities:
     - bgp-large-community
     - 63400:120
-  nodeMeshMaxRestartTime: 120s
 """
 
 NODE_WITH_BGP = """
@@ -386,12 +385,12 @@ def test_kind_for_name_unknown_lists_valid_types() -> None:
 def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
-        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "WorkloadEndpoint",
-        "NetworkPolicy", "Namespace",
+        "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "BGPFilter", "WorkloadEndpoint",
+        "FelixConfiguration", "ClusterInformation", "NetworkPolicy", "Namespace",
     }
     assert {c.PLURAL for c in kinds} == {
-        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "workloadendpoints",
-        "kubernetesnetworkpolicies", "namespaces"
+        "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "bgpfilters", "workloadendpoints",
+        "felixconfigurations", "clusterinformations", "kubernetesnetworkpolicies", "namespaces",
     }
     assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint", "NetworkPolicy"}
 
@@ -469,13 +468,15 @@ def test_all_problems_reported_at_once_and_nothing_returned() -> None:
         IPPOOL_CROSS_SUBNET
         + "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool-b}\n"
         + "spec: {cidr: 10.5.0.0/16, blockSize: 33}\n"
-        + "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 1.2.3.4}\n"
+        + "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\n"
+        + "spec: {peerIP: 1.2.3.4, localWorkloadSelector: all()}\n"
     )
     with pytest.raises(ResourceError) as info:
         parse_documents(text, "pools.yaml")
     assert info.value.problems == [
         "pools.yaml document 2 (IPPool pool-b): spec.blockSize: must be between 20 and 32 for an IPv4 pool, got 33",
-        "pools.yaml document 3 (BGPPeer p): spec.asNumber: required with peerIP",
+        "pools.yaml document 3 (BGPPeer p): spec.asNumber: must NOT be empty when localWorkloadSelector is specified",
+        "pools.yaml document 3 (BGPPeer p): spec.peerIP: must be empty when localWorkloadSelector is specified",
     ]
     assert str(info.value) == "\n".join(info.value.problems)
 
@@ -488,7 +489,7 @@ def test_one_document_several_problems() -> None:
     with pytest.raises(ResourceError) as info:
         parse_resource(yaml.safe_load(text), "peer.yaml")
     paths = [line.split(": ")[1] for line in info.value.problems]
-    assert paths == ["spec.nodeSelector", "spec.peerSelector", "spec.asNumber"]
+    assert paths == ["spec.node", "spec.peerIP"]
 
 
 def test_parse_resource_rejects_bad_dict() -> None:
@@ -603,7 +604,11 @@ def valid_pools(draw: st.DrawFn) -> dict:
         "nodeSelector": draw(st.sampled_from(["all()", "", "zone == 'a'", "has(edge) && rack in {'r1', 'r2'}"])),
         "allowedUses": draw(st.sampled_from([["Workload"], ["Tunnel"], ["Workload", "Tunnel"], ["LoadBalancer"]])),
     }
-    name = draw(st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,5})?", fullmatch=True))
+    if spec["allowedUses"] == ["LoadBalancer"]:
+        # Calico: a LoadBalancer pool has no encapsulation, keeps BGP export and selects all nodes.
+        spec.update(ipipMode="Never", vxlanMode="Never", disableBGPExport=False, nodeSelector="all()")
+    # Starts with a letter: PyYAML leaves "0.e0" unquoted, which a YAML 1.2 reader takes as a float.
+    name = draw(st.from_regex(r"[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,5})?", fullmatch=True))
     return {"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": name}, "spec": spec}
 
 
