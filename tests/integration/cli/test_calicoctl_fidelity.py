@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from datamodel.resources.registry import supported_kinds
 from datastore.keys import resource_prefix
 
 GNP = """apiVersion: projectcalico.org/v3
@@ -50,9 +51,9 @@ def test_unsupported_kind_is_named_and_skip_unsupported_applies_the_rest(ctl: An
     assert res.rc == 1
     assert res.err_lines == [
         "Error: <stdin> document 1 (GlobalNetworkPolicy deny-all): kind: GlobalNetworkPolicy is a Calico kind Tabby"
-        " does not support (Tabby supports: BGPConfiguration, BGPPeer, ClusterInformation, FelixConfiguration,"
-        " IPAMConfiguration, IPPool, Node, WorkloadEndpoint); use --skip-unsupported to apply the rest"
+        f" does not support (Tabby supports: {supported_kinds()}); use --skip-unsupported to apply the rest"
     ]
+    assert "BGPConfiguration, BGPFilter, BGPPeer" in supported_kinds()
     assert "did you mean" not in res.err
     assert _names(run_ds, "ippools") == []
     res = ctl("apply", "--skip-unsupported", "-f", "-", input=GNP + "---\n" + POOL)
@@ -69,12 +70,13 @@ def test_support_policy_refuses_at_apply_and_writes_nothing(ctl: Any, run_ds: An
     peer = """apiVersion: projectcalico.org/v3
 kind: BGPPeer
 metadata: {name: tor}
-spec: {peerIP: 192.0.2.1, asNumber: 65001, filters: [export-only]}
+spec: {peerIP: 192.0.2.1, asNumber: 65001, reachableBy: 192.0.2.254}
 """
     res = ctl("apply", "-f", "-", input=POOL + "---\n" + peer)
     assert res.rc == 1
     assert res.err_lines == [
-        "Error: BGPPeer tor: spec.filters: Tabby does not support this yet: Tabby applies no BGPFilter"
+        "Error: BGPPeer tor: spec.reachableBy: Tabby does not support this yet:"
+        " Tabby installs no route towards the peer"
     ]
     assert _names(run_ds, "ippools") == [] and _names(run_ds, "bgppeers") == []
 
