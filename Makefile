@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod util-linux containerd runc containernetworking-plugins busybox-static docker-compose qemu-system-x86 cpio
+APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod util-linux containerd runc containernetworking-plugins busybox-static docker-compose qemu-system-x86 cpio python3-nftables
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps guest-kernel venv demo demo-ipam test test-unit test-integration lint bench clean
@@ -28,12 +28,19 @@ guest-kernel: system-deps
 	@if [ "$$(id -u)" = 0 ]; then scripts/guest-kernel.sh >/dev/null; \
 	else echo "guest-kernel: skipped (not root; the guest-kernel tests need root)"; fi
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(VENV)/.nftables-pth
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# libnftables' Python binding is Debian's python3-nftables (ctypes, no PyPI release): the venv sees
+# that one package only (a .pth naming a directory that links to it), not all of dist-packages.
+$(VENV)/.nftables-pth: $(VENV)/.installed
+	@mkdir -p $(VENV)/debian-nftables && ln -sfn /usr/lib/python3/dist-packages/nftables $(VENV)/debian-nftables/nftables
+	@echo "$(abspath $(VENV))/debian-nftables" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tabby-debian-nftables.pth"
 	@touch $@
 
 # The three-node-tor lab (namespaces, FRR, etcd, three BGP-routed Tabby nodes); it stays up afterwards

@@ -324,6 +324,27 @@ FIELDS.update(
 )
 
 
+# ---------------------------------------------------------------- Kubernetes NetworkPolicy (networking.k8s.io/v1)
+_KINDS_T = "tests/unit/resources/test_kubernetes_kinds.py::"
+_RENDER = "tests/unit/policy/test_policy_render.py::"
+_SELECTOR_T = _KINDS_T + "test_label_selector_means_what_kubernetes_says"
+for _dir, _peer, _test in (("ingress", "from_", _RENDER + "test_ingress_rules_golden"),
+                           ("egress", "to", _RENDER + "test_allow_all_isolate_and_egress_golden")):
+    for _leaf in ("protocol", "port", "endPort"):
+        FIELDS[f"NetworkPolicy.spec.{_dir}.ports.{_leaf}"] = Consumed(_test)
+    for _sel in ("podSelector", "namespaceSelector"):
+        FIELDS[f"NetworkPolicy.spec.{_dir}.{_peer}.{_sel}.matchLabels"] = Consumed(_SELECTOR_T)
+        for _leaf in ("key", "operator", "values"):
+            FIELDS[f"NetworkPolicy.spec.{_dir}.{_peer}.{_sel}.matchExpressions.{_leaf}"] = Consumed(_SELECTOR_T)
+    for _leaf in ("cidr", "except_"):
+        FIELDS[f"NetworkPolicy.spec.{_dir}.{_peer}.ipBlock.{_leaf}"] = Consumed(
+            "tests/unit/policy/test_policy_incremental.py::test_incremental_equals_from_scratch")
+FIELDS["NetworkPolicy.spec.podSelector.matchLabels"] = Consumed(_SELECTOR_T)
+for _leaf in ("key", "operator", "values"):
+    FIELDS[f"NetworkPolicy.spec.podSelector.matchExpressions.{_leaf}"] = Consumed(_SELECTOR_T)
+FIELDS["NetworkPolicy.spec.policyTypes"] = Consumed(_KINDS_T + "test_policy_types_inferred_as_kubernetes_does")
+
+
 @dataclass
 class PolicyReport:
     """What the support policy says about an input: refusals (apply fails) and warnings."""

@@ -49,6 +49,7 @@ from controller.node.metrics import AgentMetrics, readiness, start_metrics
 from controller.node.model import Model, counts
 from controller.node.nlutil import netns_inode
 from datamodel.resources import IPPool
+from datamodel.resources.workloadendpoint import WorkloadEndpoint
 from datastore import Datastore, DatastoreError, Put, WatchHealth, WatchResync, mod_is
 from datastore.keys import GUARDS, HANDLES, resource_key
 from datastore.watch import watch_prefix
@@ -142,7 +143,7 @@ class Agent:
             st = self.dataplane.stats
             out["dataplane"] = {"apply_phases": st.apply_phases, "fast_applies": st.fast_applies,
                                 "full_resyncs": st.full_resyncs, "link_resyncs": st.link_resyncs,
-                                "resync_reasons": dict(st.resync_reasons)}
+                                "resync_reasons": dict(st.resync_reasons), "policy_applies": st.policy_applies}
         ready, reasons = readiness(self)
         out["ready"] = ready
         out["not_ready_reason"] = "; ".join(reasons)
@@ -194,11 +195,14 @@ class Agent:
             self.dataplane.send(self.graph.flush())
 
     async def local_workload_added(self, key: str, container_id: str, ips: Iterable[str],
-                                   interface: str) -> ApplyResult | None:
+                                   interface: str, wep: WorkloadEndpoint | None = None) -> ApplyResult | None:
         """A pod CNI just plumbed: a WorkloadEndpoint input of the graph before etcd echoes it; its
-        routes go through the fast lane (applied at once; returns when they are in the kernel)."""
+        routes and its policy go through the fast lane (applied at once; returns when they are in
+        the kernel: the pod is enforced before ADD returns)."""
         ips = list(ips)
         self.graph.routes.local_add(key, container_id, ips, interface)
+        if wep is not None:
+            self.graph.policy.local_add(key, wep)
         assert self.dataplane is not None
         messages = self.graph.flush()
         # The endpoint is written with the allocation, before the veth exists, so its etcd echo may
@@ -216,7 +220,9 @@ class Agent:
 
     async def local_workload_removed(self, keys: Iterable[str], interfaces: Iterable[str]) -> ApplyResult | None:
         """CNI DEL (or a failed ADD undone): the workload leaves the graph at once, fast lane."""
+        keys, interfaces = list(keys), list(interfaces)
         self.graph.routes.local_remove(keys, interfaces)
+        self.graph.policy.local_remove(set(keys), set(interfaces))
         if self.dataplane is None:
             return None
         return await self.dataplane.apply_fast(self.graph.flush())

@@ -350,7 +350,8 @@ class CNIHandlers:
                 await self.bounded("release the previous sandbox's addresses",
                                    agent.ipam.release_by_handle(old_handle), deadline)
         pod_mac = _pod_mac()
-        v4, v6 = await self._assign_with_wep(req, ident, pod_mac, deadline)
+        written: dict[str, Any] = {}  # the endpoint document the allocation transaction wrote
+        v4, v6 = await self._assign_with_wep(req, ident, pod_mac, deadline, written)
         ph.mark("ipam_wep")
         try:
             mtu = agent.pod_mtu()
@@ -371,8 +372,9 @@ class CNIHandlers:
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
             ph.mark("netlink")
+            wep = WorkloadEndpoint.model_validate(written["doc"]) if "doc" in written else None
             await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
-                                             ident.host_ifname)
+                                             ident.host_ifname, wep)
             ph.mark("route_apply")
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
@@ -400,7 +402,7 @@ class CNIHandlers:
     # someone set meanwhile (`tabbyctl label`). The handle is assumed new (no read): when it is not
     # (leftovers of an earlier half-done ADD of this container), IPAM says so and they are released.
     async def _assign_with_wep(
-        self, req: Request, ident: Identity, mac: str, deadline: float
+        self, req: Request, ident: Identity, mac: str, deadline: float, written: dict[str, Any] | None = None
     ) -> tuple[list[str], list[str]]:
         agent = self.agent
         ipam = agent.ipam
@@ -418,6 +420,8 @@ class CNIHandlers:
                 current, rev = agent.model.document(key)
             doc = self._wep(req, ident, [i for i in ips if ":" not in i], [i for i in ips if ":" in i], mac,
                             existing=current if isinstance(current, dict) else None)
+            if written is not None:
+                written["doc"] = doc  # the last attempt's is the one committed
             return [mod_is(key, rev)], [Put(key, doc)]
 
         async def allocate() -> Any:

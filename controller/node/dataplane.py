@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
+from controller.node.messages import InSync, IPIPUpdate, Message, NATUpdate, PolicyUpdate, RouteUpdate, VXLANUpdate
 from felix_like.forward import ForwardAccepts
 from felix_like.ipip import IPIPManager
 from felix_like.nat import NATManager
 from felix_like.netlink import LinkMonitor, Route, RouteMonitor
+from felix_like.policy import PolicyManager, PolicyState
 from felix_like.route_programmer import ApplyResult, RouteProgrammer
 from felix_like.vxlan import VXLANManager
 
@@ -60,6 +61,7 @@ class Stats:
     fast_applies: int = 0
     full_resyncs: int = 0
     link_resyncs: int = 0
+    policy_applies: int = 0
     last_apply_at: float = 0.0
     last_result: ApplyResult | None = None
     resync_reasons: dict[str, int] = field(default_factory=dict)
@@ -121,7 +123,8 @@ class Dataplane:
         self._log = log.bind(node=node)
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self._fast: list[tuple[list[RouteUpdate], bool, concurrent.futures.Future[ApplyResult]]] = []
+        self._fast: list[tuple[list[RouteUpdate], list[PolicyUpdate], bool,
+                               concurrent.futures.Future[ApplyResult]]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stop = threading.Event()
@@ -134,6 +137,9 @@ class Dataplane:
         self._routes: dict[str, Route] = {}  # dst -> desired route
         self._pending_routes: dict[str, Route | None] = {}
         self._tunnels_dirty = False
+        self.policy: PolicyManager | None = None
+        self._policy = PolicyState()
+        self._policy_dirty = False
         self._in_sync = False
         self._retry_needed = False
         #: Called with every ApplyResult, on the dataplane thread (the metrics' apply histograms).
@@ -168,15 +174,21 @@ class Dataplane:
         ``force``: write them even where the programmer's cache says they are there (see
         RouteProgrammer.apply_changes)."""
         routes: list[RouteUpdate] = []
+        policies: list[PolicyUpdate] = []
         rest: list[Message] = []
         for msg in messages:
-            (routes if isinstance(msg, RouteUpdate) else rest).append(msg)  # type: ignore[arg-type]
+            if isinstance(msg, RouteUpdate):
+                routes.append(msg)
+            elif isinstance(msg, PolicyUpdate):
+                policies.append(msg)  # the pod is enforced before its route exists and ADD returns
+            else:
+                rest.append(msg)
         self.send(rest)
-        if not routes:
+        if not routes and not policies:
             return None
         future: concurrent.futures.Future[ApplyResult] = concurrent.futures.Future()
         with self._lock:
-            self._fast.append((routes, force, future))
+            self._fast.append((routes, policies, force, future))
         self._wake()
         return await asyncio.wrap_future(future)
 
@@ -209,6 +221,7 @@ class Dataplane:
         try:
             self.programmer = RouteProgrammer(self.netns)
             self._tunnels = TunnelManagers(self.netns, self.node)
+            self.policy = PolicyManager(self.netns)
             route_mon = RouteMonitor(self.netns)
             link_mon = LinkMonitor(self.netns)
         except Exception as exc:
@@ -229,7 +242,7 @@ class Dataplane:
                 deadlines = [next_periodic]
                 if resync_at is not None:
                     deadlines.append(resync_at)
-                if self._in_sync and (self._pending_routes or self._tunnels_dirty):
+                if self._in_sync and (self._pending_routes or self._tunnels_dirty or self._policy_dirty):
                     deadlines.append(self.stats.last_apply_at + self.throttle)
                 timeout = max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
@@ -260,9 +273,11 @@ class Dataplane:
                 if now >= next_periodic:
                     next_periodic = now + self.resync_interval
                     self._tunnels_dirty = True
+                    self._policy_resync("periodic")
                     resync_at, resync_reason = now, "periodic"
                 due = now >= self.stats.last_apply_at + self.throttle
-                if (self._pending_routes or self._tunnels_dirty) and due and self._apply_phase():
+                if (self._pending_routes or self._tunnels_dirty or self._policy_dirty) and due \
+                        and self._apply_phase():
                     resync_at, resync_reason = now, resync_reason or "device_recreated"
                 if resync_at is not None and now >= resync_at:
                     reason = resync_reason or "retry"
@@ -300,6 +315,9 @@ class Dataplane:
                 assert self._tunnels is not None
                 self._tunnels.nat_msg = msg
                 self._tunnels_dirty = True
+            elif isinstance(msg, PolicyUpdate):
+                self._policy.fold(msg.sets, msg.chains, msg.interfaces)
+                self._policy_dirty = True
             elif isinstance(msg, InSync) and not self._in_sync:
                 self._first_sync()
 
@@ -309,6 +327,7 @@ class Dataplane:
         with contextlib.suppress(Exception):
             self._tunnels.apply()
         self._tunnels_dirty = False
+        self._policy_resync("start")  # before routes: a pod is never reachable unpoliced
         self._fold_pending()
         ok = self._full_resync("start")
         self._in_sync = True
@@ -341,7 +360,21 @@ class Dataplane:
         if not fast:
             return
         assert self.programmer is not None
-        for updates, force, future in fast:
+        for updates, policies, force, future in fast:
+            for pol in policies:
+                self._policy.fold(pol.sets, pol.chains, pol.interfaces)
+            # also what the throttled buffer holds: the pod's endpoint may have reached the graph through
+            # the watch echo first (the allocation transaction wrote it), its update then waits there
+            if (policies or self._policy_dirty) and self._in_sync:
+                self._policy_dirty = False
+                try:
+                    self._policy_apply()
+                except Exception as exc:
+                    self._log.exception("dataplane.fast_policy_failed")
+                    self._policy_dirty = True
+                    self._retry_needed = True
+                    future.set_exception(exc)
+                    continue
             for upd in updates:
                 self._pending_routes.pop(upd.dst, None)  # the fast update is the graph's latest for dst
             upserts, removes = [], []
@@ -381,6 +414,14 @@ class Dataplane:
             except Exception:
                 self._log.exception("dataplane.tunnels_failed")
                 self._tunnels_dirty = True
+        if self._policy_dirty:
+            self._policy_dirty = False
+            try:
+                self._policy_apply()
+            except Exception:
+                self._log.exception("dataplane.policy_failed")
+                self._policy_dirty = True
+                self._retry_needed = True
         if self._pending_routes:
             upserts, removes = self._fold_pending()
             try:
@@ -389,6 +430,27 @@ class Dataplane:
                 self._log.exception("dataplane.apply_failed")
                 self._retry_needed = True
         return resync
+
+    def _policy_apply(self) -> None:
+        assert self.policy is not None
+        start = time.monotonic()
+        n = self.policy.apply(self._policy.view(), self._policy.take_touched())
+        self.stats.policy_applies += 1
+        if n:
+            self._log.debug("dataplane.policy_applied", commands=n, ms=round((time.monotonic() - start) * 1000, 2))
+
+    def _policy_resync(self, reason: str) -> None:
+        """The whole policy table in one transaction (adopts a predecessor's table atomically)."""
+        assert self.policy is not None
+        self._policy_dirty = False
+        try:
+            self._policy.take_touched()
+            n = self.policy.resync(self._policy.view())
+            self._log.info("dataplane.policy_resync", reason=reason, commands=n)
+        except Exception:
+            self._log.exception("dataplane.policy_resync_failed", reason=reason)
+            self._policy_dirty = True
+            self._retry_needed = True
 
     def _full_resync(self, reason: str) -> bool:
         assert self.programmer is not None

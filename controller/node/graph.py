@@ -11,8 +11,9 @@ emits only what changed:
 * :class:`TunnelCalc` -- VTEPs (VXLAN), tunl0 (IPIP) and NAT-outgoing sets from pools and nodes;
 * :class:`BgpCalc` -- the inputs of BGP sessions and announcements (own blocks, IPs this node
   borrowed); it tells BGP when they changed instead of BGP re-reading the cluster;
-* room for policy: ``graph.dispatcher.register(kind, handler)`` is how the next calculators (a
-  label index turning selectors into IP-set members) subscribe to WorkloadEndpoints and policies.
+* :class:`~controller.node.policy.PolicyCalc` -- NetworkPolicies, Namespaces and WorkloadEndpoints
+  -> :class:`~controller.node.messages.PolicyUpdate` (a label index turning selectors into IP-set
+  members; chains for local endpoints only), registered through ``graph.dispatcher.register``.
 
 Nothing here does I/O; the agent passes :meth:`CalcGraph.flush` output to the dataplane.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from controller.node.messages import IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
 from controller.node.model import BLOCK, Update
+from controller.node.policy import PolicyCalc
 from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 from felix_like.ipip import IPIPConfig
@@ -358,7 +360,8 @@ class CalcGraph:
         self.routes = RouteCalc(nodename, backend)
         self.tunnels = TunnelCalc(nodename, vxlan_mac)
         self.bgp = BgpCalc(nodename)
-        for calc in (self.routes, self.tunnels, self.bgp):
+        self.policy = PolicyCalc(nodename)
+        for calc in (self.routes, self.tunnels, self.bgp, self.policy):
             calc.register(self.dispatcher)
 
     def apply(self, updates: Iterable[Update]) -> None:
@@ -371,4 +374,4 @@ class CalcGraph:
 
     def flush(self) -> list[Message]:
         """Everything that changed since the last flush, tunnels first (routes may go through them)."""
-        return self.tunnels.drain() + self.routes.drain()
+        return self.tunnels.drain() + self.routes.drain() + self.policy.drain()

@@ -48,8 +48,20 @@ class NATUpdate:
 
 
 @dataclass(frozen=True)
+class PolicyUpdate:
+    """Changes of the policy table (controller/node/policy.py -> felix_like/policy.py): named sets
+    with their full members (None: gone), policy chains with their rules (None: gone), and local
+    interfaces with their (ingress, egress) policy chains (a None direction: not isolated; None for
+    the pair: the interface is gone)."""
+
+    sets: dict[str, tuple[str, frozenset[str]] | None]
+    chains: dict[str, tuple[str, ...] | None]
+    interfaces: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None]
+
+
+@dataclass(frozen=True)
 class InSync:
     """The graph has seen the first complete snapshot: the managers may apply (never before)."""
 
 
-Message = RouteUpdate | VXLANUpdate | IPIPUpdate | NATUpdate | InSync
+Message = RouteUpdate | VXLANUpdate | IPIPUpdate | NATUpdate | PolicyUpdate | InSync

@@ -134,7 +134,8 @@ def _model_at(model: type[BaseModel] | None, loc: Sequence[str | int]) -> type[B
             return None
         if isinstance(part, int):
             continue
-        field = current.model_fields.get(part)
+        field = current.model_fields.get(part) or next(
+            (f for f in current.model_fields.values() if f.alias == part), None)  # `from`, `except`
         if field is None:
             return None
         nested = _unwrap(field.annotation)

@@ -16,6 +16,7 @@ from datamodel.resources.errors import ResourceError
 from datamodel.resources.felixconfig import FelixConfiguration
 from datamodel.resources.ipamconfig import IPAMConfiguration
 from datamodel.resources.ippool import IPPool
+from datamodel.resources.kubernetes import Namespace, NetworkPolicy
 from datamodel.resources.node import Node
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 
@@ -29,6 +30,8 @@ KINDS: list[type[Resource]] = [
     WorkloadEndpoint,
     FelixConfiguration,
     ClusterInformation,
+    NetworkPolicy,
+    Namespace,
 ]
 
 #: projectcalico.org/v3 kinds Tabby does not model (yet): refused by name, never "did you mean".

@@ -12,9 +12,10 @@ from controller.node.cni_handlers import CNIError, Request, identity, parse_cni_
 from controller.node.config import AutodetectMethod, NodeConfig, NodeConfigError
 from controller.node.graph import CalcGraph, encapsulations, pod_mtu
 from controller.node.inuse import allocations_from
+from controller.node.messages import PolicyUpdate, RouteUpdate
 from controller.node.model import Model
 from datamodel.resources import parse_resource
-from datamodel.resources.workloadendpoint import workload_endpoint_name
+from datamodel.resources.workloadendpoint import WorkloadEndpoint, workload_endpoint_name
 from datastore import KV, WatchEvent, WatchResync
 from felix_like.workload import host_veth_name
 
@@ -179,15 +180,23 @@ def test_local_cni_workload_is_a_graph_input_before_the_echo() -> None:
     graph.apply(model.apply(resync()))
     graph.flush()
     key = "resources/v3/workloadendpoints/default/a-k8s-q-eth0"
-    graph.routes.local_add(key, "c9", ["10.65.0.9"], "tabq")
-    assert [(m.dst, m.route.oif) for m in graph.flush()] == [("10.65.0.9/32", "tabq")]  # only its /32
     wep = {"metadata": {"name": "a-k8s-q-eth0", "namespace": "default"},
            "spec": {"node": "a", "containerID": "c9", "ipNetworks": ["10.65.0.9/32"], "interfaceName": "tabq"}}
+    graph.routes.local_add(key, "c9", ["10.65.0.9"], "tabq")
+    graph.policy.local_add(key, WorkloadEndpoint.model_validate(wep))
+    msgs = graph.flush()
+    assert [(m.dst, m.route.oif) for m in msgs if isinstance(m, RouteUpdate)] == [("10.65.0.9/32", "tabq")]
+    assert [m.interfaces for m in msgs if isinstance(m, PolicyUpdate)] == [{"tabq": (None, None)}]
     graph.apply(model.apply(WatchEvent("put", kv(key, wep, 40))))
     assert graph.flush() == []  # the echo changes nothing
     graph.routes.local_remove([key], ["tabq"])
-    assert [(m.dst, m.route) for m in graph.flush()] == [("10.65.0.9/32", None)]
+    graph.policy.local_remove({key}, {"tabq"})
+    msgs = graph.flush()
+    assert [(m.dst, m.route) for m in msgs if isinstance(m, RouteUpdate)] == [("10.65.0.9/32", None)]
+    assert [m.interfaces for m in msgs if isinstance(m, PolicyUpdate)] == [{"tabq": None}]
     graph.routes.local_add(key, "c10", ["10.65.0.10"], "tabq")  # a new sandbox of the same pod
+    wep10 = {**wep, "spec": {**wep["spec"], "containerID": "c10", "ipNetworks": ["10.65.0.10/32"]}}
+    graph.policy.local_add(key, WorkloadEndpoint.model_validate(wep10))
     graph.flush()
     graph.apply(model.apply(WatchEvent("delete", KV(key, b"", 41))))  # the late delete of the old one
     assert graph.flush() == []

@@ -386,13 +386,13 @@ def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
         "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "BGPFilter", "WorkloadEndpoint",
-        "FelixConfiguration", "ClusterInformation",
+        "FelixConfiguration", "ClusterInformation", "NetworkPolicy", "Namespace",
     }
     assert {c.PLURAL for c in kinds} == {
         "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "bgpfilters", "workloadendpoints",
-        "felixconfigurations", "clusterinformations",
+        "felixconfigurations", "clusterinformations", "kubernetesnetworkpolicies", "namespaces",
     }
-    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint"}
+    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint", "NetworkPolicy"}
 
 
 def test_multi_document_yaml_with_empty_documents() -> None:
