@@ -24,6 +24,7 @@ from datamodel.resources.common import (
     Selector,
     go_bool,
     name_problem,
+    node_scoped_name_problem,
     parse_ip,
 )
 from datamodel.resources.errors import Problems
@@ -224,8 +225,7 @@ class BGPConfiguration(Resource):
         if name == "default":
             return None
         if name.startswith("node."):
-            why = name_problem(name[len("node.") :]) if len(name) > len("node.") else "node name is empty"
-            return f"invalid node name in {name!r}: {why}" if why else None
+            return node_scoped_name_problem(name)
         return f"must be 'default' or 'node.<nodename>', got {name!r}"
 
     @property

@@ -55,6 +55,12 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def node_scoped_name_problem(name: str) -> str | None:
+    """What is wrong with a ``node.<nodename>`` name (BGPConfiguration, FelixConfiguration), or None."""
+    why = name_problem(name[len("node.") :]) if len(name) > len("node.") else "node name is empty"
+    return f"invalid node name in {name!r}: {why}" if why else None
+
+
 def qualified_name_problem(key: str) -> str | None:
     """Why `key` is not a valid label/annotation key ([prefix/]name), or None."""
     prefix, _, name = key.rpartition("/")

@@ -22,6 +22,7 @@ from datamodel.resources.common import (
     IPv6Addr,
     Resource,
     name_problem,
+    node_scoped_name_problem,
     parse_ip_or_cidr,
 )
 from datamodel.resources.errors import Problems
@@ -178,8 +179,7 @@ class FelixConfiguration(Resource):
         if name == "default":
             return None
         if name.startswith("node."):
-            why = name_problem(name[len("node.") :]) if len(name) > len("node.") else "node name is empty"
-            return f"invalid node name in {name!r}: {why}" if why else None
+            return node_scoped_name_problem(name)
         return name_problem(name)
 
     def ps_row(self) -> dict[str, str]:
