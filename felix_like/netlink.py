@@ -697,6 +697,24 @@ class RouteSocket:
             raise NetlinkError(errno_mod.EPROTO, f"{len(pending)} route ACKs missing")
 
 
+def _drain(sock: socket.socket, limit: int) -> tuple[list[bytes], bool]:
+    """Every datagram queued on a non-blocking netlink monitor socket (at most ``limit``), and
+    whether the kernel dropped some (ENOBUFS: the caller must resync)."""
+    datagrams: list[bytes] = []
+    overflowed = False
+    for _ in range(limit):
+        try:
+            datagrams.append(sock.recv(1 << 16))
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOBUFS:
+                overflowed = True
+                continue
+            raise
+    return datagrams, overflowed
+
+
 class RouteMonitor:
     """A non-blocking socket subscribed to IPv4/IPv6 route notifications in one namespace."""
 
@@ -716,17 +734,8 @@ class RouteMonitor:
     def read_events(self, limit: int = 100_000) -> tuple[list[RouteEvent], bool]:
         """Drain what is queued: (events, overflowed). Overflow means events were lost: resync."""
         events: list[RouteEvent] = []
-        overflowed = False
-        for _ in range(limit):
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno_mod.ENOBUFS:
-                    overflowed = True
-                    continue
-                raise
+        datagrams, overflowed = _drain(self.sock, limit)
+        for data in datagrams:
             for mtype, _flags, _seq, offset in iter_messages(data):
                 if mtype not in (RTM_NEWROUTE, RTM_DELROUTE):
                     continue
@@ -766,17 +775,8 @@ class LinkMonitor:
         """Drain what is queued: (ifindexes that went up, an address was added, overflowed)."""
         came_up: list[int] = []
         addr_added = False
-        overflowed = False
-        for _ in range(limit):
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno_mod.ENOBUFS:
-                    overflowed = True
-                    continue
-                raise
+        datagrams, overflowed = _drain(self.sock, limit)
+        for data in datagrams:
             for mtype, _flags, _seq, offset in iter_messages(data):
                 if mtype == RTM_NEWADDR:
                     addr_added = True
