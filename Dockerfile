@@ -2,6 +2,13 @@
 # tabbyctl and the CNI installer (manifests/cni/install.sh), on Debian 12 as the project is tested.
 #   docker build -t tabby/node:latest .
 # Used by docker-compose.yml and manifests/ (DaemonSet, Deployment).
+# The CNI plugin's native forwarder (controller/cni/forward.c), static: install.sh copies it from
+# manifests/cni/tabby-forward, so the node needs no C compiler.
+FROM debian:bookworm-slim AS forward
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY controller/cni/forward.c /src/forward.c
+RUN gcc -O2 -static -o /src/tabby-forward /src/forward.c
+
 FROM debian:bookworm-slim
 
 RUN apt-get update \
@@ -20,6 +27,7 @@ COPY bgp ./bgp
 COPY controller ./controller
 COPY lab ./lab
 COPY manifests ./manifests
+COPY --from=forward /src/tabby-forward ./manifests/cni/tabby-forward
 COPY examples ./examples
 RUN python3 -m venv /opt/tabby/.venv \
  && /opt/tabby/.venv/bin/pip install --no-cache-dir /opt/tabby \

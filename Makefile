@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod util-linux containerd runc containernetworking-plugins busybox-static docker-compose qemu-system-x86 cpio python3-nftables
+APT_PACKAGES := etcd-server etcd-client frr bird2 gobgpd graphviz iproute2 nftables iputils-ping psmisc procps kmod util-linux containerd runc containernetworking-plugins busybox-static docker-compose qemu-system-x86 cpio python3-nftables iperf3 gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps guest-kernel venv demo demo-ipam test test-unit test-integration lint bench clean

@@ -1,4 +1,5 @@
-"""BFD (RFC 5880 asynchronous mode, RFC 5881 single hop) for BGP sessions to directly connected peers.
+"""BFD (RFC 5880 asynchronous mode, RFC 5881 single hop, IPv4 and IPv6) for BGP sessions to directly
+connected peers.
 
 Why Tabby runs its own: ExaBGP has no BFD, and without it a dead top-of-rack router is noticed only at
 the BGP hold time (90 s by default). With BFD at 300 ms x 3 the session's paths leave the RIB and the
@@ -55,6 +56,7 @@ DIAG_NONE, DIAG_DETECT_EXPIRED, DIAG_NEIGHBOR_DOWN = 0, 1, 3
 PORT = 3784
 TTL = 255
 IP_RECVTTL = 12  # Linux; not exported by Python's socket module
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 51, 52  # RFC 3542 (Linux values): the received Hop Limit as ancillary data
 SLOW_US = 1_000_000
 """RFC 5880 6.8.3: while not Up, the desired transmit interval is at least one second."""
 
@@ -130,6 +132,11 @@ class Session:
     send_final: bool = False
     active_tx_us: int = SLOW_US
     changes: list[tuple[int, int]] = field(default_factory=list)
+    last_rx: float | None = None
+    #: The last detection-time expiry, measured (timer accuracy under load): ms from the last packet
+    #: received to the moment Down was declared, the detection time in force then (multiplier x interval),
+    #: and how late the expiry was handled after its deadline.
+    last_detection: dict[str, float] | None = None
 
     # ---- timers
     def _desired_tx_us(self) -> int:
@@ -169,6 +176,7 @@ class Session:
         self.remote_min_rx = pkt.required_min_rx
         self.remote_desired_tx = pkt.desired_min_tx
         self.remote_mult = pkt.detect_mult
+        self.last_rx = now
         if pkt.final and self.polling:
             self.polling = False
             self.active_tx_us = self._desired_tx_us()
@@ -191,6 +199,11 @@ class Session:
 
     def check_timeout(self, now: float) -> None:
         if self.detect_deadline is not None and now >= self.detect_deadline and self.state in (INIT, UP):
+            self.last_detection = {
+                "measured_ms": round((now - self.last_rx) * 1000, 1) if self.last_rx is not None else -1.0,
+                "configured_ms": round(self.detection_time() * 1000, 1),
+                "late_ms": round((now - self.detect_deadline) * 1000, 1),
+            }
             self._set(DOWN, DIAG_DETECT_EXPIRED)
             self.detect_deadline = None
             self.remote_disc = 0
@@ -215,15 +228,17 @@ def open_sockets(local_address: str) -> tuple[socket.socket, socket.socket]:
     """(receive socket on UDP 3784 with IP_RECVTTL, send socket from a port in 49152-65535, TTL 255), both
     bound to `local_address`, in the calling thread's network namespace (run it inside the node's)."""
     family = socket.AF_INET6 if ipaddress.ip_address(local_address).version == 6 else socket.AF_INET
-    if family == socket.AF_INET6:
-        raise ValueError("BFD over IPv6 is not supported yet")
     rx = socket.socket(family, socket.SOCK_DGRAM)
     tx = socket.socket(family, socket.SOCK_DGRAM)
     try:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        rx.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        if family == socket.AF_INET6:  # RFC 5881 5: Hop Limit 255 for IPv6, checked on receipt the same way
+            rx.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL)
+        else:
+            rx.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
         rx.bind((local_address, PORT))
-        tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
         for port in random.sample(range(49152, 65536), 64):
             try:
                 tx.bind((local_address, port))
@@ -237,6 +252,13 @@ def open_sockets(local_address: str) -> tuple[socket.socket, socket.socket]:
         tx.close()
         raise
     return rx, tx
+
+
+def _key(peer: str) -> str:
+    try:
+        return str(ipaddress.ip_address(peer))
+    except ValueError:
+        return peer
 
 
 StateCallback = Callable[[str, int, int], None]
@@ -263,6 +285,7 @@ class BfdRunner(threading.Thread):
         self.late_ms_max = 0.0  # worst lateness of a scheduled transmission (timer accuracy under load)
 
     def add(self, peer: str) -> None:
+        peer = str(ipaddress.ip_address(peer))  # the form recvmsg reports (IPv6 compressed)
         with self._lock:
             if peer in self.sessions:
                 return
@@ -275,6 +298,7 @@ class BfdRunner(threading.Thread):
         self._wake()
 
     def remove(self, peer: str) -> None:
+        peer = str(ipaddress.ip_address(peer))
         with self._lock:
             sess = self.sessions.pop(peer, None)
             if sess is not None:
@@ -288,8 +312,21 @@ class BfdRunner(threading.Thread):
 
     def state(self, peer: str) -> int | None:
         with self._lock:
-            sess = self.sessions.get(peer)
+            sess = self.sessions.get(_key(peer))
             return None if sess is None else sess.state
+
+    def detection_time_ms(self, peer: str) -> float | None:
+        """The detection time in force now (ms; the peer's multiplier x the agreed interval), None if unknown:
+        3 x 1 s until the Poll sequence to the configured timers has completed on both sides."""
+        with self._lock:
+            sess = self.sessions.get(_key(peer))
+            return None if sess is None or not sess.remote_mult else round(sess.detection_time() * 1000, 1)
+
+    def detection(self, peer: str) -> dict[str, float] | None:
+        """The session's last detection-time expiry as measured (see Session.last_detection), None if none."""
+        with self._lock:
+            sess = self.sessions.get(_key(peer))
+            return None if sess is None or sess.last_detection is None else dict(sess.last_detection)
 
     def stop(self) -> None:
         self._halt.set()
@@ -345,7 +382,8 @@ class BfdRunner(threading.Thread):
             return
         ttl = None
         for level, kind, value in ancillary:
-            if level == socket.IPPROTO_IP and kind == socket.IP_TTL and len(value) >= 4:
+            if len(value) >= 4 and ((level == socket.IPPROTO_IP and kind == socket.IP_TTL)
+                                    or (level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT)):
                 ttl = struct.unpack("i", value[:4])[0]
         if ttl != TTL:
             self.dropped_ttl += 1  # RFC 5881 5: not from a directly connected peer

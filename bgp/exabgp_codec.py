@@ -252,25 +252,30 @@ def _nlri(item: Any) -> str:
         raise BadLine(f"nlri {text[:60]!r} is not a prefix") from None
 
 
+def _link_local(address: str) -> bool:
+    return ":" in address and ipaddress.ip_address(address).is_link_local
+
+
 def _update(peer: str, local_as: int, peer_as: int, update: dict[str, Any]) -> Update:
     attrs = _attributes(_dict(update.get("attribute", {}), "attribute"))
-    announces: list[Path] = []
+    # prefix -> next hop. An IPv6 MP_REACH_NLRI may carry a global and a link-local next hop (RFC 2545, FRR
+    # sends both on a shared link); ExaBGP then lists every NLRI under each of them. One path per prefix and
+    # peer: the global next hop wins (it is what the node's subnet check and the kernel route use).
+    chosen: dict[str, str] = {}
     for family, by_nexthop in _dict(update.get("announce", {}), "announce").items():
         if family not in ("ipv4 unicast", "ipv6 unicast"):
             continue
         for nexthop, nlris in _dict(by_nexthop, "announce family").items():
             nh = _addr(nexthop, "next-hop")
             for item in _list(nlris, "nlri list"):
-                announces.append(
-                    Path(
-                        prefix=_nlri(item),
-                        next_hop=nh,
-                        peer_address=peer,
-                        peer_as=peer_as,
-                        ibgp=bool(peer_as) and peer_as == local_as,
-                        **attrs,
-                    )
-                )
+                prefix = _nlri(item)
+                if prefix not in chosen or _link_local(chosen[prefix]):
+                    chosen[prefix] = nh
+    announces = [
+        Path(prefix=prefix, next_hop=nh, peer_address=peer, peer_as=peer_as,
+             ibgp=bool(peer_as) and peer_as == local_as, **attrs)
+        for prefix, nh in chosen.items()
+    ]
     withdraws: list[str] = []
     for family, nlris in _dict(update.get("withdraw", {}), "withdraw").items():
         if family not in ("ipv4 unicast", "ipv6 unicast"):

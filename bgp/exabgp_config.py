@@ -228,7 +228,7 @@ def render_env(
     - tcp.bind: addresses to listen on (the node IP); empty disables listening (all peers active);
     - log.destination: a file in the run dir, never syslog.
     """
-    addresses = list(bind) if bind is not None else ([speaker.address] if speaker.address else [])
+    addresses = list(bind) if bind is not None else [a for a in (speaker.address, speaker.address6) if a]
     for addr in addresses:
         ipaddress.ip_address(addr)
     if not 0 < speaker.listen_port < 65536:

@@ -7,7 +7,9 @@ this module never re-validates, and the node agent already holds them from its w
 
 Rules (Calico's; see docs/bgp-rib.md):
 - node-to-node mesh when BGPConfiguration `default` has nodeToNodeMeshEnabled (default true): every
-  other node with spec.bgp.ipv4Address; nodes with routeReflectorClusterID are not in the mesh, on
+  other node with spec.bgp.ipv4Address; and, when both ends have spec.bgp.ipv6Address, a second session
+  between the IPv6 addresses (as calico-node's BIRD has one IPv4 and one IPv6 session per pair; each
+  carries its own family); nodes with routeReflectorClusterID are not in the mesh, on
   either end. One active connector per pair: the node with the lower address is passive.
 - BGPPeer applies to the local node when global (no node, no nodeSelector), when `node` names it, or
   when `nodeSelector` matches the local node's labels. `peerIP` (optionally with port) gives one peer;
@@ -53,6 +55,7 @@ __all__ = [
     "cluster_settings",
     "compute_peers",
     "node_address",
+    "node_address6",
     "node_status_type",
     "speaker_spec",
 ]
@@ -120,6 +123,14 @@ def node_address(node: Node) -> str | None:
     return str(ipaddress.ip_interface(bgp.ipv4Address).ip)
 
 
+def node_address6(node: Node) -> str | None:
+    """The node's IPv6 BGP address without its prefix length (spec.bgp.ipv6Address, CIDR form)."""
+    bgp = node.spec.bgp
+    if bgp is None or not bgp.ipv6Address:
+        return None
+    return str(ipaddress.ip_interface(bgp.ipv6Address).ip)
+
+
 def _node_as(node: Node, settings: ClusterSettings) -> int:
     bgp = node.spec.bgp
     if bgp is not None and bgp.asNumber is not None:
@@ -162,6 +173,7 @@ def speaker_spec(
         listen_port=settings.listen_port_of(local_node.name),
         cluster_id=_cluster_id(local_node),
         address=address,
+        address6=node_address6(local_node),
     )
 
 
@@ -216,6 +228,7 @@ def compute_peers(
     if local_address is None:
         return []
     settings = cluster_settings(bgp_configs)
+    local_address6 = node_address6(local_node)
     local_as = _node_as(local_node, settings)
     local_cid = _cluster_id(local_node)
     others = [n for n in nodes if n.name != local_node.name and node_address(n) is not None]
@@ -224,67 +237,69 @@ def compute_peers(
 
     def node_peer(
         node: Node, rank: int, name: str, bgp_peer: BGPPeer | None, peer_type: PeerType
-    ) -> tuple[int, str, PeerSpec] | None:
-        address = node_address(node)
-        assert address is not None
-        if address == local_address:
-            return None
-        if bgp_peer is not None:
-            options = _peer_options(bgp_peer, local_address, secrets, filters)
-            if options is None:
-                return None
-        else:
-            ok, password = _resolve_password(settings.mesh_password, secrets, "node-to-node mesh")
-            if not ok:
-                return None
-            options = {"password": password, "graceful_restart": settings.mesh_restart_time}
-            options["local_address"] = local_address
-        spec = PeerSpec(
-            address=address,
-            port=settings.listen_port_of(node.name),
-            peer_as=_node_as(node, settings),
-            local_as=local_as,
-            type=peer_type,
-            name=name,
-            passive=_passive(local_address, address),
-            route_reflector_client=local_cid is not None and _cluster_id(node) is None,
-            peer_node=node.name,
-            **options,  # type: ignore[arg-type]
-        )
-        return (rank, name, spec)
+    ) -> list[tuple[int, str, PeerSpec]]:
+        """The IPv4 session with a Tabby node, plus the IPv6 one when both ends have an IPv6 address."""
+        out = []
+        pairs = [(local_address, node_address(node))]
+        if local_address6 is not None and node_address6(node) is not None:
+            pairs.append((local_address6, node_address6(node)))
+        for mine, address in pairs:
+            assert mine is not None and address is not None
+            if address == mine:
+                continue
+            if bgp_peer is not None:
+                options = _peer_options(bgp_peer, mine, secrets, filters)
+                if options is None:
+                    return []
+            else:
+                ok, password = _resolve_password(settings.mesh_password, secrets, "node-to-node mesh")
+                if not ok:
+                    return []
+                options = {"password": password, "graceful_restart": settings.mesh_restart_time}
+                options["local_address"] = mine
+            spec = PeerSpec(
+                address=address,
+                port=settings.listen_port_of(node.name),
+                peer_as=_node_as(node, settings),
+                local_as=local_as,
+                type=peer_type,
+                name=name,
+                passive=_passive(mine, address),
+                route_reflector_client=local_cid is not None and _cluster_id(node) is None,
+                peer_node=node.name,
+                **options,  # type: ignore[arg-type]
+            )
+            out.append((rank, name, spec))
+        return out
 
     # node-to-node mesh (reflectors leave it, on both ends)
     if settings.mesh_enabled and local_cid is None:
         for node in others:
-            if _cluster_id(node) is None and (c := node_peer(node, _RANK_MESH, node.name, None, MESH)):
-                candidates.append(c)
+            if _cluster_id(node) is None:
+                candidates += node_peer(node, _RANK_MESH, node.name, None, MESH)
 
     for bgp_peer in sorted(bgp_peers, key=lambda p: p.name):
         s = bgp_peer.spec
         peer_type = node_status_type(bgp_peer)
         if _applies_to(bgp_peer, local_node):
             if s.peerIP:
-                c = _explicit_peer(bgp_peer, local_address, local_as, peer_type, secrets, filters)
+                c = _explicit_peer(bgp_peer, local_address, local_as, peer_type, secrets, filters, local_address6)
                 if c is not None:
                     candidates.append(c)
             elif s.peerSelector:
                 for node in others:
-                    if selector_matches(s.peerSelector, _labels(node)) and (
-                        c := node_peer(node, _RANK_PEER_SELECTOR, bgp_peer.name, bgp_peer, peer_type)
-                    ):
-                        candidates.append(c)
+                    if selector_matches(s.peerSelector, _labels(node)):
+                        candidates += node_peer(node, _RANK_PEER_SELECTOR, bgp_peer.name, bgp_peer, peer_type)
         # the other end of a peerSelector peering: we are selected, so peer with the nodes it applies to
         if s.peerSelector and selector_matches(s.peerSelector, _labels(local_node)):
             for node in others:
-                if _applies_to(bgp_peer, node) and (
-                    c := node_peer(node, _RANK_REVERSE_SELECTOR, bgp_peer.name, bgp_peer, peer_type)
-                ):
-                    candidates.append(c)
+                if _applies_to(bgp_peer, node):
+                    candidates += node_peer(node, _RANK_REVERSE_SELECTOR, bgp_peer.name, bgp_peer, peer_type)
 
     chosen: dict[str, tuple[int, str, PeerSpec]] = {}
     for cand in candidates:
         address = cand[2].address
-        if address == local_address:
+        if address in (local_address, local_address6):
             continue
         if address not in chosen or cand[:2] < chosen[address][:2]:
             chosen[address] = cand
@@ -329,8 +344,10 @@ def _explicit_peer(
     peer_type: PeerType,
     secrets: SecretResolver | None,
     filters: Mapping[str, Any] | None = None,
+    local_address6: str | None = None,
 ) -> tuple[int, str, PeerSpec] | None:
-    """A peerIP peering: a router outside (or a node addressed explicitly); always an active connector."""
+    """A peerIP peering: a router outside (or a node addressed explicitly); always an active connector.
+    An IPv6 peerIP is sourced from the node's IPv6 address (left to the kernel when the node has none)."""
     where = bgp_peer.peer_address()
     assert where is not None and bgp_peer.spec.asNumber is not None
     address, port = where
@@ -339,7 +356,8 @@ def _explicit_peer(
         return None
     ip = ipaddress.ip_address(address)
     if options["local_address"] is not None and ipaddress.ip_address(local_address).version != ip.version:
-        options["local_address"] = None  # an IPv6 router: the node's IPv4 address cannot be the source
+        # an IPv6 router: the node's IPv4 address cannot be the source; its IPv6 address is, when it has one
+        options["local_address"] = local_address6 if ip.version == 6 else None
     spec = PeerSpec(
         address=str(ip),
         port=port or DEFAULT_PORT,

@@ -13,6 +13,7 @@ normalised network text (`bgp.types.normalize_prefix`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import Counter
@@ -58,6 +59,7 @@ NextHopCheck = Callable[[str, str], bool]
 _UNKNOWN_ID = 1 << 128  # sorts after every real router id / address
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _id_key(text: str | None) -> int:
     """Numeric order of a router id or address (RFC 4271 compares BGP identifiers as numbers, so
     "10.0.0.9" < "10.0.0.10"); unknown or unparsable ids sort last so a known id always wins."""
@@ -76,6 +78,10 @@ def next_hop_check(local_addresses: Iterable[str], ipip_pools: Iterable[str] = (
     subnets = [ipaddress.ip_interface(a).network for a in local_addresses]
     pools = [ipaddress.ip_network(p) for p in ipip_pools]
 
+    # cached per (prefix, next hop): the decision process asks for every path on every recompute, and
+    # parsing both through ipaddress each time was a large part of the RIB's cost at 10,000 prefixes; a
+    # new check (set_next_hop_check) is a new closure, so the cache never outlives the rule
+    @functools.lru_cache(maxsize=1 << 17)
     def ok(prefix: str, next_hop: str) -> bool:
         try:
             hop = ipaddress.ip_address(next_hop)
@@ -124,6 +130,9 @@ def select_best(paths: Iterable[Path], next_hop_ok: NextHopCheck | None = None) 
         cands = [p for p in cands if next_hop_ok(p.prefix, p.next_hop)]
     if not cands:
         return None
+    if len(cands) == 1:  # the common case (one peer announces the prefix): every step keeps it
+        only = cands[0]
+        return BestRoute(prefix=only.prefix, next_hops=(only.next_hop,), path=only, paths=(only,))
     top = max(_local_pref(p) for p in cands)
     cands = [p for p in cands if _local_pref(p) == top]
     shortest = min(p.path_length for p in cands)

@@ -50,6 +50,7 @@ from bgp.exabgp_codec import (
 )
 from bgp.relay_link import BgpBridge
 from bgp.types import Announcement, PeerSpec, SpeakerSpec, normalize_prefix
+from common.files import write_private
 
 __all__ = ["ApplyResult", "SessionStatus", "Speaker"]
 
@@ -73,6 +74,13 @@ class SessionStatus:
     info: str = ""
     last_error: str = ""
     established_count: int = 0
+    last_notification: str = ""
+    """The last NOTIFICATION sent or received (kept apart from last_error, which the `down` reason overwrites:
+    an OPEN refused for a capability must still be visible after the session dropped)."""
+
+
+def _family_of(prefix: str) -> str:
+    return "ipv6 unicast" if ":" in prefix else "ipv4 unicast"
 
 
 def _default_exabgp() -> str:
@@ -119,6 +127,9 @@ class Speaker:
         self.sessions: dict[str, SessionStatus] = {}
         self.restarts = 0
         self.reloads = 0
+        #: When ExaBGP's configuration was last written (start, restart, reload; for an adopted
+        #: speaker, its predecessor's write): CalicoNodeStatus' lastReconfigurationTime.
+        self.last_reconfigured: float | None = None
         self._config: exabgp_config.ExabgpConfig | None = None
         self._specs: dict[str, PeerSpec] = {}
         self._desired: dict[tuple[str | None, str], Announcement] = {}
@@ -166,6 +177,8 @@ class Speaker:
                 self._config = self._load_previous()
                 if self._config is not None and self._adopt():
                     log.info("adopted running ExaBGP", pid=self._adopted_pid)
+                    with contextlib.suppress(OSError):
+                        self.last_reconfigured = self.conf_path.stat().st_mtime
             previous = self._config
             if self.pid is None:
                 self._write(config)
@@ -248,6 +261,11 @@ class Speaker:
                 await self.bridge.withdraw(prefix, peer)
             return
         await self.bridge.withdraw(prefix, None)
+        await self._resend_per_peer(prefix)
+
+    async def _resend_per_peer(self, prefix: str) -> None:
+        """After a withdraw to every neighbor (which also removes per-neighbor routes): the per-neighbor
+        routes still desired for ``prefix``, sent again."""
         for (target, other), ann in sorted(self._desired.items(), key=str):
             if target is not None and other == prefix:
                 await self.bridge.announce(ann, target)
@@ -332,7 +350,7 @@ class Speaker:
             current = self.sessions.get(event.peer)
             if current is not None:
                 info = f"NOTIFICATION {event.direction} {event.code}/{event.subcode} {event.message}".strip()
-                self.sessions[event.peer] = replace(current, last_error=info)
+                self.sessions[event.peer] = replace(current, last_error=info, last_notification=info)
         elif isinstance(event, Disconnected | Shutdown):
             log.info("ExaBGP API link lost", reason=getattr(event, "reason", "shutdown"))
 
@@ -349,7 +367,14 @@ class Speaker:
         log.info("resynced announcements", desired=len(desired_lines), held=len(held), complete=self._desired_complete)
 
     async def _withdraw_extras(self, routes: Iterable[str]) -> None:
-        """Withdraw routes ExaBGP holds (per the relay's hello) that are not desired."""
+        """Withdraw routes ExaBGP holds (per the relay's hello) that are not desired.
+
+        ExaBGP keeps ONE route per prefix and neighbor, and a general route is sent again per neighbor
+        when a session comes up (`_peer_up`), which the relay lists as `neighbor X announce ...`. Such a
+        line is the general route for that neighbor, not an extra: withdrawing it would pull the prefix
+        from that neighbor (a restarted agent did exactly that to a live node's block). It is only
+        re-sent when it differs from the desired general route. A general line that is not desired is
+        withdrawn, and what is still desired per neighbor for the prefix is sent again after it."""
         for line in routes:
             words = line.split()
             peer: str | None = None
@@ -357,17 +382,27 @@ class Speaker:
                 peer, words = words[1], words[2:]
             if len(words) < 3 or words[0] != "announce":
                 continue
-            if (peer, words[2]) not in self._desired:
-                await self.bridge.send(format_withdraw(words[2], peer))
+            prefix = normalize_prefix(words[2])
+            if (peer, prefix) in self._desired:
+                continue
+            general = self._desired.get((None, prefix))
+            if peer is not None and general is not None:
+                if line != format_announce(general, peer):
+                    await self.bridge.announce(general, peer)
+                continue
+            await self.bridge.send(format_withdraw(words[2], peer))
+            if peer is None:
+                await self._resend_per_peer(prefix)
         self._held = ()
 
     async def _peer_up(self, peer: str, *, refresh: bool) -> None:
         """Session up: re-announce this peer's routes (ExaBGP may have them queued already: harmless), then EoR."""
-        for (target, _prefix), ann in sorted(self._desired.items(), key=str):
-            if target is None or target == peer:
-                await self.bridge.announce(ann, peer)
         spec = self._specs.get(peer)
         families = exabgp_config.families_for(spec, dual_stack=self.dual_stack) if spec else ("ipv4 unicast",)
+        for (target, prefix), ann in sorted(self._desired.items(), key=str):
+            # only the session's own families: ExaBGP refuses (and logs) an IPv6 route for an IPv4 session
+            if (target is None or target == peer) and _family_of(prefix) in families:
+                await self.bridge.announce(ann, peer)
         for family in families:
             await self.bridge.eor(peer, family)
             if refresh:
@@ -376,14 +411,12 @@ class Speaker:
 
     # ---- process management -------------------------------------------------------------------
     def _write(self, config: exabgp_config.ExabgpConfig) -> None:
-        tmp = self.conf_path.with_suffix(".tmp")
-        tmp.write_text(config.text)
-        os.replace(tmp, self.conf_path)
+        # Both hold BGP passwords (md5-password; the peers' options): 0600 from the first byte.
+        write_private(self.conf_path, config.text)
         state = {"env": dict(config.env), "restart_key": list(config.restart_key), "peers": config.peers}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, default=list, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        write_private(self.state_path, json.dumps(state, default=list, sort_keys=True))
         self._config = config
+        self.last_reconfigured = time.time()
 
     def _load_previous(self) -> exabgp_config.ExabgpConfig | None:
         """The config a previous agent left (to compare with, when adopting its ExaBGP)."""

@@ -12,6 +12,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
@@ -74,10 +75,13 @@ IPV6_UNICAST = "ipv6 unicast"
 """<AFI, SAFI> spelled as ExaBGP's commands and update messages spell them."""
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalize_prefix(prefix: str) -> str:
     """Canonical network text ("10.0.0.1" -> "10.0.0.1/32", "10.0.0.0/24" kept); host bits are refused.
 
-    One spelling per prefix, so RIB keys, announcements and kernel routes compare equal.
+    One spelling per prefix, so RIB keys, announcements and kernel routes compare equal. Cached: the RIB
+    normalises every path of every UPDATE (twice), and parsing through ipaddress was 8% of the agent's
+    time in the 10,000-prefix benchmark; a prefix seen once is seen again on every re-announcement.
     """
     return str(ipaddress.ip_network(prefix, strict=True))
 
@@ -227,7 +231,8 @@ class PeerSpec:
 class SpeakerSpec:
     """The local speaker's own identity: what ExaBGP's neighbours share (router-id, AS, listen port).
 
-    `cluster_id` is the node's routeReflectorClusterID (None: not a route reflector).
+    `cluster_id` is the node's routeReflectorClusterID (None: not a route reflector). `address6`: the node's
+    IPv6 address (Node spec.bgp.ipv6Address), the source of its IPv6 sessions and a second listen address.
     """
 
     node: str
@@ -236,6 +241,7 @@ class SpeakerSpec:
     listen_port: int = DEFAULT_PORT
     cluster_id: str | None = None
     address: str | None = None
+    address6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,15 @@ def level_number(level: str) -> int:
     return int(getattr(logging, name.upper()))
 
 
-def configure(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str = "console", stream: TextIO | None = None, *,
+              adjustable: bool = False) -> None:
     """Configure structlog and the stdlib root logger to write ``fmt`` lines to stderr.
 
     Stdlib logging (aetcd, grpc, asyncio) is routed through the same renderer so third-party
-    messages look like ours and obey the same level.
+    messages look like ours and obey the same level. ``adjustable``: the level can be changed
+    later by :func:`set_level` (the agent follows FelixConfiguration's logSeverityScreen); the
+    level is then checked on the stdlib logger first thing (``filter_by_level``) instead of being
+    baked into the bound loggers' class, which loggers bound before the change would keep.
     """
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -55,11 +59,12 @@ def configure(level: str = "info", fmt: str = "console", stream: TextIO | None =
 
     structlog.configure(
         processors=[
+            *([structlog.stdlib.filter_by_level] if adjustable else []),
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(number),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if adjustable else number),
         cache_logger_on_first_use=False,
     )
 
@@ -75,3 +80,12 @@ def configure(level: str = "info", fmt: str = "console", stream: TextIO | None =
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(number)
+
+
+def set_level(level: str) -> None:
+    """Change the level of a process configured with ``adjustable=True`` (takes effect at once)."""
+    logging.getLogger().setLevel(level_number(level))
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()

@@ -95,7 +95,7 @@ FIELDS: dict[str, Policy] = {
     "Node.spec.bgp.asNumber": Consumed(_PEERS + "test_as_numbers_node_then_cluster_then_default"),
     "Node.spec.bgp.ipv4Address": Consumed(_PEERS + "test_global_peer_ip_applies_to_every_node"),
     "Node.spec.bgp.ipv6Address": Consumed(
-        "tests/integration/node/test_agent_ipv6.py::test_dual_stack_across_nodes_has_no_ipv6_route"
+        "tests/integration/bgp/test_agent_bgp_ipv6.py::test_ipv6_sessions_and_routes_between_nodes"
     ),
     "Node.spec.bgp.ipv4IPIPTunnelAddr": Consumed("tests/unit/node/test_node_units.py::test_live_allocations"),
     "Node.spec.bgp.routeReflectorClusterID": Consumed(
@@ -257,7 +257,8 @@ FIELDS: dict[str, Policy] = {
     "WorkloadEndpoint.spec.ipv6Gateway": Warned(
         "ipv6Gateway is recorded only: Tabby's pods route via the veth's link-local address", sample="fe80::1"
     ),
-    "WorkloadEndpoint.spec.profiles": Warned("profiles are recorded only: Tabby has no policy", sample=["kns.a"]),
+    "WorkloadEndpoint.spec.profiles": Consumed(
+        "tests/unit/policy/test_calico_render.py::test_profiles_decide_after_the_tiers"),
     "WorkloadEndpoint.spec.ports.name": Warned("ports are recorded only: Tabby has no policy", sample="http"),
     "WorkloadEndpoint.spec.ports.protocol": Warned("ports are recorded only: Tabby has no policy", sample="TCP"),
     "WorkloadEndpoint.spec.ports.port": Warned("ports are recorded only: Tabby has no policy", sample=80),
@@ -267,46 +268,58 @@ FIELDS: dict[str, Policy] = {
 
 
 # ---------------------------------------------------------------- FelixConfiguration
-# The node agent does not read FelixConfiguration yet (a follow-up): every field is accepted and
-# stored with a warning naming the environment variable that does take effect, where one exists.
-_FELIX_UNREAD = "stored, but the node agent does not read FelixConfiguration yet"
+# The node agent reads FelixConfiguration (`default`, then `node.<name>`; environment variables win,
+# as in Felix) and applies the consumed fields live (controller/node/felix_config.py). The rest is
+# stored with a warning that says so, naming what does take effect where something does.
+_FELIX_T = "tests/integration/node/test_agent_felixconfig.py::test_agent_follows_felix_configuration_live"
+_FELIX_UNIT = "tests/unit/node/test_felix_config.py::"
+_FELIX_VX = "tests/integration/node/test_agent_felix_tunnels.py::test_agents_follow_vxlan_mtu_and_vxlan_enabled_live"
+_FELIX_IPIP = "tests/integration/node/test_agent_felix_tunnels.py::test_agents_follow_ipip_mtu_and_ipip_enabled_live"
+_FELIX_STORED = "stored, but the node agent does not act on this field"
 _FELIX_SAMPLES: dict[str, tuple[Any, str]] = {
-    "logSeverityScreen": ("Debug", "; set TABBY_LOG_LEVEL on the agent"),
-    "logSeverityFile": ("Debug", ""),
-    "logSeveritySys": ("Debug", ""),
-    "routeRefreshInterval": ("60s", "; TABBY_RESYNC_INTERVAL sets the agent's resync"),
-    "reportingInterval": ("60s", ""),
-    "ipipEnabled": (True, "; IPIP follows the pools' ipipMode"),
-    "ipipMTU": (1440, "; set TABBY_MTU on the agent"),
-    "vxlanEnabled": (True, "; VXLAN follows the pools' vxlanMode"),
-    "vxlanMTU": (1410, "; set TABBY_MTU on the agent"),
-    "vxlanMTUV6": (1390, ""),
-    "vxlanPort": (4790, ""),
-    "vxlanVNI": (4097, ""),
-    "mtuIfacePattern": ("^eth", ""),
-    "prometheusMetricsEnabled": (True, ""),
-    "prometheusMetricsHost": ("127.0.0.1", ""),
-    "prometheusMetricsPort": (9092, ""),
-    "healthEnabled": (True, ""),
-    "healthHost": ("127.0.0.1", ""),
-    "healthPort": (9098, ""),
-    "failsafeInboundHostPorts.protocol": ("UDP", ""),
-    "failsafeInboundHostPorts.port": (22, ""),
-    "failsafeInboundHostPorts.net": ("10.0.0.0/8", ""),
-    "failsafeOutboundHostPorts.protocol": ("UDP", ""),
-    "failsafeOutboundHostPorts.port": (53, ""),
-    "failsafeOutboundHostPorts.net": ("10.0.0.0/8", ""),
-    "natOutgoingAddress": ("192.0.2.9", ""),
+    "logSeverityFile": ("Debug", "; the agent logs to stderr only (logSeverityScreen sets its level)"),
+    "logSeveritySys": ("Debug", "; the agent logs to stderr only (logSeverityScreen sets its level)"),
+    "reportingInterval": ("60s", "; liveness is the agent's etcd lease (TABBY_LIVENESS_TTL)"),
+    "vxlanMTUV6": (1390, "; set TABBY_MTU on the agent"),
+    "vxlanPort": (4790, "; Tabby's VXLAN device uses port 4789"),
+    "vxlanVNI": (4097, "; Tabby's VXLAN device uses VNI 4096"),
+    "healthEnabled": (True, "; /healthz and /readyz are served on the metrics port"),
+    "healthHost": ("127.0.0.1", "; /healthz and /readyz are served on the metrics port"),
+    "healthPort": (9098, "; /healthz and /readyz are served on the metrics port"),
+    "failsafeInboundHostPorts.protocol": ("UDP", "; Tabby polices no host endpoints"),
+    "failsafeInboundHostPorts.port": (22, "; Tabby polices no host endpoints"),
+    "failsafeInboundHostPorts.net": ("10.0.0.0/8", "; Tabby polices no host endpoints"),
+    "failsafeOutboundHostPorts.protocol": ("UDP", "; Tabby polices no host endpoints"),
+    "failsafeOutboundHostPorts.port": (53, "; Tabby polices no host endpoints"),
+    "failsafeOutboundHostPorts.net": ("10.0.0.0/8", "; Tabby polices no host endpoints"),
+    "natOutgoingAddress": ("192.0.2.9", "; natOutgoing masquerades to the node's address"),
     "deviceRouteSourceAddress": ("10.0.0.1", ""),
     "deviceRouteSourceAddressIPv6": ("fd00::1", ""),
-    "interfacePrefix": ("tab", ""),
-    "defaultEndpointToHostAction": ("Accept", ""),
+    "interfacePrefix": ("tab", "; Tabby's workload interfaces are named tab*"),
+    "defaultEndpointToHostAction": ("Accept", "; pod-to-own-node traffic is always allowed"),
     "ipv6Support": (False, ""),
-    "wireguardEnabled": (True, ""),
-    "bpfEnabled": (True, ""),
 }
 for _field, (_sample, _hint) in _FELIX_SAMPLES.items():
-    FIELDS[f"FelixConfiguration.spec.{_field}"] = Warned(f"{_FELIX_UNREAD}{_hint}", sample=_sample)
+    FIELDS[f"FelixConfiguration.spec.{_field}"] = Warned(f"{_FELIX_STORED}{_hint}", sample=_sample)
+FIELDS.update(
+    {
+        "FelixConfiguration.spec.logSeverityScreen": Consumed(_FELIX_T),
+        "FelixConfiguration.spec.routeRefreshInterval": Consumed(_FELIX_T),
+        "FelixConfiguration.spec.prometheusMetricsEnabled": Consumed(_FELIX_T),
+        "FelixConfiguration.spec.prometheusMetricsPort": Consumed(_FELIX_T),
+        "FelixConfiguration.spec.prometheusMetricsHost": Consumed(_FELIX_UNIT + "test_environment_wins_as_in_felix"),
+        "FelixConfiguration.spec.vxlanEnabled": Consumed(_FELIX_VX),
+        "FelixConfiguration.spec.vxlanMTU": Consumed(_FELIX_VX),
+        "FelixConfiguration.spec.mtuIfacePattern": Consumed(_FELIX_VX),
+        "FelixConfiguration.spec.ipipEnabled": Consumed(_FELIX_IPIP),
+        "FelixConfiguration.spec.ipipMTU": Consumed(_FELIX_IPIP),
+        "FelixConfiguration.spec.wireguardEnabled": Refused(
+            f"{_NOT_YET}: Tabby has no WireGuard encryption", when=(True,), sample=True),
+        "FelixConfiguration.spec.bpfEnabled": Refused(
+            f"{_NOT_YET}: Tabby has no eBPF dataplane (its dataplane is netlink routes and nftables)",
+            when=(True,), sample=True),
+    }
+)
 
 # ---------------------------------------------------------------- ClusterInformation (written by Tabby)
 FIELDS.update(
@@ -343,6 +356,115 @@ FIELDS["NetworkPolicy.spec.podSelector.matchLabels"] = Consumed(_SELECTOR_T)
 for _leaf in ("key", "operator", "values"):
     FIELDS[f"NetworkPolicy.spec.podSelector.matchExpressions.{_leaf}"] = Consumed(_SELECTOR_T)
 FIELDS["NetworkPolicy.spec.policyTypes"] = Consumed(_KINDS_T + "test_policy_types_inferred_as_kubernetes_does")
+
+
+# ---------------------------------------------------------------- Calico policy kinds (projectcalico.org/v3)
+_CALICO_T = "tests/unit/policy/test_calico_render.py::"
+_RULES_T = _CALICO_T + "test_rule_fields_golden"
+_STAGED_T = "tests/unit/resources/test_calico_policy_kinds.py::test_staged_policies_are_validated_never_enforced"
+_HOST_ONLY = ("a host-endpoint-only field: Tabby has no host endpoints, so the policy could not act as written"
+              " (Tabby does not support this)")
+
+
+def _rule_rows(prefix: str) -> dict[str, Policy]:
+    rows: dict[str, Policy] = {}
+    for d in ("ingress", "egress"):
+        base = f"{prefix}.{d}"
+        for leaf in ("action", "protocol", "notProtocol", "icmp.type", "icmp.code", "notICMP.type", "notICMP.code",
+                     "ipVersion"):
+            rows[f"{base}.{leaf}"] = Consumed(_RULES_T)
+        for side in ("source", "destination"):
+            for leaf in ("nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports", "notPorts"):
+                rows[f"{base}.{side}.{leaf}"] = Consumed(_RULES_T)
+            for leaf, sample in (("names", ["sa"]), ("selector", "role == 'x'")):
+                rows[f"{base}.{side}.serviceAccounts.{leaf}"] = Refused(
+                    f"{_NOT_YET}: service-account matches (serviceAccounts) in policy rules", sample=sample)
+            for leaf, sample in (("name", "svc"), ("namespace", "prod")):
+                rows[f"{base}.{side}.services.{leaf}"] = Refused(
+                    f"{_NOT_YET}: Kubernetes Service matches (services) in policy rules", sample=sample)
+        rows[f"{base}.http.methods"] = Refused(f"{_NOT_YET}: HTTP matches (http) need an L7 proxy Tabby does not run",
+                                               sample=["GET"])
+        for leaf in ("exact", "prefix"):
+            rows[f"{base}.http.paths.{leaf}"] = Refused(
+                f"{_NOT_YET}: HTTP matches (http) need an L7 proxy Tabby does not run", sample="/x")
+        rows[f"{base}.metadata.annotations"] = Warned(
+            "rule metadata is stored with the policy; the dataplane does not use it (as in Calico)", sample={"a": "b"})
+    return rows
+
+
+for _kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
+    FIELDS.update(_rule_rows(f"{_kind}.spec"))
+    FIELDS[f"{_kind}.spec.order"] = Consumed(_CALICO_T + "test_tier_and_policy_order_golden")
+    FIELDS[f"{_kind}.spec.tier"] = Consumed(_CALICO_T + "test_tier_and_policy_order_golden")
+    FIELDS[f"{_kind}.spec.selector"] = Consumed(_CALICO_T + "test_tier_and_policy_order_golden")
+    FIELDS[f"{_kind}.spec.types"] = Consumed("tests/unit/resources/test_calico_policy_kinds.py::"
+                                             "test_types_inferred_as_calico_does")
+    FIELDS[f"{_kind}.spec.serviceAccountSelector"] = Refused(
+        f"{_NOT_YET}: selecting endpoints by service account (serviceAccountSelector)", sample="role == 'x'")
+    FIELDS[f"{_kind}.spec.performanceHints"] = Warned(
+        "performanceHints are hints for Felix's calculation; Tabby's calculator does not need them",
+        sample=["AssumeNeededOnEveryNode"])
+FIELDS["GlobalNetworkPolicy.spec.namespaceSelector"] = Consumed(_CALICO_T + "test_global_policy_namespace_selector")
+for _leaf in ("doNotTrack", "preDNAT", "applyOnForward"):
+    FIELDS[f"GlobalNetworkPolicy.spec.{_leaf}"] = Refused(_HOST_ONLY, when=(True,), sample=True)
+FIELDS["Tier.spec.order"] = Consumed(_CALICO_T + "test_tier_and_policy_order_golden")
+FIELDS["Tier.spec.defaultAction"] = Consumed(_CALICO_T + "test_tier_and_policy_order_golden")
+FIELDS.update(_rule_rows("Profile.spec"))
+FIELDS["Profile.spec.labelsToApply"] = Refused(
+    f"{_NOT_YET}: endpoints do not inherit a profile's labels (labelsToApply)", sample={"a": "b"})
+FIELDS["NetworkSet.spec.nets"] = Consumed(_CALICO_T + "test_network_sets_are_selector_members")
+FIELDS["GlobalNetworkSet.spec.nets"] = Consumed(_CALICO_T + "test_network_sets_are_selector_members")
+def _kubernetes_path(path: str) -> bool:
+    """A ``NetworkPolicy.spec.*`` row of the Kubernetes kind (the two kinds share the name)."""
+    return any(x in path for x in (".ports.", ".from_.", ".to.", ".podSelector.")) or path.endswith(".policyTypes")
+
+
+# Staged kinds: validated and stored, never enforced (Felix evaluates them for flow logs only): every
+# field is consumed by validation, and the test shows nothing of them reaches the dataplane.
+for _staged, _twin in (("StagedNetworkPolicy", "NetworkPolicy"), ("StagedGlobalNetworkPolicy", "GlobalNetworkPolicy")):
+    for _path in [p for p in FIELDS if p.startswith(f"{_twin}.spec.") and not _kubernetes_path(p)]:
+        FIELDS[_staged + _path[len(_twin):]] = Consumed(_STAGED_T)
+    FIELDS[f"{_staged}.spec.stagedAction"] = Consumed(_STAGED_T)
+for _path in [p for p in FIELDS if p.startswith("NetworkPolicy.spec.") and _kubernetes_path(p)]:
+    FIELDS["StagedKubernetesNetworkPolicy" + _path[len("NetworkPolicy"):]] = Consumed(_STAGED_T)
+FIELDS["StagedKubernetesNetworkPolicy.spec.stagedAction"] = Consumed(_STAGED_T)
+
+
+# ---------------------------------------------------------------- issue 13: KubeControllersConfiguration,
+# IPReservation, BlockAffinity, CalicoNodeStatus
+_KCC_UNREAD = ("recorded only: Tabby's cluster controller (tabby-controller) reads reconcilerPeriod and "
+               "leakGracePeriod of controllers.node and logSeverityScreen")
+_KCC_SAMPLES: dict[str, tuple[Any, str]] = {
+    "healthChecks": ("Disabled", ""),
+    "etcdV3CompactionPeriod": ("10m", ""),
+    "prometheusMetricsPort": (9094, "; TABBY_CONTROLLER_PROMETHEUSMETRICSPORT sets its metrics port"),
+    "debugProfilePort": (6060, ""),
+    "controllers.node.syncLabels": ("Disabled", ""),
+    "controllers.policy.reconcilerPeriod": ("5m", ""),
+    "controllers.workloadEndpoint.reconcilerPeriod": ("5m", ""),
+    "controllers.serviceAccount.reconcilerPeriod": ("5m", ""),
+    "controllers.namespace.reconcilerPeriod": ("5m", ""),
+    "controllers.loadBalancer.assignIPs": ("AllServices", "; Tabby assigns no LoadBalancer addresses"),
+    "controllers.node.hostEndpoint.createDefaultHostEndpoint": ("Disabled", ""),
+}
+for _field, (_sample, _hint) in _KCC_SAMPLES.items():
+    FIELDS[f"KubeControllersConfiguration.spec.{_field}"] = Warned(f"{_KCC_UNREAD}{_hint}", sample=_sample)
+for _field in ("logSeverityScreen", "controllers.node.reconcilerPeriod", "controllers.node.leakGracePeriod"):
+    FIELDS[f"KubeControllersConfiguration.spec.{_field}"] = Consumed(
+        "tests/integration/controller/test_kcc.py::test_kcc_sets_grace_period_cycle_and_log_level")
+FIELDS["KubeControllersConfiguration.spec.controllers.node.hostEndpoint.autoCreate"] = Refused(
+    f"{_NOT_YET}: Tabby has no host endpoints to create", when=("Enabled",), sample="Enabled"
+)
+_KINDS13 = "tests/integration/cli/test_calicoctl_kinds.py::"
+FIELDS["IPReservation.spec.reservedCIDRs"] = Consumed(
+    "tests/integration/ipam/test_ipam_reservations.py::test_reserved_addresses_are_never_auto_assigned"
+)
+for _leaf in ("state", "node", "cidr", "deleted", "type"):
+    FIELDS[f"BlockAffinity.spec.{_leaf}"] = Consumed(_KINDS13 + "test_block_affinities_are_a_read_only_view_of_ipam")
+for _leaf in ("node", "classes", "updatePeriodSeconds"):
+    FIELDS[f"CalicoNodeStatus.spec.{_leaf}"] = Consumed(
+        "tests/integration/node/test_node_status_report.py::test_agent_fills_calico_node_status"
+    )
 
 
 @dataclass

@@ -291,6 +291,21 @@ def _attr(rta_type: int, payload: bytes) -> bytes:
     return _RTATTR.pack(length, rta_type) + payload + b"\0" * ((4 - length % 4) % 4)
 
 
+def parse_attrs(data: bytes, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """The attributes in ``data[start:end]`` by type (the nested/byte-order flag bits cleared): the
+    one TLV walker for the raw netlink families (ctnetlink, nf_tables notifications)."""
+    out: dict[int, bytes] = {}
+    end = len(data) if end is None else end
+    i = start
+    while i + 4 <= end:
+        length, typ = _RTATTR.unpack_from(data, i)
+        if length < 4:
+            break
+        out[typ & 0x3FFF] = data[i + 4:i + length]
+        i += (length + 3) & ~3
+    return out
+
+
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     """Yield (type, flags, seq, offset) for each netlink message in ``data``; offset is the header's."""
     offset = 0
@@ -474,6 +489,15 @@ class RouteSocket:
         self._ifindex = by_name
         self._ifname = {index: name for name, index in by_name.items()}
         return dict(by_name)
+
+    def link_states(self) -> dict[int, bool]:
+        """ifindex -> up (IFF_UP and IFF_LOWER_UP) for every link of the namespace (one dump)."""
+        req = _NLMSGHDR.pack(32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self._next_seq(), 0) + b"\0" * 16
+        states: dict[int, bool] = {}
+        for data, offset in self._dump(req):
+            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, offset + 16)
+            states[index] = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+        return states
 
     def ifindex(self, name: str) -> int | None:
         """Interface index for ``name``, refreshing the cache once on a miss (links come and go)."""
@@ -751,6 +775,21 @@ class RouteMonitor:
 
 
 _IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+
+
+def _link_name(data: bytes, offset: int) -> str | None:
+    """IFLA_IFNAME of the RTM_NEWLINK message at ``offset``."""
+    length = _NLMSGHDR.unpack_from(data, offset)[0]
+    pos, end = offset + 32, offset + length
+    while pos + 4 <= end:
+        alen, atype = _RTATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        if atype == IFLA_IFNAME:
+            return data[pos + 4 : pos + alen].split(b"\0", 1)[0].decode(errors="replace")
+        pos += (alen + 3) & ~3
+    return None
 
 
 class LinkMonitor:
@@ -758,8 +797,17 @@ class LinkMonitor:
 
     Why: a link that goes down loses its IPv4 routes in the kernel and does not say so with a route
     notification; when it comes back (or an address is added back) our routes through it must be
-    re-added. :meth:`read_changes` reports the links that came (back) up and whether addresses were
+    re-added. :meth:`read_changes` reports the links that came *back* up and whether addresses were
     added, so the caller resyncs at once instead of waiting for the periodic resync.
+
+    Only *back* up: a link reported must have been up (IFF_UP and IFF_LOWER_UP) before, as of the
+    dump taken at start or an earlier notification, then down. A link that is new (a pod's veth: its
+    carrier comes up when the pod side does, right after it was created) never held a route that
+    it could have lost, and a full resync per pod was O(routes) on every CNI ADD (issue 8: the ADD
+    grew with the cluster). Its routes are written by whoever made it (the CNI fast lane); the names
+    of new links are kept in :attr:`appeared` for a caller with routes that were waiting for them.
+    Likewise an IPv6 link-local address (every link gets one when it comes up) is not "an address
+    added": no route of ours depends on one.
     """
 
     def __init__(self, netns: str | None = None):
@@ -767,23 +815,50 @@ class LinkMonitor:
         self.sock = open_netlink_socket(netns, groups)
         self.sock.setblocking(False)
         self._up: dict[int, bool] = {}
+        self._was_up: set[int] = set()  # links that were up and went down since: they may have lost routes
+        self.appeared: list[str] = []  # names of links first seen since the last take_appeared()
+        try:  # after subscribing: a change racing the dump is seen as a notification too
+            with RouteSocket(netns) as rs:
+                self._up = rs.link_states()
+            # down at start: it may have lost routes a predecessor wrote (they are due when it is up)
+            self._was_up = {index for index, up in self._up.items() if not up}
+        except OSError:
+            log.warning("netlink.link_dump_failed", netns=netns or "", exc_info=True)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def take_appeared(self) -> list[str]:
+        names, self.appeared = self.appeared, []
+        return names
+
     def read_changes(self, limit: int = 10_000) -> tuple[list[int], bool, bool]:
-        """Drain what is queued: (ifindexes that went up, an address was added, overflowed)."""
+        """Drain what is queued: (ifindexes that came back up, an address was added, overflowed)."""
         came_up: list[int] = []
         addr_added = False
         datagrams, overflowed = _drain(self.sock, limit)
         for data in datagrams:
             for mtype, _flags, _seq, offset in iter_messages(data):
                 if mtype == RTM_NEWADDR:
-                    addr_added = True
+                    family, _plen, _aflags, scope, _index = _IFADDRMSG.unpack_from(data, offset + 16)
+                    if not (family == socket.AF_INET6 and scope == RT_SCOPE_LINK):
+                        addr_added = True
                 elif mtype in (RTM_NEWLINK, RTM_DELLINK):
                     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, offset + 16)
-                    up = mtype == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-                    if up and not self._up.get(index, False):
+                    if mtype == RTM_NEWLINK and index not in self._up:
+                        name = _link_name(data, offset)
+                        if name:
+                            self.appeared.append(name)
+                    if mtype == RTM_DELLINK:
+                        self._up.pop(index, None)
+                        self._was_up.discard(index)
+                        continue
+                    up = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+                    before = self._up.get(index)
+                    if before and not up:
+                        self._was_up.add(index)
+                    elif up and index in self._was_up:
+                        self._was_up.discard(index)
                         came_up.append(index)
                     self._up[index] = up
         return came_up, addr_added, overflowed

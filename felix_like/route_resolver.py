@@ -18,6 +18,7 @@ re-resolve every source, still emitting only what changed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -41,6 +42,13 @@ from felix_like.routes import (
     _host_net,
     _metric,
 )
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A learned prefix parsed once (immutable, so shared): every re-resolution of 10,000 BGP routes
+    parsed each again."""
+    return ipaddress.ip_network(cidr, strict=False)
 
 Source = tuple[str, str]  # ("block", cidr) | ("wl", ip) | ("borrowed", "ip|node") | ("learned", cidr)
 Candidate = tuple[int, str, Route]
@@ -275,7 +283,7 @@ class RouteResolver:
         learned = self.learned.get(ident)
         if learned is None or self.backend == "none":
             return None
-        net = ipaddress.ip_network(learned.cidr, strict=False)
+        net = _network(learned.cidr)
         hops = [h for h in (calc.learned_hop(net, hop) for hop in sorted(set(learned.hops))) if h is not None]
         if not hops:
             return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -168,7 +168,7 @@ def calculate_vxlan(local: VXLANLocal, remotes: Iterable[RemoteVTEP], nic_mtu: i
     """
     v6 = local.ipv6
     overhead = OVERHEAD_V6 if v6 else OVERHEAD_V4
-    mac = normalise_mac(local.mac) if local.mac else derive_vtep_mac(local.node_name, ipv6=v6)
+    mac = local_mac(local)
     device = VXLANDeviceSpec(
         name=VXLAN_V6_DEVICE if v6 else VXLAN_DEVICE,
         vni=local.vni,
@@ -182,26 +182,102 @@ def calculate_vxlan(local: VXLANLocal, remotes: Iterable[RemoteVTEP], nic_mtu: i
     neighbours: dict[str, NeighEntry] = {}
     fdb: dict[str, FDBEntry] = {}
     for remote in sorted(remotes, key=lambda r: r.node_name):
-        if remote.node_name == local.node_name:
+        entries = remote_entries(local, mac, remote)
+        if entries is None:
             continue
-        try:
-            vtep_ip = parse_interface(remote.tunnel_address).ip
-            node_ip = parse_interface(remote.node_ip).ip
-            remote_mac = normalise_mac(remote.mac)
-        except ValueError as exc:
-            log.warning("vxlan.remote_skipped", node=remote.node_name, reason=str(exc))
+        neigh, fdb_entry = entries
+        if neigh.ip in neighbours or fdb_entry.mac in fdb:
+            log.warning("vxlan.remote_conflict", node=remote.node_name, vtep=neigh.ip, mac=fdb_entry.mac)
             continue
-        if (vtep_ip.version == 6) != v6 or (node_ip.version == 6) != v6:
-            continue
-        if str(vtep_ip) in neighbours or remote_mac in fdb:
-            log.warning("vxlan.remote_conflict", node=remote.node_name, vtep=str(vtep_ip), mac=remote_mac)
-            continue
-        if remote_mac == mac:
-            log.warning("vxlan.remote_conflict", node=remote.node_name, vtep=str(vtep_ip), mac=remote_mac)
-            continue
-        neighbours[str(vtep_ip)] = NeighEntry(str(vtep_ip), remote_mac)
-        fdb[remote_mac] = FDBEntry(remote_mac, str(node_ip))
+        neighbours[neigh.ip] = neigh
+        fdb[fdb_entry.mac] = fdb_entry
     return VXLANDesired(device, frozenset(neighbours.values()), frozenset(fdb.values()))
+
+
+def local_mac(local: VXLANLocal) -> str:
+    return normalise_mac(local.mac) if local.mac else derive_vtep_mac(local.node_name, ipv6=local.ipv6)
+
+
+def remote_entries(local: VXLANLocal, mac: str, remote: RemoteVTEP) -> tuple[NeighEntry, FDBEntry] | None:
+    """The neighbour and FDB entry one remote VTEP needs on ``local``'s device (``mac``: its MAC), or
+    None: the local node itself, the other address family, unusable data (logged), or the local MAC."""
+    if remote.node_name == local.node_name:
+        return None
+    try:
+        vtep_ip = parse_interface(remote.tunnel_address).ip
+        node_ip = parse_interface(remote.node_ip).ip
+        remote_mac = normalise_mac(remote.mac)
+    except ValueError as exc:
+        log.warning("vxlan.remote_skipped", node=remote.node_name, reason=str(exc))
+        return None
+    v6 = local.ipv6
+    if (vtep_ip.version == 6) != v6 or (node_ip.version == 6) != v6:
+        return None
+    if remote_mac == mac:
+        log.warning("vxlan.remote_conflict", node=remote.node_name, vtep=str(vtep_ip), mac=remote_mac)
+        return None
+    return NeighEntry(str(vtep_ip), remote_mac), FDBEntry(remote_mac, str(node_ip))
+
+
+def _vtep_keys(vtep: RemoteVTEP) -> tuple[str, str]:
+    """(tunnel address, MAC) as the kernel entries are keyed; raw text where it does not parse."""
+    try:
+        ip = str(parse_interface(vtep.tunnel_address).ip)
+    except ValueError:
+        ip = vtep.tunnel_address
+    try:
+        mac = normalise_mac(vtep.mac)
+    except ValueError:
+        mac = vtep.mac
+    return ip, mac
+
+
+class VTEPSet:
+    """The remote VTEPs by node, indexed by tunnel address and MAC (the dataplane thread's copy).
+
+    Why the indexes: a change of one node is applied as that node's two entries (O(1)), unless it
+    touches an address or MAC that another node also claims; then which node wins is decided by
+    :func:`calculate_vxlan` over all of them (the datastore should never allow it).
+    """
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, RemoteVTEP] = {}
+        self._ip: dict[str, set[str]] = {}
+        self._mac: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_node)
+
+    def values(self) -> list[RemoteVTEP]:
+        return list(self.by_node.values())
+
+    def get(self, node: str) -> RemoteVTEP | None:
+        return self.by_node.get(node)
+
+    def set(self, node: str, vtep: RemoteVTEP | None) -> RemoteVTEP | None:
+        """Set (None: remove) one node's VTEP; returns the previous one."""
+        old = self.by_node.pop(node, None)
+        if old is not None:
+            ip, mac = _vtep_keys(old)
+            self._ip[ip].discard(node)
+            self._mac[mac].discard(node)
+            if not self._ip[ip]:
+                del self._ip[ip]
+            if not self._mac[mac]:
+                del self._mac[mac]
+        if vtep is not None:
+            self.by_node[node] = vtep
+            ip, mac = _vtep_keys(vtep)
+            self._ip.setdefault(ip, set()).add(node)
+            self._mac.setdefault(mac, set()).add(node)
+        return old
+
+    def shared(self, node: str, vtep: RemoteVTEP | None) -> bool:
+        """Does another node claim ``vtep``'s tunnel address or MAC?"""
+        if vtep is None:
+            return False
+        ip, mac = _vtep_keys(vtep)
+        return bool(self._ip.get(ip, set()) - {node} or self._mac.get(mac, set()) - {node})
 
 
 class VXLANManager:
@@ -243,6 +319,60 @@ class VXLANManager:
             fdb=len(desired.fdb),
         )
         return result
+
+    def apply_changes(self, local: VXLANLocal, vteps: VTEPSet, changed: dict[str, RemoteVTEP | None]) -> TunnelResult:
+        """Apply what changed for the nodes in ``changed`` (node -> its VTEP before), against the
+        device :meth:`apply` made: each node's neighbour and FDB entry written or deleted, nothing
+        dumped, so a Node change is O(1) however many nodes there are. Falls back to :meth:`apply`
+        (the full reconcile) when the device is missing or a change touches an address or MAC that
+        another node also claims. Never raises for kernel trouble: see ``error``."""
+        if any(vteps.shared(node, old) or vteps.shared(node, vteps.get(node)) for node, old in changed.items()):
+            return self.apply(local, vteps.values())
+        result = TunnelResult(VXLAN_V6_DEVICE if local.ipv6 else VXLAN_DEVICE)
+        family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
+        mac = local_mac(local)
+        try:
+            with iproute(self.netns) as ipr:
+                index = link_index(ipr, result.device)
+                if index is None:
+                    return self.apply(local, vteps.values())
+                for node, old in sorted(changed.items()):
+                    new = vteps.get(node)
+                    before = remote_entries(local, mac, old) if old is not None else None
+                    after = remote_entries(local, mac, new) if new is not None else None
+                    if before == after:
+                        continue
+                    if before is not None and (after is None or after[0].ip != before[0].ip):
+                        self._quiet(lambda e=before: ipr.neigh("del", dst=e[0].ip, ifindex=index, family=family))
+                        result.writes += 1
+                        result.changes.append(f"neigh-del {before[0].ip}")
+                    if before is not None and (after is None or after[1].mac != before[1].mac):
+                        self._quiet(lambda e=before: ipr.fdb("del", ifindex=index, lladdr=e[1].mac, dst=e[1].dst))
+                        result.writes += 1
+                        result.changes.append(f"fdb-del {before[1].mac} dst {before[1].dst}")
+                    if after is not None:
+                        neigh, fdb_entry = after
+                        ipr.neigh("replace", dst=neigh.ip, lladdr=neigh.mac, ifindex=index, state=NUD_PERMANENT,
+                                  family=family)
+                        ipr.fdb("replace", ifindex=index, lladdr=fdb_entry.mac, dst=fdb_entry.dst,
+                                state=NUD_PERMANENT, flags=NTF_SELF)
+                        result.writes += 2
+                        result.changes.append(f"vtep-set {node} {neigh.ip} {neigh.mac} dst {fdb_entry.dst}")
+        except (NetlinkError, OSError, ValueError) as exc:
+            result.error = str(exc)
+            self._log.error("vxlan.failed", device=result.device, error=result.error, changes=result.changes)
+            return result
+        self._log.debug("vxlan.changes_applied", device=result.device, changes=result.changes, writes=result.writes)
+        return result
+
+    @staticmethod
+    def _quiet(op: Callable[[], object]) -> None:
+        """A delete of an entry that may be gone already (ENOENT/ESRCH: the goal is reached)."""
+        try:
+            op()
+        except NetlinkError as exc:
+            if exc.code not in (2, 3):
+                raise
 
     def remove(self, ipv6: bool = False) -> TunnelResult:
         """Delete the device (no VXLAN pool left). Its neighbours, FDB entries and routes go with it."""

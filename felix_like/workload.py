@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -302,3 +303,49 @@ def enable_forwarding(node_netns: str | None, ipv6: bool = False) -> None:
             _sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
     run_in_netns(node_netns, run)
+
+
+class WorkloadManager:
+    """The workload devices (pod veths) of one node namespace, made from messages on the dataplane thread.
+
+    Why a manager and not the CNI handler: every kernel object of the node has one owner behind the
+    message boundary (controller/node/dataplane.py), so a pod's device, its policy and its routes are
+    written in one pass of the fast lane, in that order, and the CNI socket never waits on netlink
+    on the agent's event loop. Stateless on purpose: devices a previous agent made are adopted by
+    leaving them alone (their routes and policy come from the endpoints, as every route does);
+    only a DEL (or an ADD's undo) deletes a device, by name. Several pods' devices (a burst) are
+    made in parallel, each in its own short-lived namespace thread, as setup_workload does.
+    """
+
+    def __init__(self, netns: str | None, *, workers: int = 8) -> None:
+        self.netns = netns
+        self.workers = workers
+        self.created = 0
+        self.deleted = 0
+
+    def apply(self, specs: Sequence[tuple[str, WorkloadSpec | None]]) -> list[BaseException | None]:
+        """Create (spec) or delete (None) each named device; one error (or None) per entry, in order."""
+
+        def one(item: tuple[str, WorkloadSpec | None]) -> BaseException | None:
+            name, spec = item
+            try:
+                if spec is None:
+                    if teardown_workload(self.netns, name):
+                        self.deleted += 1
+                else:
+                    if spec.ipv6:
+                        # The node must forward IPv6 for this pod (IPv4 forwarding is on since start): per-veth
+                        # ``forwarding`` is not enough, the kernel forwards IPv6 only with conf/all/forwarding=1.
+                        # Switched on when the first IPv6 workload needs it, not at start: on an IPv4-only node
+                        # it would change how the host treats router advertisements for nothing.
+                        enable_forwarding(self.netns, True)
+                    setup_workload(self.netns, spec)
+                    self.created += 1
+            except BaseException as exc:  # handed to the waiting CNI request
+                return exc
+            return None
+
+        if len(specs) <= 1:
+            return [one(item) for item in specs]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(specs)), thread_name_prefix="workload") as pool:
+            return list(pool.map(one, specs))

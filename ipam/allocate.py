@@ -226,11 +226,14 @@ class Allocation(Releases):
                 return []
             if block.free == 0:
                 return []
+            reserved = block.ordinals_within(await self._reserved_networks())
+            if reserved and all(o in reserved for o in block.unallocated):
+                return []  # every free address is held back by an IPReservation
             hblocks, hrev = await self._handle(handle_id, assume_new=True)
             if handle_must_be_new and hblocks:
                 raise _HandleExists
             new = block.copy()
-            ords = new.allocate(num, handle_id, secondary)
+            ords = new.allocate(num, handle_id, secondary, skip=reserved)
             newh = dict(hblocks or {})
             newh[cidr] = newh.get(cidr, 0) + len(ords)
             compares = [mod_is(bkey, brev), mod_is(hkey, hrev)]

@@ -127,7 +127,8 @@ class GroupCommit(Allocation):
                 block, _ = await self._block(cidr)
                 if block is None or block.deleted or block.affinity != host_affinity(node) or not block.free:
                     continue
-                room = block.free
+                reserved = block.ordinals_within(await self._reserved_networks())
+                room = block.free - sum(1 for o in block.unallocated if o in reserved) if reserved else block.free
                 take = []
                 for p in live:
                     if p.num <= room:
@@ -148,6 +149,7 @@ class GroupCommit(Allocation):
                 p.fut.set_result(None)
             return
         new = block.copy()
+        reserved = block.ordinals_within(await self._reserved_networks())  # IPReservations: never auto-assigned
         compares: list[Compare] = [mod_is(block_key(cidr), brev)]
         ops: list[Put | Delete] = []
         members: list[tuple[_Pending, list[int], int, dict[str, int]]] = []
@@ -159,7 +161,12 @@ class GroupCommit(Allocation):
                 else:
                     p.fut.set_result(None)  # a handle that grows: the one-request path
                 continue
-            ords = new.allocate(p.num, p.handle_id, p.secondary)
+            ords = new.allocate(p.num, p.handle_id, p.secondary, skip=reserved)
+            if len(ords) < p.num:  # cannot happen (room counts reservations); if it does, no batch here
+                for q in take:
+                    if not q.fut.done():
+                        q.fut.set_result(None)
+                return
             ips = [new.ip(o) for o in ords]
             if p.extra is not None:
                 try:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -124,6 +125,20 @@ class Block:
     def ip(self, ordinal: int) -> str:
         return _ip_str(self.cidr, ordinal)
 
+    def ordinals_within(self, nets: Sequence[IPNetwork]) -> frozenset[int]:
+        """Ordinals of this block inside any of ``nets`` (reserved ranges), computed by overlap, not by
+        walking every reserved address."""
+        mine = self.network
+        base = int(mine.network_address)
+        out: set[int] = set()
+        for net in nets:
+            if net.version != mine.version or not net.overlaps(mine):  # type: ignore[arg-type]
+                continue
+            lo = max(int(net.network_address), base) - base
+            hi = min(int(net.broadcast_address), int(mine.broadcast_address)) - base
+            out.update(range(lo, hi + 1))
+        return frozenset(out)
+
     def ordinal(self, ip: str | IPAddress) -> int:
         addr = ipaddress.ip_address(ip)
         net = self.network
@@ -190,12 +205,26 @@ class Block:
         self.attributes.append({"handle_id": handle_id, "secondary": sec})
         return len(self.attributes) - 1
 
-    def allocate(self, num: int, handle_id: str | None, secondary: Mapping[str, str] | None = None) -> list[int]:
-        """Take up to ``num`` ordinals from the head of the free list; returns those taken."""
+    def allocate(
+        self,
+        num: int,
+        handle_id: str | None,
+        secondary: Mapping[str, str] | None = None,
+        skip: AbstractSet[int] = frozenset(),
+    ) -> list[int]:
+        """Take up to ``num`` ordinals from the head of the free list, passing over ``skip`` (the
+        ordinals an IPReservation holds back, as Calico's autoAssign does); returns those taken."""
         if num <= 0 or not self.unallocated:
             return []
-        taken = self.unallocated[:num]
-        del self.unallocated[: len(taken)]
+        if skip:
+            taken = [o for o in self.unallocated if o not in skip][:num]
+            if not taken:
+                return []
+            chosen = set(taken)
+            self.unallocated = [o for o in self.unallocated if o not in chosen]
+        else:
+            taken = self.unallocated[:num]
+            del self.unallocated[: len(taken)]
         self.sequence_number += 1
         idx = self._attr_index(handle_id, secondary)
         for o in taken:

@@ -6,6 +6,7 @@ Why a cache at all (and why it never decides correctness): see ipam/client.py.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -14,13 +15,16 @@ from typing import Any
 import structlog
 
 from datastore import Datastore, staged
-from datastore.keys import handle_key, resource_key
+from datastore.keys import handle_key, resource_key, resource_prefix
 from ipam._shared import _HANDLE_CACHE_SIZE, POOLS_PREFIX, _parse_block, block_key
 from ipam.block import Block
 from ipam.errors import InvalidHandle
 from ipam.model import IPAMConfig, Pool, handle_blocks
 
 log = structlog.get_logger("tabby.ipam")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+RESERVATIONS_PREFIX = resource_prefix("ipreservations")
 
 
 class ClientCache:
@@ -48,6 +52,7 @@ class ClientCache:
         self._node_locks: dict[str, asyncio.Lock] = {}
         # (version, node, wanted, use) -> (pools list it was computed from, labels dict, result)
         self._selected: dict[tuple[Any, ...], tuple[list[Pool], dict[str, str] | None, list[Pool]]] = {}
+        self._reserved: tuple[float, list[IPNetwork]] | None = None
 
     # ================================================================================
     # cached reads
@@ -61,6 +66,7 @@ class ClientCache:
         self._affine.clear()
         self._handles.clear()
         self._selected.clear()
+        self._reserved = None
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.cache_ttl
@@ -89,6 +95,23 @@ class ClientCache:
                 log.warning("ipam.pool_unreadable", key=kv.key, error=str(exc))
         self._pools = (time.monotonic(), pools)
         return pools
+
+    async def _reserved_networks(self) -> list[IPNetwork]:
+        """Every IPReservation's reservedCIDRs (auto-assign passes over them), cached for cache_ttl
+        like the pools: a reservation made while an allocation is in flight may miss that one
+        allocation, as in Calico, whose IPAM also reads reservations per request."""
+        if self._reserved is not None and self._fresh(self._reserved[0]):
+            return self._reserved[1]
+        kvs, _ = await staged.read_resolved(self.ds, RESERVATIONS_PREFIX)
+        nets: list[IPNetwork] = []
+        for kv in kvs:
+            try:
+                cidrs = ((kv.json().get("spec") or {}).get("reservedCIDRs")) or []
+                nets.extend(ipaddress.ip_network(str(c), strict=False) for c in cidrs)
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("ipam.reservation_unreadable", key=kv.key, error=str(exc))
+        self._reserved = (time.monotonic(), nets)
+        return nets
 
     async def _node_labels(self, node: str) -> dict[str, str]:
         hit = self._labels.get(node)

@@ -61,12 +61,16 @@ class Claims(ConfigAndPools):
                 existing.add(ipaddress.ip_network(key_to_cidr(kv.key[len(BLOCKS):])))
             except ValueError:
                 continue
+        reserved = await self._reserved_networks()
         for pool in pools:
             taken = [n for n in existing if n.version == pool.version and n.overlaps(pool.network)]  # type: ignore
+            whole = [r for r in reserved if r.version == pool.version and r.overlaps(pool.network)]  # type: ignore
             for cidr in block_search_order(pool.cidr, pool.block_size, node):
                 net = ipaddress.ip_network(cidr)
                 if any(net.overlaps(t) for t in taken):  # type: ignore[arg-type]
                     continue
+                if any(net.subnet_of(r) for r in whole):  # type: ignore[arg-type]
+                    continue  # an IPReservation holds the whole block back: claiming it would give nothing
                 if await self._claim(node, cidr, config):
                     return cidr
                 taken.append(net)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from lab import graph as graph_mod
 from lab import kinds, netns
 from lab.deploy import READY_TIMEOUT, Lab, deploy_lab, destroy_lab, inspect_lab, load_lab
 from lab.errors import LabError
-from lab.state import LabState
+from lab.state import LabState, lab_dir
 from lab.topology import Topology, load_topology
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,7 +61,8 @@ def _topology(path: str | None) -> Topology:
 
 
 class ProgressReporter:
-    """deploy's progress: a rich bar per phase on a terminal, one line per phase otherwise."""
+    """deploy's progress: a rich bar per phase on a terminal; nothing when stderr is not a terminal
+    (scripts and CI logs get the result and the warnings, not progress)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -83,8 +85,6 @@ class ProgressReporter:
         self.progress.__exit__(None, None, None)
 
     def _finish_phase(self) -> None:
-        if self.task is not None and not self.live:
-            self.console.print(f"{self.name}: {self.done}/{self.total}", highlight=False)
         self.task = None
 
     def phase(self, name: str, total: int) -> None:
@@ -103,7 +103,100 @@ class ProgressReporter:
         self.console.print(f"[yellow]warning[/yellow]: {message}", highlight=False, soft_wrap=True)
 
 
-@click.group(name="lab")
+def _topology_arg(args: list[str]) -> tuple[str | None, list[str]]:
+    """The ``-t/--topo`` value among a command's arguments (before ``--``), and the arguments without it."""
+    rest: list[str] = []
+    value: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in ("-t", "--topo") and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--topo="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-t") and len(arg) > 2 and not arg.startswith("--"):
+            value = arg[2:]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def _kernel_arg(args: list[str]) -> tuple[str, list[str]]:
+    """``deploy --kernel host|guest`` (default host), and the arguments without it."""
+    kernel, rest, i = "host", [], 0
+    while i < len(args):
+        if args[i] == "--kernel" and i + 1 < len(args):
+            kernel, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--kernel="):
+            kernel = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return kernel, rest
+
+
+def _in_guest(args: list[str]) -> int | None:
+    """Run the command in the lab's guest kernel when there is one (``lab.guest``): its exit status.
+
+    ``deploy --kernel guest`` boots the guest first; any other command naming a lab whose guest
+    runs is forwarded there; ``destroy`` then powers the guest off. ``None``: run it here.
+    """
+    from lab import guest
+
+    if os.environ.get("TABBY_LAB_IN_GUEST") == "1" or not args or args[0] in ("--help", "-h"):
+        return None
+    command, rest = args[0], args[1:]
+    kernel = "host"
+    if command == "deploy":
+        kernel, rest = _kernel_arg(rest)
+        if kernel not in ("host", "guest"):
+            return None  # click reports the bad choice
+    path, rest = _topology_arg(rest)
+    if "--help" in rest:
+        return None
+    try:
+        topology = load_topology(path)
+    except LabError:
+        return None  # the command itself reports it, as it does without a guest
+    running = guest.guest_record(topology.name) is not None
+    if kernel != "guest" and not running:
+        return None
+    if kernel == "guest":
+        guest.boot(topology.name, topology.path)
+    try:
+        code, out, err = guest.forward(topology.name, [command, "-t", str(topology.path.resolve()), *rest])
+        click.echo(out, nl=False)
+        click.echo(err, err=True, nl=False)
+    finally:
+        if command == "destroy":  # the guest goes even when its agent no longer answers
+            guest.stop(topology.name)
+            if "--cleanup" in rest:  # the host side holds only the guest's files (console log)
+                shutil.rmtree(lab_dir(topology.name), ignore_errors=True)
+            click.echo(f"lab {topology.name}: guest kernel powered off", err=True)
+    return code
+
+
+class LabGroup(click.Group):
+    """The ``lab`` group: a command naming a lab that runs in a guest kernel runs there."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            code = _in_guest(args)
+        except LabError as exc:
+            _fail(exc.problems)
+        if code is not None:
+            sys.exit(code)
+        return super().invoke(ctx)
+
+
+@click.group(name="lab", cls=LabGroup)
 @click.option("-v", "--verbose", is_flag=True, help="debug logs on stderr")
 def lab(verbose: bool) -> None:
     """containerlab topologies on network namespaces (no Docker needed)."""
@@ -118,10 +211,15 @@ def lab(verbose: bool) -> None:
 @click.option("--reconfigure", "-c", is_flag=True, help="destroy the lab first (with --cleanup), then deploy")
 @click.option("--timeout", type=click.FloatRange(1, 600), default=READY_TIMEOUT, show_default=True,
               help="seconds each node's daemons get to answer")
+@click.option("--kernel", type=click.Choice(["host", "guest"]), default="host", show_default=True,
+              help="guest: run the whole lab inside Debian's kernel under QEMU (modules the host lacks: ipip, "
+                   "gre, vrf, 8021q, ...; plain linux nodes only); later commands for the lab go there")
 @user_errors
-def deploy(topo: str | None, reconfigure: bool, timeout: float) -> None:
+def deploy(topo: str | None, reconfigure: bool, timeout: float, kernel: str) -> None:
     """Build the lab and wait until every node's processes are up."""
     topology = _topology(topo)
+    if kernel == "guest":  # LabGroup boots the guest and forwards; reaching here means it could not
+        raise LabError(f"lab {topology.name}: --kernel guest is handled before this point (a bug if seen)")
     console = Console(stderr=True)
     try:
         with ProgressReporter(console) as reporter:
@@ -303,11 +401,26 @@ def _exec_timeout(value: str) -> float:
     return seconds
 
 
+def _real_stream(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
 def _exec_passthrough(handle: Lab, node: str, argv: list[str], timeout: float | None) -> int:
     """One node: the command's own stdin/stdout/stderr and exit code, as ``docker exec`` gives."""
     n = handle.topology.nodes[node]
     full = kinds.node_argv(n, handle.state, handle.exec_argv(node, argv))
     try:
+        if not _real_stream(sys.stdout) or not _real_stream(sys.stderr):
+            # output captured by an in-process caller (the guest agent, lab.guest_agent): hand it back
+            proc = subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False, capture_output=True,
+                                  text=True, stdin=subprocess.DEVNULL)
+            click.echo(proc.stdout, nl=False)
+            click.echo(proc.stderr, nl=False, err=True)
+            return proc.returncode
         return subprocess.run(full, env=kinds.node_env(n), timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:
         raise LabError(f"node {node}: {' '.join(argv)} timed out after {timeout}s") from None
@@ -325,18 +438,42 @@ def pod() -> None:
 @click.option("-t", "--topo", "topo", help=TOPO_HELP)
 @click.option("-n", "--namespace", default="default", show_default=True, help="the pod's Kubernetes namespace")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="a pod label (repeatable)")
+@click.option("--port", "ports", multiple=True, metavar="NAME=PROTO/PORT",
+              help="a named container port, stored in the WorkloadEndpoint's ports (repeatable)")
 @click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
               help="seconds to keep retrying while the agent says 'try again later'")
 @click.argument("node")
 @click.argument("name")
 @user_errors
-def pod_add(topo: str | None, namespace: str, labels: tuple[str, ...], timeout: float, node: str, name: str) -> None:
+def pod_add(topo: str | None, namespace: str, labels: tuple[str, ...], ports: tuple[str, ...], timeout: float,
+            node: str, name: str) -> None:
     """Create pod NAME on NODE: a netns, then CNI ADD as a runtime would; prints the pod as JSON."""
     from lab import pods as pods_mod
 
     record = pods_mod.add_pod(_topology(topo), node, name, namespace=namespace,
-                              labels=pods_mod.parse_labels(labels), timeout=timeout)
+                              labels=pods_mod.parse_labels(labels), timeout=timeout,
+                              ports=pods_mod.parse_ports(ports))
     click.echo(json.dumps(record.summary()))
+
+
+@pod.command(name="label")
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.option("-n", "--namespace", default="default", show_default=True, help="the pod's Kubernetes namespace")
+@click.option("--remove", "remove", multiple=True, metavar="KEY", help="remove the label KEY (repeatable)")
+@click.argument("node")
+@click.argument("name")
+@click.argument("labels", nargs=-1, metavar="KEY=VALUE...")
+@user_errors
+def pod_label(topo: str | None, namespace: str, remove: tuple[str, ...], node: str, name: str,
+              labels: tuple[str, ...]) -> None:
+    """Set (overwriting) or --remove labels on the live pod NAME on NODE: its WorkloadEndpoint's labels."""
+    from lab import pods as pods_mod
+
+    if not labels and not remove:
+        raise click.UsageError("give at least one KEY=VALUE or --remove KEY")
+    record = pods_mod.label_pod(_topology(topo), node, name, namespace=namespace,
+                                labels=pods_mod.parse_labels(labels), remove=remove)
+    click.echo(json.dumps({**record.summary(), "labels": record.labels}))
 
 
 @pod.command(name="del")
@@ -418,3 +555,43 @@ def logs(topo: str | None, follow: bool, process: str | None, node: str) -> None
         logs_mod.show(lab_dir(topology.name) / "nodes" / node, node, process=process, follow=follow)
     except KeyboardInterrupt:
         return
+
+
+# --------------------------------------------------------------------------- flows
+
+
+@lab.command(name="flows", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-t", "--topo", "topo", help=TOPO_HELP)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def flows(topo: str | None, args: tuple[str, ...]) -> None:
+    """`tabbyctl flows` against a deployed lab, from its management network (outside every node):
+    flows -t FILE [observe|summary|graph] [OPTIONS] (default: observe)."""
+    from lab.pods import is_tabby_node, nodename
+
+    topology = _topology(topo)
+    handle = load_lab(topology)
+    argv = list(args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv or argv[0].startswith("-"):
+        argv = ["observe", *argv]
+    endpoints = []
+    env = dict(os.environ)
+    for name, node in topology.nodes.items():
+        ip = handle.mgmt_ipv4(name)
+        if not is_tabby_node(node) or ip is None:
+            continue
+        port = node.env.get("TABBY_FLOW_API_PORT") or "4244"
+        if port != "0":
+            endpoints.append(f"--endpoint={nodename(node)}={ip}:{port}")
+        for key in ("ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"):
+            if node.env.get(key) and key not in env:
+                env[key] = node.env[key]
+    if not endpoints:
+        raise LabError(f"lab {topology.name}: no tabby/node node with a management address serves flows")
+    if not netns.exists(topology.mgmt_netns):
+        raise LabError(f"lab {topology.name}: management namespace {topology.mgmt_netns} is missing (not deployed)")
+    tabbyctl = str(Path(sys.executable).parent / "tabbyctl")
+    full = ["ip", "netns", "exec", topology.mgmt_netns, tabbyctl, "flows", *argv, *endpoints]
+    sys.exit(subprocess.run(full, env=env, check=False).returncode)

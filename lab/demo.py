@@ -30,11 +30,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lab.state import lab_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOPOLOGY = ROOT / "examples" / "three-node-tor.clab.yml"
 PODS_PER_NODE = ("web", "db")
 TOR_NETWORK_ADDRESS = "10.99.0.1"  # on the ToR's lo: "the rest of the data centre" (examples/three-node-tor)
 SESSION_TIMEOUT = 90.0
+FLOWS_POLICY = ROOT / "examples" / "three-node-tor" / "flows-policy.yaml"
+#: a TCP connect (the SYN is what flow logging records; nothing listens, so it is refused or dropped)
+CONNECT = "import socket,sys\ntry: socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()\n" \
+          "except OSError: pass"
 console = Console(highlight=False, soft_wrap=True)
 
 
@@ -159,8 +165,32 @@ class Demo:
         console.print(f"[bold green]all {report['pairs']} pod pairs reachable[/] ({report['pods']} pods on "
                       f"{len(self.tabby_nodes)} nodes)")
         self.ping_beyond_tor(pods[0])
+        self.flows(pods)
         console.print(f"[bold green]Done in {time.monotonic() - started:.0f}s.[/] The lab is still running.")
         console.print(explore_text(self.shown, self.tabby_nodes, self.frr_nodes[0]))
+
+    def flows(self, pods: list[dict[str, Any]]) -> None:
+        """Flow visibility: a policy isolates the db pods, a few connections, then what every node's
+        flow API recorded (summary, the denials with the deciding rule, explain) and the picture."""
+        console.rule("[bold]Flows: every connection with its verdict and the policy that decided it")
+        self.lab("exec", self.tabby_nodes[0], "--", "tabbyctl", "apply", "-f", str(FLOWS_POLICY))
+        by_name = {p["name"]: p for p in pods}
+        web, db, db2 = by_name["web-1"], by_name["db-2"], by_name["db-3"]
+        time.sleep(1)  # the policy reaches every agent through its watch
+        for src, dst, what in ((web, db, "tcp 5432"), (by_name["db-1"], db, "tcp 5432"), (web, db, "ping"),
+                               (by_name["web-2"], db2, "tcp 5432"), (by_name["web-3"], web, "ping")):
+            ip = dst["ips"][0].split("/")[0]
+            argv = ["ping", "-c1", "-W1", ip] if what == "ping" else \
+                [sys.executable, "-c", CONNECT, ip, what.split()[1]]
+            subprocess.run(["ip", "netns", "exec", src["netns"], *argv], capture_output=True, timeout=15, check=False)
+        time.sleep(0.5)
+        self.lab("flows", "summary")
+        self.lab("flows", "observe", "--verdict", "denied", "--last", "6")
+        self.lab("exec", self.tabby_nodes[0], "--", "tabbyctl", "policy", "explain", "--from", "default/db-1",
+                 "--to", "default/db-2", "--port", "5432")
+        out = lab_dir(self.topo.name) / "flows.svg"
+        self.lab("flows", "graph", "-o", str(out))
+        console.print(f"[bold]the flows graph:[/] {out}")
 
     def ping_beyond_tor(self, pod: dict[str, Any]) -> None:
         """A pod reaches the ToR's own network: FRR learned the pod's block over eBGP and routes it back."""
@@ -212,6 +242,10 @@ def explore_text(topology: str, nodes: list[str], router: str) -> str:
         f"  tabbyctl lab pod add {t} {second} extra-1\n"
         f"  tabbyctl lab check {t}\n"
         f"  tabbyctl lab graph {t} -o three-node-tor.svg\n"
+        f"  tabbyctl lab flows {t} observe --follow\n"
+        f"  tabbyctl lab flows {t} observe --verdict denied -o json\n"
+        f"  tabbyctl lab exec {t} {first} -- tabbyctl policy explain --from default/web-1 --to default/db-2 "
+        "--port 5432\n"
         "Destroy:\n"
         f"  tabbyctl lab destroy {t} --cleanup\n"
         "More in docs/demo.md."

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ import structlog
 from lab import kinds, mountns, netns, supervision
 from lab.errors import LabError, NotRootError
 from lab.state import STATE_FILE, LabState, ProcessRecord, lab_dir, lab_lock, process_start_time, state_root
-from lab.topology import Healthcheck, Node, Topology, load_topology
+from lab.topology import STAGES, Healthcheck, Link, Node, Topology, load_topology
 
 log = structlog.get_logger(__name__)
 
@@ -224,9 +225,9 @@ def deploy(topology: Topology | str | Path | None, *, reconfigure: bool = False,
         _crash_point("links")
         _create_links(topo, reporter)
         _crash_point("start")
-        _start_nodes(topo, state, handlers, reporter, ready_timeout)
+        stage_failures = _start_nodes(lab, handlers, reporter, ready_timeout)
         _crash_point("exec")
-        lab.exec_failures = _run_execs(lab, reporter)
+        lab.exec_failures = stage_failures + _run_execs(lab, reporter)
         state.set_status("deployed")
         log.info("lab deployed", lab=topo.name, nodes=len(topo.nodes), links=len(topo.links),
                  seconds=round(time.monotonic() - started, 2))
@@ -335,12 +336,30 @@ def _create_mgmt(topo: Topology, state: LabState, reporter: Reporter) -> None:
     _parallel(members, address, reporter, label=lambda m: m[1].name)
 
 
+def deferred_links(topo: Topology) -> list[Link]:
+    """Links made in their nodes' ``create-links`` stage rather than before any program starts.
+
+    A link one of whose nodes declares a ``create-links`` stage (a ``wait-for`` or an ``exec``)
+    follows containerlab (>= 0.52): each node attaches its end when it enters that stage, the
+    first one parking the other end (here in the lab's management namespace, never the root
+    namespace) until its node picks it up. Every other link exists before any program starts,
+    so a ``cmd`` sees its interfaces at once (under containerlab they appear just after the
+    container starts; ``CLAB_INTFS`` in the node's env says how many to wait for, as there).
+    """
+    staged = {n.name for n in topo.nodes.values()
+              if any(w.stage == "create-links" for w in n.stage_waits)
+              or any(e.stage == "create-links" for e in n.stage_execs)}
+    return [link for link in topo.links if link.a.node in staged or link.b.node in staged]
+
+
 def _create_links(topo: Topology, reporter: Reporter) -> None:
-    """Round 1 creates every veth from its A side (peer straight into B); round 2 brings all up."""
-    reporter.phase("links", len(topo.links))
+    """Round 1 creates every early veth from its A side (peer straight into B); round 2 brings all up."""
+    later = set(deferred_links(topo))
+    early = [link for link in topo.links if link not in later]
+    reporter.phase("links", len(early))
     create: dict[str, list[str]] = {}
     up: dict[str, list[str]] = {}
-    for link in topo.links:
+    for link in early:
         a, b = topo.nodes[link.a.node], topo.nodes[link.b.node]
         create.setdefault(a.netns, []).append(netns.veth_command(
             link.a.interface, link.b.interface, b.netns, mtu=link.mtu, mac=link.a.mac, peer_mac=link.b.mac))
@@ -348,18 +367,126 @@ def _create_links(topo: Topology, reporter: Reporter) -> None:
         up.setdefault(b.netns, []).append(f"link set {link.b.interface} up")
     _parallel(list(create.items()), lambda item: netns.batch(item[0], item[1]))
     _parallel(list(up.items()), lambda item: netns.batch(item[0], item[1]))
-    for link in topo.links:
+    for link in early:
         reporter.advance(str(link))
-    sysctl_nodes = [n for n in topo.nodes.values() if n.sysctls]
-    _parallel(sysctl_nodes, lambda n: netns.run(netns.netns_argv(
-        n.netns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in n.sysctls.items())])))
+    late_nodes = {end.node for link in later for end in (link.a, link.b)}
+    _parallel([n for n in topo.nodes.values() if n.sysctls and n.name not in late_nodes], _apply_sysctls)
 
 
-def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.ImageHandler], reporter: Reporter,
-                 timeout: float) -> None:
+def _apply_sysctls(node: Node) -> None:
+    """The file's ``sysctls`` (after the Docker-like defaults, so they win); they may name the node's interfaces."""
+    netns.run(netns.netns_argv(node.netns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in node.sysctls.items())]))
+
+
+class _LinkAttacher:
+    """containerlab's per-node link creation for ``deferred_links``: the first node of a link to reach
+    ``create-links`` makes the veth with the other end parked (``pk<link index>``) in the lab's
+    management namespace; the second moves that end into its own namespace under its real name."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.links = deferred_links(topo)
+        self.lock = threading.Lock()
+        self.parked: dict[int, str] = {}  # link index -> the node whose end is parked
+
+    def attach(self, node: Node) -> None:
+        park = self.topo.mgmt_netns
+        for link in self.links:
+            ends = [e for e in (link.a, link.b) if e.node == node.name]
+            for mine in ends:
+                other = link.b if mine is link.a else link.a
+                parked = f"pk{link.index}"
+                with self.lock:
+                    if self.parked.get(link.index) == mine.node and other.node != mine.node:
+                        netns.batch(park, [f"link set {parked} netns {node.netns} name {mine.interface}"])
+                        del self.parked[link.index]
+                    elif link.index not in self.parked:
+                        netns.batch(node.netns, [netns.veth_command(mine.interface, parked, park, mtu=link.mtu,
+                                                                    mac=mine.mac, peer_mac=other.mac)])
+                        self.parked[link.index] = other.node
+                    else:  # a link from the node to itself: both ends are this node's
+                        netns.batch(park, [f"link set {parked} netns {node.netns} name {mine.interface}"])
+                        del self.parked[link.index]
+                netns.batch(node.netns, [f"link set {mine.interface} up"])
+
+
+class _StageBoard:
+    """Where every node is in containerlab's stages (create, create-links, configure, healthy, exit).
+
+    A node entering a stage first waits until every ``(node, stage)`` its ``wait-for`` names for
+    that stage is finished (an event per pair, set by the thread running that node). A node that
+    fails sets its unfinished stages' events without finishing them, so a waiter never hangs: it
+    stops with a line naming the node it waited for. Times are kept (monotonic) for the log.
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        self.events = {(n, s): threading.Event() for n in topo.nodes for s in STAGES}
+        self.finished: dict[tuple[str, str], float] = {}
+        #: (node, stage) pairs some node waits for: a node's exit stage is watched only when awaited
+        self.awaited = {(w.node, w.other_stage) for n in topo.nodes.values() for w in n.stage_waits}
+
+    def enter(self, node: Node, stage: str) -> None:
+        for wait in node.stage_waits:
+            if wait.stage != stage:
+                continue
+            self.events[(wait.node, wait.other_stage)].wait()
+            if (wait.node, wait.other_stage) not in self.finished:
+                raise _Blocked(f"node {node.name}: not started: node {wait.node}, whose {wait.other_stage} stage "
+                               f"its {stage} stage waits for, failed")
+        log.debug("stage entered", node=node.name, stage=stage)
+
+    def finish(self, node: Node, stage: str) -> None:
+        self.finished[(node.name, stage)] = time.monotonic()
+        self.events[(node.name, stage)].set()
+        log.debug("stage finished", node=node.name, stage=stage)
+
+    def fail(self, node: Node) -> None:
+        for stage in STAGES:
+            self.events[(node.name, stage)].set()
+
+
+class _Blocked(LabError):
+    """A node that never started because a node it waits for failed (reported after the real failure)."""
+
+
+def _start_nodes(lab: Lab, handlers: dict[str, kinds.ImageHandler], reporter: Reporter, timeout: float) -> list[str]:
+    """Run every node through containerlab's stages, each node in its own thread.
+
+    Per node: ``create`` (its root, the stage's on-enter exec, ``startup-delay``, its program
+    started), ``create-links`` (its deferred links attached, ``deferred_links``), ``configure``
+    (the image's own configuration: daemons answer, FRR's config applied), ``healthy`` (its
+    healthcheck passed, at once without one) and, only when some node waits for it, ``exit``
+    (its program exited). Each stage waits first for what its ``wait-for`` names, so a node
+    waiting for another's ``create`` starts as soon as that node's program runs, not once that
+    node is healthy. Stage ``exec`` commands run at their stage's entry (on-enter) or end
+    (on-exit); a failure is reported like a failed ``exec``. Work is capped at MAX_WORKERS
+    nodes at a time; waiting holds no slot. Returns the stage exec failures.
+    """
+    topo, state = lab.topology, lab.state
     reporter.phase("nodes", len(topo.nodes))
-
+    board = _StageBoard(topo)
+    links = _LinkAttacher(topo)
+    late_nodes = {end.node for link in links.links for end in (link.a, link.b)}
+    slots = threading.Semaphore(MAX_WORKERS)
     warnings: list[str] = []
+    exec_failures: list[str] = []
+
+    def stage_exec(node: Node, stage: str, phase: str) -> None:
+        for entry in node.stage_execs:
+            if entry.stage == stage and entry.phase == phase:
+                failure = _exec_one(lab, node, entry.command, what=f"stages.{stage}.exec {phase}")
+                if failure:
+                    exec_failures.append(failure)
+
+    def enter(node: Node, stage: str) -> None:
+        board.enter(node, stage)
+        with slots:
+            stage_exec(node, stage, "on-enter")
+
+    def finish(node: Node, stage: str) -> None:
+        with slots:
+            stage_exec(node, stage, "on-exit")
+        board.finish(node, stage)
 
     def start(node: Node) -> None:
         ctx = kinds.NodeContext(topology=topo, node=node, state=state)
@@ -368,52 +495,81 @@ def _start_nodes(topo: Topology, state: LabState, handlers: dict[str, kinds.Imag
         for path in handler.host_paths(node):  # e.g. an agent's run directory: destroy removes it
             state.record_path(path)
         try:
-            if not _shared_host_root(node, handler):
-                _start_root(ctx, handler, timeout)
-            if node.startup_delay:
-                time.sleep(node.startup_delay)
-            handler.start(ctx)
-            handler.wait_ready(ctx, timeout)
+            board.enter(node, "create")
+            with slots:
+                if not _shared_host_root(node, handler):
+                    _start_root(ctx, handler, timeout)
+                stage_exec(node, "create", "on-enter")  # after its root exists: never against the host's files
+                if node.startup_delay:
+                    time.sleep(node.startup_delay)
+                handler.start(ctx)
+            finish(node, "create")
+            enter(node, "create-links")
+            with slots:
+                links.attach(node)
+                if node.sysctls and node.name in late_nodes:
+                    _apply_sysctls(node)
+            finish(node, "create-links")
+            enter(node, "configure")
+            with slots:
+                handler.wait_ready(ctx, timeout)
+            finish(node, "configure")
+            enter(node, "healthy")
             if node.healthcheck is not None:
                 _wait_healthy(ctx, node.healthcheck)
+            finish(node, "healthy")
+            if (node.name, "exit") in board.awaited:
+                _wait_exited(ctx, timeout)
+                board.finish(node, "exit")
+        except _Blocked:
+            board.fail(node)
+            raise
         except LabError as exc:
+            board.fail(node)
             raise LabError(exc.problems[0], [p if p.startswith("node ") else f"node {node.name}: {p}"
                                              for p in exc.problems]) from None
         except OSError as exc:
+            board.fail(node)
             raise LabError(f"node {node.name}: {exc}") from None
+        except BaseException:
+            board.fail(node)
+            raise
         finally:
             warnings.extend(ctx.warnings)
         log.info("node ready", lab=topo.name, node=node.name, image=node.image, handler=handler.name)
+        reporter.advance(node.name)
 
+    nodes = list(topo.nodes.values())
+    problems: list[str] = []
+    blocked: list[str] = []
     try:
-        for wave in start_waves(topo):
-            _parallel(wave, start, reporter, label=lambda n: n.name)
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:  # one thread per node: waits block threads
+            futures = [pool.submit(start, node) for node in nodes]
+            for future in futures:
+                try:
+                    future.result()
+                except _Blocked as exc:
+                    blocked.extend(exc.problems)
+                except LabError as exc:
+                    problems.extend(exc.problems)
+        problems += blocked
+        if problems:
+            raise LabError(problems[0], problems)
     finally:
         for warning in warnings:
             state.record_warning(warning)
             reporter.warn(warning)
+    return exec_failures
 
 
-def start_waves(topo: Topology) -> list[list[Node]]:
-    """Nodes in the order ``stages``/``wait-for`` ask for: each wave starts once the ones before are up.
-
-    containerlab lets a node's stage wait for another node's stage (create, create-links,
-    configure, healthy). Here links are made for every node before any program starts, so a
-    dependency means: start after that node is up (its program answers, its healthcheck passed);
-    that satisfies every stage a file can name. Cycles are refused when the file is read.
-    """
-    done: set[str] = set()
-    left = dict(topo.nodes)
-    waves: list[list[Node]] = []
-    while left:
-        wave = [n for n in left.values() if all(d in done or d not in topo.nodes for d in n.wait_for)]
-        if not wave:  # unreachable: topology refuses cycles
-            raise LabError(f"lab {topo.name}: wait-for cycle among {', '.join(left)}")
-        waves.append(wave)
-        for node in wave:
-            done.add(node.name)
-            del left[node.name]
-    return waves
+def _wait_exited(ctx: kinds.NodeContext, timeout: float) -> None:
+    """The ``exit`` stage: the node's programs have all exited (a one-shot job other nodes wait for)."""
+    deadline = time.monotonic() + timeout
+    while any(proc.poll() is None for proc in ctx.popens.values() if proc is not ctx.popens.get(kinds.MOUNTNS_PROCESS)):
+        if time.monotonic() > deadline:
+            raise LabError(f"node {ctx.node.name}: still running after {timeout:.0f}s, and a node waits for its "
+                           "exit stage")
+        time.sleep(0.1)
 
 
 def _wait_healthy(ctx: kinds.NodeContext, check: Healthcheck) -> None:
@@ -514,28 +670,37 @@ def _start_root(ctx: kinds.NodeContext, handler: kinds.ImageHandler, timeout: fl
     ctx.popens[kinds.MOUNTNS_PROCESS] = proc
 
 
+def _exec_one(lab: Lab, node: Node, command: str, *, what: str = "exec") -> str | None:
+    """Run one ``exec`` line in ``node`` from the topology's directory; the failure line, or None."""
+    argv = shlex.split(command)
+    try:
+        proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT, cwd=lab.topology.directory.resolve())
+    except LabError as exc:
+        return exc.problems[0]
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        return (f"node {node.name}: {what} {command!r} failed (exit {proc.returncode})"
+                + (f": {detail[-1]}" if detail else ""))
+    return None
+
+
 def _run_execs(lab: Lab, reporter: Reporter) -> list[str]:
     """containerlab's ``exec``: each node's commands in order; a failure is reported, not fatal.
 
-    They run in the topology file's directory, so a relative path in an ``exec`` (``tabbyctl apply
-    -f lab/pools.yaml``) names the file beside the topology, as a relative bind source does.
+    They run once every node has finished its stages (so an ``exec`` of ``tabbyctl apply`` finds
+    the lab's etcd up), in the topology file's directory, so a relative path in an ``exec``
+    (``tabbyctl apply -f lab/pools.yaml``) names the file beside the topology, as a relative
+    bind source does. Stage ``exec`` commands ran at their stages (``_start_nodes``).
     """
-    nodes = [n for n in lab.nodes.values() if n.exec or n.stage_exec]
-    reporter.phase("exec", sum(len(n.exec) + len(n.stage_exec) for n in nodes))
+    nodes = [n for n in lab.nodes.values() if n.exec]
+    reporter.phase("exec", sum(len(n.exec) for n in nodes))
     failures: list[str] = []
 
     def run_node(node: Node) -> None:
-        for command in (*node.stage_exec, *node.exec):
-            argv = shlex.split(command)
-            try:
-                proc = lab.exec(node.name, argv, timeout=EXEC_TIMEOUT, cwd=lab.topology.directory.resolve())
-            except LabError as exc:
-                failures.append(exc.problems[0])
-            else:
-                if proc.returncode != 0:
-                    detail = (proc.stderr or proc.stdout).strip().splitlines()
-                    failures.append(f"node {node.name}: exec {command!r} failed (exit {proc.returncode})"
-                                    + (f": {detail[-1]}" if detail else ""))
+        for command in node.exec:
+            failure = _exec_one(lab, node, command)
+            if failure:
+                failures.append(failure)
             reporter.advance(f"{node.name}: {command}")
 
     _parallel(nodes, run_node)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from common.files import write_private
 from lab import netns
 from lab.errors import LabError
 from lab.state import LabState, ProcessRecord, process_start_time
@@ -98,8 +99,20 @@ class NodeContext:
         """A path as this node sees it, read from the host (through its holder's root)."""
         return node_path(self.node, self.state, path)
 
-    def spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> ProcessRecord:
+    def spawn(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
+              after_restart: Sequence[str] = ()) -> ProcessRecord:
+        """Start one of the node's programs. With a ``restart-policy`` other than ``no`` (and unless the
+        program is already a supervisor: the tabby/node image supervises its agent itself), it runs
+        under lab/supervise.py with Docker's semantics: restarted after 100 ms, doubling to 60 s
+        for quick repeated failures (Docker's backoff), reset after 10 s up; ``after_restart`` is run
+        after each restart (what the image does at start that the program needs again)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        policy = self.node.restart_policy
+        if policy != "no" and list(argv[1:3]) != ["-m", "lab.supervise"]:
+            argv = [sys.executable, "-m", "lab.supervise", "--state", str(self.workdir / f"{name}.supervise.json"),
+                    "--policy", policy, "--backoff", "0.1", "--max-backoff", "60", "--reset-after", "10",
+                    *(["--max-retries", str(self.node.restart_max_retries)] if self.node.restart_max_retries else []),
+                    *(["--after-restart", shlex.join(after_restart)] if after_restart else []), "--", *argv]
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
@@ -121,6 +134,20 @@ class NodeContext:
     def run(self, argv: Sequence[str], *, timeout: float = 30.0,
             check: bool = True) -> subprocess.CompletedProcess[str]:
         return netns.run(self.argv(argv, cwd=self.workdir), timeout=timeout, check=check)
+
+    def probe(self, argv: Sequence[str], *, timeout: float = 5.0) -> subprocess.CompletedProcess[str] | None:
+        """A readiness probe: a command that hangs past ``timeout`` means "not yet", not a failed deploy.
+
+        A CLI started while its daemon is still coming up can block on the connection (``gobgp global``
+        did, for over 5 s, on a loaded machine); ``wait_until`` asks again within its own deadline."""
+        try:
+            return subprocess.run(self.argv(argv, cwd=self.workdir), capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            log.info("lab.probe_timeout", node=self.node.name, argv=list(argv), timeout_s=timeout)
+            return None
+        except FileNotFoundError:
+            raise LabError(f"{argv[0]}: not installed (run `make setup`)") from None
 
     def log_tail(self, name: str, lines: int = 3) -> str:
         try:
@@ -327,7 +354,7 @@ class FrrHandler(ImageHandler):
             text = f"hostname {node.name}\n"  # the image's own frr.conf, not the host's
         if text is not None:
             conf = ctx.workdir / "frr.conf"
-            conf.write_text(text)
+            write_private(conf, text)  # may hold `neighbor X password`; vtysh (root) reads it
             binds.append(Bind(source=conf, target="/etc/frr/frr.conf"))
         if covering_bind(node, "/etc/frr") is None:
             vtysh = ctx.workdir / "vtysh.conf"
@@ -340,7 +367,12 @@ class FrrHandler(ImageHandler):
             binary = FRR_BIN / daemon
             if not binary.exists():
                 raise LabError(f"node {ctx.node.name}: FRR daemon {daemon} is not installed")
-            ctx.spawn(daemon, [str(binary), "-P", "0", "--log", "stdout"])
+            # A restarted daemon has no configuration: once its vty answers, re-apply frr.conf, as the
+            # image's start does (the supervisor retries the command until it succeeds, bounded).
+            conf = f"{FRR_ETC}/frr.conf"
+            again = ["sh", "-c", f"vtysh -d {daemon} -c 'show version' >/dev/null 2>&1 && vtysh -f {conf}"]
+            ctx.spawn(daemon, [str(binary), "-P", "0", "--log", "stdout"],
+                      after_restart=again if ctx.path(conf).is_file() else ())
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
         daemons = self.daemons(ctx.node)
@@ -385,7 +417,7 @@ class BirdHandler(ImageHandler):
             if bind.target.startswith("/etc/bird/") and bind.source.is_file():
                 shutil.copyfile(bind.source, ctx.workdir / Path(bind.target).name)
         conf = ctx.workdir / "bird.conf"
-        conf.write_text(text)
+        write_private(conf, text)  # may hold `password "..."`
         ctx.spawn("bird", ["bird", "-f", "-c", str(conf), "-s", str(self.socket(ctx.workdir)),
                            "-P", str(ctx.workdir / "bird.pid")])
 
@@ -395,7 +427,8 @@ class BirdHandler(ImageHandler):
         def up() -> bool:
             if not sock.exists():
                 return False
-            return ctx.run(["birdc", "-s", str(sock), "show", "status"], check=False, timeout=5).returncode == 0
+            proc = ctx.probe(["birdc", "-s", str(sock), "show", "status"])
+            return proc is not None and proc.returncode == 0
 
         ctx.wait_until("BIRD control socket", up, timeout)
 
@@ -425,7 +458,7 @@ class GobgpHandler(ImageHandler):
         fmt = {"yml": "yaml", "yaml": "yaml", "json": "json"}.get(ext, "toml")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         conf = ctx.workdir / f"gobgpd.{fmt}"
-        conf.write_text(text)
+        write_private(conf, text)  # may hold auth-password
         ctx.spawn("gobgpd", ["gobgpd", "-f", str(conf), "-t", fmt, "--api-hosts", GOBGP_API, "--pprof-disable",
                              "--log-plain"])
 
@@ -433,8 +466,8 @@ class GobgpHandler(ImageHandler):
         host, port = GOBGP_API.split(":")
 
         def up() -> bool:
-            proc = ctx.run(["gobgp", "-u", host, "-p", port, "global"], check=False, timeout=5)
-            return proc.returncode == 0 and "AS" in proc.stdout
+            proc = ctx.probe(["gobgp", "-u", host, "-p", port, "global"])
+            return proc is not None and proc.returncode == 0 and "AS" in proc.stdout
 
         ctx.wait_until("gobgpd API", up, timeout)
 
@@ -467,9 +500,9 @@ class EtcdHandler(ImageHandler):
 
     def wait_ready(self, ctx: NodeContext, timeout: float) -> None:
         def up() -> bool:
-            proc = ctx.run(["etcdctl", f"--endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT}",
-                            "--dial-timeout=1s", "endpoint", "health"], check=False, timeout=5)
-            return proc.returncode == 0
+            proc = ctx.probe(["etcdctl", f"--endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                              "--dial-timeout=1s", "endpoint", "health"])
+            return proc is not None and proc.returncode == 0
 
         ctx.wait_until("etcd", up, timeout, interval=0.2)
 

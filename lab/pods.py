@@ -108,6 +108,31 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
     return labels
 
 
+_PORT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def parse_ports(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``NAME=PROTO/PORT`` strings (a container port with its IANA-style name) -> WorkloadEndpoint
+    ``ports`` entries; a malformed one is a ``LabError`` naming it."""
+    out: list[dict[str, Any]] = []
+    for item in items:
+        name, eq, rest = item.partition("=")
+        proto, slash, number = rest.partition("/")
+        if not eq or not slash:
+            raise LabError(f"--port {item!r}: expected NAME=PROTO/PORT (e.g. http=TCP/8080)")
+        if not _PORT_NAME_RE.match(name) or len(name) > 15 or not re.search("[a-z]", name):
+            raise LabError(f"--port {item!r}: the name must be up to 15 of [a-z0-9-] with a letter, as a "
+                           "Kubernetes port name")
+        if proto.upper() not in ("TCP", "UDP", "SCTP"):
+            raise LabError(f"--port {item!r}: the protocol must be TCP, UDP or SCTP")
+        if not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise LabError(f"--port {item!r}: the port must be a number from 1 to 65535")
+        if any(p["name"] == name for p in out):
+            raise LabError(f"--port {item!r}: the name {name} is given twice")
+        out.append({"name": name, "protocol": proto.upper(), "port": int(number)})
+    return out
+
+
 def check_names(name: str, namespace: str) -> None:
     if not _POD_RE.match(name) or len(name) > 63:
         raise LabError(f"pod name {name!r} is not valid: lower case alphanumerics, '-' and '.', up to 63 characters")
@@ -135,11 +160,12 @@ def is_tabby_node(node: Node) -> bool:
 # --------------------------------------------------------------------------- the plugin call
 
 
-def netconf(node: Node, labels: dict[str, str]) -> dict[str, Any]:
+def netconf(node: Node, labels: dict[str, str], ports: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The single-plugin netconf a runtime builds from ``manifests/cni/10-tabby.conflist``.
 
     As libcni does: the list's ``cniVersion`` and ``name`` go into the plugin's entry, and a
-    capability the plugin declares (``labels``) arrives as ``runtimeConfig``. ``nodename`` is
+    capability the plugin declares (``labels``) arrives as ``runtimeConfig``. A node with ``IP6`` in its
+    env also gets an IPv6 address per pod (``ipam.assign_ipv6``). ``nodename`` is
     set as the installer on that node would set it, so the plugin finds this node's agent.
     """
     try:
@@ -149,10 +175,16 @@ def netconf(node: Node, labels: dict[str, str]) -> dict[str, Any]:
         raise LabError(f"{CONFLIST}: cannot read the tabby network configuration ({exc})") from None
     conf: dict[str, Any] = {"cniVersion": conflist.get("cniVersion", "1.0.0"), "name": conflist.get("name", "tabby"),
                             **entry, "nodename": nodename(node)}
+    if node.env.get("IP6", "").strip().lower() not in ("", "none") and isinstance(conf.get("ipam"), dict):
+        # a dual-stack node (calico-node's IP6 set): its CNI config asks for an IPv6 address too, as the one
+        # calico's installer writes with assign_ipv6 "true" for a dual-stack cluster
+        conf["ipam"] = {**conf["ipam"], "assign_ipv6": "true"}
     if node.env.get("TABBY_RUN_DIR"):
         conf["agent_socket"] = str(Path(node.env["TABBY_RUN_DIR"]) / "agent.sock")
     if (entry.get("capabilities") or {}).get("labels"):
         conf["runtimeConfig"] = {"labels": dict(labels)}
+    if ports:  # the pod's named container ports (what a kubelet knows from the pod spec)
+        conf.setdefault("runtimeConfig", {})["ports"] = [dict(p) for p in ports]
     return conf
 
 
@@ -218,7 +250,8 @@ def pods(lab: Lab) -> list[PodRecord]:
 
 
 def add_pod(topology: Topology | str | Path | None, node_name: str, name: str, *, namespace: str = "default",
-            labels: dict[str, str] | None = None, timeout: float = ADD_TIMEOUT) -> PodRecord:
+            labels: dict[str, str] | None = None, timeout: float = ADD_TIMEOUT,
+            ports: Sequence[dict[str, Any]] = ()) -> PodRecord:
     """Create the pod's namespace and run CNI ADD in ``node_name``; retries codes 11/50 until ``timeout``.
 
     A failed ADD is undone (DEL, namespace deleted, record dropped) and raised as one line.
@@ -234,7 +267,7 @@ def add_pod(topology: Topology | str | Path | None, node_name: str, name: str, *
     if not netns.exists(node.netns):
         raise LabError(f"node {node_name}: namespace {node.netns} is missing (lab not fully deployed)")
     labels = dict(labels or {})
-    conf = netconf(node, labels)
+    conf = netconf(node, labels, ports)
     pod = PodRecord(name=name, namespace=namespace, node=node_name, netns=pod_netns(node, namespace, name),
                     container_id=uuid.uuid4().hex, labels=labels)
     with lab_lock(topo.name):
@@ -319,6 +352,47 @@ def del_pod(topology: Topology | str | Path | None, node_name: str, name: str, *
             state.netns.remove(pod.netns)
             state.save()
     log.info("pod deleted", lab=lab.name, pod=pod.key)
+    return pod
+
+
+def _tabbyctl(lab: Lab, node: Node, args: Sequence[str]) -> str:
+    """``tabbyctl ARGS`` inside ``node`` (its environment names the lab's etcd); stdout, or a LabError
+    with tabbyctl's own message."""
+    argv = kinds.node_argv(node, lab.state, [str(Path(sys.executable).parent / "tabbyctl"), *args])
+    try:
+        proc = subprocess.run(argv, env=kinds.node_env(node), capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"node {node.name}: tabbyctl {' '.join(args)} timed out") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError(f"node {node.name}: tabbyctl {' '.join(args[:2])}: {detail[-1] if detail else 'failed'}")
+    return proc.stdout
+
+
+def label_pod(topology: Topology | str | Path | None, node_name: str, name: str, *, namespace: str = "default",
+              labels: dict[str, str] | None = None, remove: Sequence[str] = ()) -> PodRecord:
+    """Change a live pod's labels as a Kubernetes sync would: its WorkloadEndpoint's labels, through
+    ``tabbyctl label workloadendpoint`` (read-modify-write on the revision), set (overwriting) or
+    removed; the lab's record follows. Policy sees the change at once."""
+    lab = load(topology)
+    check_names(name, namespace)
+    pod = find_pod(lab, node_name, name, namespace)
+    node = lab.topology.node(pod.node)
+    items = json.loads(_tabbyctl(lab, node, ["get", "workloadendpoints", "--namespace", namespace, "-o", "json"]))
+    weps = [w for w in items.get("items", []) if (w.get("spec") or {}).get("containerID") == pod.container_id]
+    if not weps:
+        raise LabError(f"pod {pod.key}: no WorkloadEndpoint with its container id in the datastore")
+    wep = weps[0]["metadata"]["name"]
+    for key, value in (labels or {}).items():
+        _tabbyctl(lab, node, ["label", "workloadendpoint", wep, "--namespace", namespace, f"{key}={value}",
+                              "--overwrite"])
+        pod.labels[key] = value
+    for key in remove:
+        _tabbyctl(lab, node, ["label", "workloadendpoint", wep, "--namespace", namespace, key, "--remove"])
+        pod.labels.pop(key, None)
+    with lab_lock(lab.name):
+        _locked_state(lab.topology).record_pod(pod.to_state())
+    log.info("pod labelled", lab=lab.name, pod=pod.key, labels=pod.labels)
     return pod
 
 

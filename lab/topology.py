@@ -52,7 +52,6 @@ IGNORED_NODE_KEYS = (
     "cpu-set",
     "memory",
     "shm-size",
-    "restart-policy",
     "auto-remove",
     "image-pull-policy",
     "runtime",
@@ -68,6 +67,25 @@ IGNORED_NODE_KEYS = (
     "components",
 )
 STAGES = ("create", "create-links", "configure", "healthy", "exit")
+#: containerlab's restart-policy values (Docker's); "no" is Docker's default.
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def parse_restart_policy(raw: object) -> tuple[str, int, str]:
+    """containerlab's ``restart-policy`` as Docker reads it: ``(policy, max_retries, problem)``.
+    ``on-failure:N`` limits the restarts to N (Docker's MaximumRetryCount; 0 = no limit); a count
+    on any other policy is refused, as ``docker run --restart always:3`` is."""
+    text = "no" if raw is None or raw is False else str(raw).strip()  # YAML 1.1 reads a bare `no` as false
+    policy, sep, count = text.lower().partition(":")
+    if policy not in RESTART_POLICIES:
+        return "no", 0, f"restart-policy {raw!r}: must be one of {', '.join(RESTART_POLICIES)} (or on-failure:N)"
+    if not sep:
+        return policy, 0, ""
+    if policy != "on-failure":
+        return "no", 0, f"restart-policy {raw!r}: a maximum restart count is only valid with on-failure"
+    if not count.isdigit():
+        return "no", 0, f"restart-policy {raw!r}: the maximum restart count must be a non-negative integer"
+    return policy, int(count), ""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -113,9 +131,17 @@ class RawStageExec(_Strict):
     on_exit: list[str] | None = Field(None, alias="on-exit")
 
 
+class RawStageCommand(_Strict):
+    """containerlab >= 0.52's stage exec entry: ``{command, target, phase}``."""
+
+    command: str
+    target: str = "container"
+    phase: str = "on-enter"
+
+
 class RawStage(_Strict):
     wait_for: list[RawWaitFor] | None = Field(None, alias="wait-for")
-    exec_: RawStageExec | list[str] | None = Field(None, alias="exec")
+    exec_: RawStageExec | list[str | RawStageCommand] | None = Field(None, alias="exec")
 
 
 class RawHealthcheck(_Strict):
@@ -241,6 +267,23 @@ class Healthcheck:
 
 
 @dataclass(frozen=True)
+class StageWait:
+    """``stages.<stage>.wait-for: [{node, stage: other_stage}]``: this node enters ``stage`` only once
+    ``node`` has finished ``other_stage``."""
+
+    stage: str
+    node: str
+    other_stage: str
+
+
+@dataclass(frozen=True)
+class StageExec:
+    stage: str
+    phase: str
+    command: str
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     kind: str
@@ -258,13 +301,19 @@ class Node:
     network_mode: str | None = None
     ignored_keys: tuple[str, ...] = ()
     line: int | None = None
-    #: nodes this one starts after (stages' wait-for and the older node-level wait-for)
+    #: nodes this one waits for at some stage (for the cycle check; ``stage_waits`` says which stages)
     wait_for: tuple[str, ...] = ()
-    #: stage exec commands (on-enter, on-exit) in stage order, run with ``exec`` after the node is up
-    stage_exec: tuple[str, ...] = ()
+    #: (stage of this node, other node, stage of the other node it must have finished)
+    stage_waits: tuple[StageWait, ...] = ()
+    #: stage exec commands: (stage, phase ``on-enter``/``on-exit``, command), in file order
+    stage_execs: tuple[StageExec, ...] = ()
     healthcheck: Healthcheck | None = None
     startup_delay: float = 0.0
     stages_exit: bool = False
+    #: containerlab's restart-policy (lowercased): what happens when one of the node's programs exits
+    restart_policy: str = "no"
+    #: ``on-failure:N``'s N: at most this many restarts (0 = no limit, Docker's ``on-failure``)
+    restart_max_retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -319,7 +368,7 @@ class Topology:
 
     def netns_names(self) -> list[str]:
         """Every namespace this lab creates, nodes first, management last."""
-        return [n.netns for n in self.nodes.values()] + [self.mgmt_netns]
+        return [*dict.fromkeys(n.netns for n in self.nodes.values()), self.mgmt_netns]
 
     def node(self, name: str) -> Node:
         try:
@@ -564,8 +613,12 @@ def _resolve(raw: RawLabFile, path: Path, problems: _Problems) -> Topology:
     if not body.nodes:
         problems.add(("topology", "nodes"), "a lab needs at least one node")
 
+    nodes = _share_network_namespaces(nodes, body.nodes, problems)
     links = _resolve_links(body.links or [], body.nodes, nodes, problems)
     nodes = _assign_mgmt(nodes, mgmt, problems)
+    # containerlab's CLAB_INTFS: how many interfaces besides eth0 the file gives the node (scripts wait for them)
+    counts = {name: sum((link.a.node, link.b.node).count(name) for link in links) for name in nodes}
+    nodes = {name: replace(node, env={**node.env, "CLAB_INTFS": str(counts[name])}) for name, node in nodes.items()}
     _check_wait_for(nodes, body.nodes, problems)
     problems.raise_if_any()
 
@@ -576,7 +629,8 @@ def _resolve(raw: RawLabFile, path: Path, problems: _Problems) -> Topology:
             warnings.append(f"key {key!r} is ignored (nothing observable depends on it without a container "
                             f"runtime): node{'s' if len(users) > 1 else ''} {', '.join(users)}")
     if any(n.stages_exit for n in nodes.values()):
-        warnings.append("stages.exit is ignored: destroy does not run commands in nodes")
+        warnings.append("stages.exit (its wait-for and exec) is ignored: destroy runs no commands in nodes and "
+                        "stops them all at once")
     if raw.mgmt and (raw.mgmt.ipv4_range or raw.mgmt.ipv6_range):
         warnings.append("mgmt: ipv4-range/ipv6-range are ignored: addresses go in file order from the gateway up")
     if raw.mgmt and (raw.mgmt.ipv6_subnet or raw.mgmt.ipv6_gw):
@@ -736,8 +790,13 @@ def _resolve_node(
         problems.add((*loc, "network-mode"), "network-mode 'host' is refused: the node would run in the root "
                      "namespace, which a lab never touches")
         ok = False
+    elif str(network_mode or "").startswith("container:"):
+        if not network_mode.removeprefix("container:"):
+            problems.add((*loc, "network-mode"), "network-mode 'container:' names no node (container:<node>)")
+            ok = False
     elif network_mode not in (None, "none", "bridge"):
-        problems.add((*loc, "network-mode"), f"network-mode {network_mode!r} is not supported (none or bridge)")
+        problems.add((*loc, "network-mode"), f"network-mode {network_mode!r} is not supported "
+                     "(bridge, none or container:<node>)")
         ok = False
 
     mgmt_ipv4: ipaddress.IPv4Interface | None = None
@@ -747,11 +806,15 @@ def _resolve_node(
         except ValueError:
             problems.add((*loc, "mgmt-ipv4"), f"mgmt-ipv4 {raw.mgmt_ipv4!r} is not an IPv4 address")
             ok = False
-        if network_mode == "none":
-            problems.add((*loc, "mgmt-ipv4"), "mgmt-ipv4 set but network-mode is none")
+        if network_mode == "none" or str(network_mode).startswith("container:"):
+            problems.add((*loc, "mgmt-ipv4"), f"mgmt-ipv4 set but network-mode is {network_mode}")
             ok = False
 
     ignored = tuple(k for k in IGNORED_NODE_KEYS if any(_pick([layer], _attr(k)) is not None for layer in layers))
+    restart_policy, restart_retries, problem = parse_restart_policy(_pick(layers, "restart_policy"))
+    if problem:
+        problems.add((*loc, "restart-policy"), problem)
+        ok = False
 
     env = _merge(layers, "env")
     env_files: dict[str, str] = {}
@@ -773,10 +836,14 @@ def _resolve_node(
         # an agent's run directory (the agent, the CNI plugin and the lab all read TABBY_RUN_ROOT)
         env["TABBY_RUN_ROOT"] = str(lab_dir(lab) / "run")
 
-    wait_for: list[str] = list(_pick(layers, "wait_for") or [])
-    stage_exec: list[str] = []
+    wait_for: list[str] = []
+    stage_waits: list[StageWait] = []
+    stage_execs: list[StageExec] = []
     stages_exit = False
-    for stage, conf in (_pick(layers, "stages") or {}).items():
+    for dep_name in _pick(layers, "wait_for") or []:  # older node-level wait-for: the other node's create
+        stage_waits.append(StageWait("create", dep_name, "create"))
+    # stages merge across levels as containerlab's Stages.Merge does: wait-for and exec appended, defaults first
+    for stage, conf in ((k, v) for layer in layers for k, v in (layer.stages or {}).items()):
         if stage not in STAGES:
             problems.add((*loc, "stages", stage), f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
             ok = False
@@ -787,14 +854,37 @@ def _resolve_node(
             if dep.stage not in STAGES:
                 problems.add((*loc, "stages", stage, "wait-for"), f"unknown stage {dep.stage!r} of node {dep.node}")
                 ok = False
-            wait_for.append(dep.node)
+            elif stage == "exit":
+                stages_exit = True  # ordering of destroy: nothing to order here (see warnings)
+            else:
+                stage_waits.append(StageWait(stage, dep.node, dep.stage))
+        entries: list[tuple[str, str, str]] = []  # (phase, target, command)
         commands = conf.exec_
         if isinstance(commands, RawStageExec):
-            commands = [*(commands.on_enter or []), *(commands.on_exit or [])]
-        if stage == "exit":
-            stages_exit = stages_exit or bool(commands)
+            entries = [*(("on-enter", "container", c) for c in commands.on_enter or []),
+                       *(("on-exit", "container", c) for c in commands.on_exit or [])]
         else:
-            stage_exec.extend(magic(c, lab, name) for c in commands or [])
+            for entry in commands or []:
+                if isinstance(entry, str):
+                    entries.append(("on-enter", "container", entry))
+                else:
+                    entries.append((entry.phase, entry.target, entry.command))
+        for phase, target, command in entries:
+            if phase not in ("on-enter", "on-exit"):
+                problems.add((*loc, "stages", stage, "exec"), f"unknown phase {phase!r} (on-enter or on-exit)")
+                ok = False
+            elif target == "host":
+                problems.add((*loc, "stages", stage, "exec"), f"exec {command!r} with target 'host' is refused: "
+                             "it would run in the root namespace, which a lab never touches")
+                ok = False
+            elif target != "container":
+                problems.add((*loc, "stages", stage, "exec"), f"unknown target {target!r} (container or host)")
+                ok = False
+            elif stage == "exit":
+                stages_exit = True
+            else:
+                stage_execs.append(StageExec(stage, phase, magic(command, lab, name)))
+    wait_for = list(dict.fromkeys(w.node for w in stage_waits))
 
     health: Healthcheck | None = None
     raw_health: RawHealthcheck | None = _pick(layers, "healthcheck")
@@ -834,16 +924,55 @@ def _resolve_node(
         network_mode=network_mode,
         ignored_keys=ignored,
         line=problems.line_of(loc),
-        wait_for=tuple(dict.fromkeys(wait_for)),
-        stage_exec=tuple(stage_exec),
+        wait_for=tuple(wait_for),
+        stage_waits=tuple(dict.fromkeys(stage_waits)),
+        stage_execs=tuple(stage_execs),
         stages_exit=stages_exit,
         healthcheck=health,
         startup_delay=float(_pick(layers, "startup_delay") or 0),
+        restart_policy=restart_policy,
+        restart_max_retries=restart_retries,
     )
 
 
 def _attr(key: str) -> str:
     return "sans" if key == "SANs" else key.replace("-", "_")
+
+
+def shared_netns_owner(node: Node) -> str | None:
+    """The node whose network namespace ``node`` joins (``network-mode: container:<owner>``), if any."""
+    mode = node.network_mode or ""
+    return mode.removeprefix("container:") if mode.startswith("container:") else None
+
+
+def _share_network_namespaces(nodes: dict[str, Node], declared: dict[str, Any], problems: _Problems) -> dict[str, Node]:
+    """``network-mode: container:X``: the node runs in X's network namespace (as docker's container
+    mode does), with its own mount and UTS namespaces, no eth0 of its own, and an implicit wait for
+    X's create stage (containerlab's dependency manager adds the same). X must be a node of this
+    lab that owns its namespace: a container outside the lab does not exist here."""
+    out: dict[str, Node] = {}
+    for name, node in nodes.items():
+        owner_name = shared_netns_owner(node)
+        if owner_name is None:
+            out[name] = node
+            continue
+        loc = ("topology", "nodes", name, "network-mode")
+        owner = nodes.get(owner_name)
+        if owner_name == name:
+            problems.add(loc, "network-mode container: a node cannot share its own namespace")
+        elif owner_name not in declared:
+            problems.add(loc, f"network-mode container:{owner_name}: no node {owner_name!r} in topology.nodes "
+                         "(containers outside the lab do not exist without a container runtime)")
+        elif owner is not None and shared_netns_owner(owner) is not None:
+            problems.add(loc, f"network-mode container:{owner_name}: {owner_name} itself shares the namespace of "
+                         f"{shared_netns_owner(owner)}; name that node")
+        if owner is None or shared_netns_owner(owner) is not None or owner_name == name:
+            out[name] = node
+            continue
+        waits = (*node.stage_waits, StageWait("create", owner_name, "create"))
+        out[name] = replace(node, netns=owner.netns, stage_waits=tuple(dict.fromkeys(waits)),
+                            wait_for=tuple(dict.fromkeys((*node.wait_for, owner_name))))
+    return out
 
 
 def _check_wait_for(nodes: dict[str, Node], declared: dict[str, Any], problems: _Problems) -> None:
@@ -925,6 +1054,11 @@ def _resolve_links(
                              "interface name (1-15 letters, digits, '_', '.', '-')")
                 continue
             node = nodes.get(end.node)
+            if node is not None and shared_netns_owner(node) is not None:
+                problems.add((*loc, "endpoints", j), f"endpoint {end}: node {end.node} shares the network namespace "
+                             f"of {shared_netns_owner(node)} (network-mode {node.network_mode}); connect the link "
+                             f"to {shared_netns_owner(node)}")
+                continue
             if end.interface == MGMT_INTERFACE and (node is None or node.network_mode != "none"):
                 problems.add((*loc, "endpoints", j), f"endpoint {end}: eth0 is the management interface")
                 continue
@@ -959,7 +1093,7 @@ def _assign_mgmt(nodes: dict[str, Node], mgmt: Mgmt, problems: _Problems) -> dic
     hosts = (h for h in mgmt.subnet.hosts() if h not in taken)
     out: dict[str, Node] = {}
     for name, node in nodes.items():
-        if node.network_mode == "none":
+        if node.network_mode == "none" or shared_netns_owner(node) is not None:
             out[name] = node
             continue
         if node.mgmt_ipv4 is not None:

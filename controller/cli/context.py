@@ -50,6 +50,15 @@ class UserError(Exception):
         super().__init__("; ".join(self.problems))
 
 
+class CalicoctlError(Exception):
+    """A failure printed exactly as calicoctl prints it (stderr, no ``Error:`` prefix), exit 1: for the
+    lines scripts written for calicoctl parse (``Failed to create 'IPPool' resource: [...]``)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("; ".join(self.lines))
+
+
 @dataclass
 class CliState:
     """Global options, filled in by the root group and by per-command ``-c`` options."""

@@ -39,14 +39,17 @@ def ipam() -> None:
 @ipam.command()
 @click.option("--ip", "ip", metavar="IP", help="Report whether this IP address is in use, and by whom.")
 @click.option("--show-blocks", is_flag=True, help="Show each block as well as each pool.")
+@click.option("--show-borrowed", is_flag=True, help="Show the IPs a node took from a block another node owns.")
 @click.option("--show-configuration", is_flag=True, help="Show the IPAM configuration.")
 @datastore_options
-def show(ip: str | None, show_blocks: bool, show_configuration: bool) -> None:
+def show(ip: str | None, show_blocks: bool, show_borrowed: bool, show_configuration: bool) -> None:
     """Show IP usage per pool (and block), or what IPAM knows about one IP."""
-    if sum(map(bool, (ip, show_blocks, show_configuration))) > 1:
-        raise UserError("give at most one of --ip, --show-blocks, --show-configuration")
+    if sum(map(bool, (ip, show_blocks, show_borrowed, show_configuration))) > 1:
+        raise UserError("give at most one of --ip, --show-blocks, --show-borrowed, --show-configuration")
     if ip:
         _show_ip(ip)
+    elif show_borrowed:
+        _show_borrowed()
     elif show_configuration:
         _show_configuration()
     else:
@@ -91,6 +94,56 @@ def _show_ip(ip: str) -> None:
         click.echo("No attributes defined")
 
 
+def borrowed_ips(blocks: list[Any]) -> tuple[list[list[str]], int]:
+    """calicoctl's --show-borrowed rows (IP, BORROWING-NODE, BLOCK, BLOCK OWNER, TYPE, ALLOCATED-TO): an
+    address whose allocating node (its ``node`` attribute) is not the block's affine node, or that lies in
+    a block with no affinity; plus how many allocations carry no node attribute (cannot be classified)."""
+    from ipam.block import affinity_node
+
+    rows: list[list[str]] = []
+    unclassified = 0
+    for block in blocks:
+        owner = affinity_node(block.affinity) or ""
+        for o in block.allocated_ordinals():
+            attrs = block.secondary_of(o)
+            node = attrs.get("node")
+            if node is None:
+                unclassified += 1
+                continue
+            if node == owner:
+                continue
+            if "pod" in attrs:
+                kind, to = "pod", f"{attrs.get('namespace', '')}/{attrs['pod']}"
+            else:
+                kind, to = attrs.get("type", ""), ""
+            rows.append([block.ip(o), node, block.cidr, owner, kind, to])
+    return rows, unclassified
+
+
+def _show_borrowed() -> None:
+    from datastore.keys import BLOCKS
+    from ipam.block import Block, BlockFormatError
+
+    async def body(ds: Any) -> list[Any]:
+        kvs, _ = await ds.list(BLOCKS)
+        out = []
+        for kv in kvs:
+            try:
+                out.append(Block.from_json(kv.json()))
+            except (ValueError, BlockFormatError):
+                continue  # `ipam check` reports unreadable blocks
+        return out
+
+    rows, unclassified = borrowed_ips(state().run(body))
+    headers = ["IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO"]
+    click.echo(output.box_table(headers, rows, center_headers=False), nl=False)  # go-pretty: headers left
+    if unclassified:
+        click.echo(
+            f"\nNote: found {unclassified} IP allocations without an explicit node association."
+            " Unable to determine if they are borrowed."
+        )
+
+
 def _show_configuration() -> None:
     from ipam.client import IPAMClient
 
@@ -107,8 +160,11 @@ def _show_configuration() -> None:
 @ipam.command()
 @click.option("-o", "--output", "report_file", metavar="FILE", help="Write the report as JSON to FILE.")
 @click.option("--show-all-ips", is_flag=True, help="List every allocated IP with its handle and node.")
+@click.option(
+    "--show-problem-ips", is_flag=True, help="Print every IP that is leaked or not allocated properly (as calicoctl)."
+)
 @datastore_options
-def check(report_file: str | None, show_all_ips: bool) -> None:
+def check(report_file: str | None, show_all_ips: bool, show_problem_ips: bool) -> None:
     """Check blocks, handles and affinities for inconsistencies; exit 1 if any is found."""
     from ipam.client import IPAMClient
 
@@ -132,6 +188,10 @@ def check(report_file: str | None, show_all_ips: bool) -> None:
             output.tabwriter([{"IP": ip, "HANDLE": h, "NODE": n} for ip, h, n in ips], ["IP", "HANDLE", "NODE"]),
             nl=False,
         )
+    if show_problem_ips or show_all_ips:  # calicoctl: --show-all-ips implies --show-problem-ips
+        click.echo("")
+        for line in problem_ip_lines(report.problems):
+            click.echo(line)
     if report.problems:
         click.echo("")
         width = max(len(p.kind) for p in report.problems)
@@ -147,6 +207,30 @@ def check(report_file: str | None, show_all_ips: bool) -> None:
     click.echo(f"Check complete; found {n} problem{'' if n == 1 else 's'}.")
     if n:
         raise click.exceptions.Exit(1)
+
+
+def problem_ip_lines(problems: list[Any]) -> list[str]:
+    """calicoctl's --show-problem-ips sections, with its wording, from Tabby's check findings."""
+    from ipam.check import LEAKED_IP, MISSING_HANDLE, NOT_ALLOCATED
+
+    leaked = [p for p in problems if p.kind == LEAKED_IP]
+    unallocated = [p for p in problems if p.kind == NOT_ALLOCATED]
+    missing = sorted({p.handle_id or "" for p in problems if p.kind == MISSING_HANDLE and p.handle_id})
+    lines = ["Scanning for IPs that are allocated but not actually in use..."]
+    for p in leaked:
+        attrs = ", ".join(f"{k}={v}" for k, v in (("handle", p.handle_id), ("node", p.node)) if v)
+        lines.append(f"  {p.ip} leaked; attrs {attrs}")
+    lines.append(f"Found {len(leaked)} IPs that are allocated in IPAM but not actually in use.")
+    lines.append("Scanning for IPs that are in use by a workload or node but not allocated in IPAM...")
+    for p in unallocated:
+        lines.append(f"  {p.ip} in use by {p.handle_id} and in active IPAM pool but has no IPAM allocation.")
+    lines.append(
+        f"Found {len(unallocated)} in-use IPs that are in active IP pools but have no corresponding IPAM allocation."
+    )
+    lines.append("Scanning for IPs with missing handle...")
+    lines += [f"  {h} is in use in a block but doesn't exist." for h in missing]
+    lines.append(f"Found {len(missing)} handles mentioned in blocks with no matching handle resource.")
+    return lines
 
 
 async def _allocated_ips(ds: Any) -> list[tuple[str, str, str]]:
@@ -277,3 +361,69 @@ def configure(strictaffinity: bool | None, autoallocateblocks: bool | None, max_
         click.echo(f"Successfully set AutoAllocateBlocks to: {str(config.auto_allocate_blocks).lower()}")
     if max_blocks_per_host is not None:
         click.echo(f"Successfully set MaxBlocksPerHost to: {config.max_blocks_per_host}")
+
+
+# -- split ---------------------------------------------------------------------------------
+@ipam.command()
+@click.argument("number", metavar="NUMBER")
+@click.option("--cidr", metavar="CIDR", help="CIDR of the IP pool to split.")
+@click.option("--name", "pool_name", metavar="POOL_NAME", help="Name of the IP pool to split.")
+@datastore_options
+def split(number: str, cidr: str | None, pool_name: str | None) -> None:
+    """Split an IP pool into NUMBER (a power of 2) equal pools named split-<pool>-<i> (needs the lock).
+
+    Unlike calicoctl (disable, create each child, delete the parent), the parent's removal and the
+    children's creation are one transaction: all of it or nothing.
+    """
+    import ipaddress
+
+    from controller.cluster_info import datastore_ready
+    from controller.resource_store import ResourceStore
+    from datamodel.resources import IPPool, ResourceError, parse_resource
+
+    try:
+        parts = int(number)
+    except ValueError:
+        raise UserError(f"error reading number to split IP pools into. {number} is not a valid number") from None
+    if not cidr and not pool_name:
+        raise UserError("no name or CIDR provided. Provide a name or CIDR to denote the IP pool to split")
+    power = parts.bit_length() - 1
+    if parts < 2 or parts != 1 << power:
+        raise UserError(f"number to split CIDR into is not a valid power of 2: {parts}")
+
+    async def body(ds: Any) -> tuple[str, list[tuple[str, str]]]:
+        if await datastore_ready(ds):
+            raise UserError(
+                "datastore is not locked. Run the `tabbyctl datastore migrate lock` command in order split the IP pools"
+            )
+        store = ResourceStore(ds)
+        pools, _ = await store.list(IPPool)
+        old = next((p for p in pools if (pool_name and p.name == pool_name) or (not pool_name and p.spec.cidr == cidr)),
+                   None)
+        if old is None:
+            raise UserError(f"unable to find IP pool {pool_name or ''} covering the specified CIDR {cidr or ''}")
+        net = ipaddress.ip_network(old.spec.cidr)
+        if net.prefixlen + power > net.max_prefixlen:
+            raise UserError(f"the CIDR {old.spec.cidr} is not large enough to be split into {parts} parts")
+        children = []
+        problems: list[str] = []
+        for i, sub in enumerate(net.subnets(prefixlen_diff=power)):
+            doc = old.to_dict()
+            md = {k: v for k, v in doc["metadata"].items() if k in ("labels", "annotations")}
+            md["name"] = f"split-{old.name[:245]}-{i}"
+            doc["metadata"] = md
+            doc["spec"] = {**doc["spec"], "cidr": str(sub), "disabled": False}
+            try:
+                children.append(parse_resource(doc, f"split pool {md['name']}", 0))
+            except ResourceError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise UserError([f"error splitting the CIDR {old.spec.cidr} into {parts} CIDRs: {p}" for p in problems])
+        await store.split_pool(old, children)
+        return old.name, [(c.name, c.spec.cidr) for c in children]
+
+    name, made = state().run(body)
+    click.echo(f"IP Pool {name} was successfully split into {parts} smaller pools.")
+    for child, child_cidr in made:
+        click.echo(f"Created {child} with CIDR {child_cidr}.")
+    click.echo("Please refer to the documentation for final steps.")

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 
 import click
 
-from controller.cli.context import CliState, user_problems
+from controller.cli.context import CalicoctlError, CliState, user_problems
 from controller.cli.controller import controller
 from controller.cli.datastore_cmd import datastore
+from controller.cli.flows import flows
 from controller.cli.ipam import ipam
 from controller.cli.node import node
+from controller.cli.policy_cmd import policy
 from controller.cli.resources import COMMANDS
 from controller.cli.version import version
 
@@ -87,7 +89,7 @@ def cli(
     logs.configure(level=obj.log_level, fmt=log_format)
 
 
-for _command in (*COMMANDS, ipam, version, node, controller, datastore):
+for _command in (*COMMANDS, ipam, version, node, controller, datastore, flows, policy):
     cli.add_command(_command)
 
 
@@ -145,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `tabbyctl get ... | head`
         return 0
+    except CalicoctlError as exc:
+        for line in exc.lines:
+            click.echo(line, err=True)
+        return 1
     except Exception as exc:
         problems = user_problems(exc)
         if problems is not None:

@@ -140,6 +140,19 @@ def render_status(status: dict[str, Any]) -> str:
                     for s in mine]
             lines.append(render_table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows))
         lines.append("")
+    if any("graceful_restart" in s for s in sessions):
+        # Tabby's addition: what decides how fast a dead peer leaves the forwarding path
+        lines.append("Graceful restart and BFD")
+        rows = [[s["peer_address"], s.get("graceful_restart") or "-", str(s.get("prefixes_stale", 0)),
+                 s.get("bfd") or ("requested, not running" if s.get("bfd_requested") else "off")]
+                for s in sessions]
+        lines.append(render_table(["PEER ADDRESS", "PEER GRACEFUL RESTART", "STALE PATHS", "BFD"], rows))
+        lines.append("")
+    warnings = status.get("warnings") or []
+    if warnings:
+        lines.append("Warnings")
+        lines += [f"- {w}" for w in warnings]
+        lines.append("")
     return "\n".join(lines)
 
 

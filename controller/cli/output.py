@@ -40,14 +40,16 @@ def _pad_center(text: str, width: int) -> str:
     return " " * left + text + " " * (gap - left)
 
 
-def box_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """olekukonko/tablewriter's default rendering, as ``calicoctl ipam show`` prints it."""
+def box_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, center_headers: bool = True) -> str:
+    """olekukonko/tablewriter's default rendering, as ``calicoctl ipam show`` prints it; with
+    ``center_headers=False``, go-pretty's default (headers left-aligned), as ``--show-borrowed`` prints."""
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    lines = [border, "| " + " | ".join(_pad_center(h, w) for h, w in zip(headers, widths, strict=True)) + " |", border]
+    cells = [_pad_center(h, w) if center_headers else h.ljust(w) for h, w in zip(headers, widths, strict=True)]
+    lines = [border, "| " + " | ".join(cells) + " |", border]
     for row in rows:
         cells = [c.rjust(w) if _NUMBER.match(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -67,6 +69,38 @@ def usage_cell(part: float, total: float) -> str:
     return f"{go_g5(part)} ({pct:.0f}%)"
 
 
+REDACTED = "<redacted>"
+_URL_CREDS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+
+
+def redact_secrets(value: Any) -> Any:
+    """``get -o yaml/json``: a secret's value never prints.
+
+    Calico's kinds hold references only (``BGPPeer.spec.password.secretKeyRef`` and
+    ``BGPConfiguration.spec.nodeMeshPassword.secretKeyRef`` name a secret and a key; Tabby's model
+    refuses an inline password, and the refusal does not echo it). What could still hold one is free
+    text: an annotation or label whose name says password/secret/token/private, or a URL with
+    ``user:password@`` in any string. Those print as ``<redacted>``; a ``secretKeyRef`` prints as is.
+    """
+    from datamodel.resources.errors import SECRET_FIELD
+
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if k == "secretKeyRef":
+                out[k] = v
+            elif SECRET_FIELD.search(str(k)) and isinstance(v, str | int | float) and not isinstance(v, bool):
+                out[k] = REDACTED
+            else:
+                out[k] = redact_secrets(v)
+        return out
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, str):
+        return _URL_CREDS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", value)
+    return value
+
+
 def to_yaml(doc: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
@@ -75,11 +109,13 @@ def to_json(doc: Any) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def list_object(kind: str, items: list[dict[str, Any]], revision: int) -> dict[str, Any]:
-    """The ``<Kind>List`` calicoctl prints for a listing in yaml/json."""
+def list_object(
+    kind: str, items: list[dict[str, Any]], revision: int, api_version: str = API_VERSION
+) -> dict[str, Any]:
+    """The ``<Kind>List`` calicoctl prints for a listing in yaml/json (in the kind's group/version)."""
     return {
         "kind": f"{kind}List",
-        "apiVersion": API_VERSION,
+        "apiVersion": api_version,
         "metadata": {"resourceVersion": str(revision)},
         "items": items,
     }

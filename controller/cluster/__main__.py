@@ -16,7 +16,9 @@ election (run two for availability; one acts). Settings from the environment: ET
 ETCD_*), TABBY_CONTROLLER_INTERVAL (10 s), TABBY_LEADER_TTL (15 s), TABBY_IPAM_GC_GRACE (900 s),
 TABBY_NODE_GRACE (0 = never expire Nodes), TABBY_NODE_CLEANUP_DELAY (30 s), TABBY_CONTROLLER_ID,
 TABBY_CONTROLLER_PROMETHEUSMETRICSPORT (9094, 0 = off), TABBY_CONTROLLER_PROMETHEUSMETRICSHOST,
-TABBY_LOG_LEVEL, TABBY_LOG_FORMAT. See docs/controller.md."""
+TABBY_LOG_LEVEL, TABBY_LOG_FORMAT; the Kubernetes sync: TABBY_KUBE_API (or in a Pod
+KUBERNETES_SERVICE_HOST/PORT), TABBY_KUBE_TOKEN_FILE, TABBY_KUBE_CA_FILE, TABBY_KUBE_SYNC=off.
+See docs/controller.md."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControllerConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(level=config.log_level, fmt=config.log_format)
+    logs.configure(level=config.log_level, fmt=config.log_format, adjustable=True)  # KCC logSeverityScreen
     from controller.cluster.service import run_controller
 
     try:

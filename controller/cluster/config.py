@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.cluster.kubeapi import KubeAPIConfig, KubeConfigError
 from controller.metrics import MetricsConfigError, MetricsSettings, controller_settings
 from datastore import ConfigError, EtcdConfig
 
@@ -33,6 +34,8 @@ class ControllerConfig:
     log_format: str = "console"
     #: Prometheus endpoint: TABBY_CONTROLLER_PROMETHEUSMETRICSPORT (default 9094, 0 = off).
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: The Kubernetes sync (controller/cluster/kubesync.py): None = off (no API server configured).
+    kube: KubeAPIConfig | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ControllerConfig:
@@ -55,8 +58,13 @@ class ControllerConfig:
             metrics = controller_settings(env)
         except MetricsConfigError as exc:
             raise ControllerConfigError(str(exc)) from None
+        try:
+            kube = KubeAPIConfig.from_env(env)
+        except KubeConfigError as exc:
+            raise ControllerConfigError(str(exc)) from None
         return cls(
             etcd=etcd,
+            kube=kube,
             metrics=metrics,
             interval=_seconds(env, "TABBY_CONTROLLER_INTERVAL", 10.0, positive=True),
             leader_ttl=int(ttl_raw),

@@ -147,6 +147,11 @@ class IpamGC:
     def pending(self) -> int:
         return len(self._seen)
 
+    def forget(self) -> None:
+        """Drop every candidate's first-seen time (GC turned off: when it comes back, each waits its
+        full grace period again instead of being released at once)."""
+        self._seen.clear()
+
     async def run_once(self, view: ClusterView | None = None) -> GCResult:
         view = view if view is not None else await read_view(self.ds)
         now = self.clock()

@@ -56,4 +56,14 @@ class _ControllerCollector(Collector):
                               "gc_released_handle", "gc_released_addresses", "gc_skipped", *c.actions}):
             actions.add_metric([action], c.actions.get(action, 0))
         yield actions
+        if c.kube_sync is not None:
+            sync = CounterMetricFamily("tabby_controller_kube_sync", "Kubernetes sync: lists, relists (410 Gone), "
+                                       "watches, events, bookmarks, errors and writes, by resource",
+                                       labels=["resource", "what"])
+            for (res, what), n in sorted(c.kube_sync.stats.items()):
+                sync.add_metric([res, what], n)
+            yield sync
+            in_sync = GaugeMetricFamily("tabby_controller_kube_in_sync", "1 once every Kubernetes list has landed")
+            in_sync.add_metric([], 1 if c.kube_sync.in_sync else 0)
+            yield in_sync
         yield from etcd_families()

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from common import logs
     from controller.metrics import agent_settings
     from controller.node.config import NodeConfig, NodeConfigError
+    from controller.node.flows import FlowSettings
     from controller.node.identity import AgentLocked, acquire_lock, remember_nodename, resolve_nodename
     from controller.node.liveness import liveness_ttl
 
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         config = NodeConfig.from_env()
         liveness_ttl()  # checked here so a bad value stops the agent at once
         agent_settings(os.environ)
+        FlowSettings.from_env(os.environ)
     except (NodeConfigError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(level=config.log_level, fmt=config.log_format)
+    logs.configure(level=config.log_level, fmt=config.log_format, adjustable=True)
     try:
         lock = acquire_lock(config.run_dir, config.nodename)
     except AgentLocked as exc:

@@ -6,6 +6,16 @@ Wire format (docs/cni.md)::
         "mode": "tabby"|"tabby-ipam"}\n
     <- {"result": {...}}\n     or     {"error": {"cniVersion", "code", "msg", "details"}}\n
 
+or, from the native forwarder (controller/cni/forward.c), the runtime's call passed on unparsed::
+
+    -> {"forwarded": 1, "mode": "tabby"|"tabby-ipam", "env": {CNI_*, K8S_*}, "stdin": "<netconf text>"}\n
+    <- "<exit code>\n<the plugin's stdout>"   (not JSON: the forwarder copies it to its stdout)
+
+The agent answers a forwarded call with the plugin's own code (``controller.cni.plugin.conversation``:
+the same validation, errors and result shape as the Python plugin), so the forwarder needs no JSON
+parser and no Python start. An agent without this answers a forwarded call with an error reply
+(no ``command``), which the forwarder takes as "run the Python plugin instead".
+
 Why a unix socket with mode 0600: only root (the container runtime) may ask the agent to plumb
 interfaces or hand out addresses, and the file system is the one thing every network namespace
 of the machine shares, so the plugin reaches its agent from whatever namespace it runs in.
@@ -23,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from controller.cni import plugin as cni_plugin
 from controller.node.cni_handlers import DECODE_FAILURE, INTERNAL, CNIError, Request
 
 log = structlog.get_logger("tabby.node.api")
@@ -34,12 +45,10 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "BGP_STATUS")
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 
 
-def parse_request(line: bytes) -> Request:
-    """Bytes of one request line -> Request, or CNIError(6) naming what is wrong."""
-    try:
-        data = json.loads(line)
-    except ValueError as exc:
-        raise CNIError(DECODE_FAILURE, f"local API: request is not JSON: {exc}") from None
+def parse_request(data: Any) -> Request:
+    """One request (bytes of its line, or the decoded object) -> Request, or CNIError(6) naming what is wrong."""
+    if isinstance(data, (bytes, str)):
+        data = _decode(data.encode() if isinstance(data, str) else data)
     if not isinstance(data, dict):
         raise CNIError(DECODE_FAILURE, "local API: request must be a JSON object")
     command = data.get("command")
@@ -99,23 +108,52 @@ class ApiServer:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
+    async def _answer(self, data: Any, cni_version: str = "1.0.0") -> dict[str, Any]:
+        """One request object -> the reply object (never raises)."""
+        try:
+            req = parse_request(data)
+            cni_version = str(req.config.get("cniVersion") or cni_version)
+            return {"result": await self.handler(req)}
+        except CNIError as exc:
+            return {"error": exc.to_json(cni_version)}
+        except Exception as exc:
+            log.exception("api.internal_error", node=self.node)
+            return {"error": CNIError(INTERNAL, f"internal error in the node agent: {type(exc).__name__}: {exc}")
+                    .to_json(cni_version)}
+
+    async def _forwarded(self, data: dict[str, Any]) -> bytes:
+        """A call the native forwarder passed on unparsed: answered as the Python plugin would."""
+        env = data.get("env")
+        stdin = data.get("stdin")
+        mode = data.get("mode")
+        if not isinstance(env, dict) or not isinstance(stdin, str) or mode not in ("tabby", "tabby-ipam"):
+            text = cni_plugin.json_dumps({"cniVersion": "1.0.0", "code": DECODE_FAILURE, "details": "",
+                                          "msg": "local API: a forwarded call needs env, stdin and mode"})
+            return b"1\n" + text.encode() + b"\n"
+        talk = cni_plugin.conversation(mode, {str(k): str(v) for k, v in env.items()}, lambda: stdin)
+        try:
+            request, _conf = next(talk)
+            talk.send(await self._answer(request))
+        except StopIteration as stop:
+            code, text = stop.value
+        return f"{code}\n{text}".encode()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        cni_version = "1.0.0"
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
-                req = parse_request(line)
-                cni_version = str(req.config.get("cniVersion") or cni_version)
-                reply: dict[str, Any] = {"result": await self.handler(req)}
+                data = _decode(line)
             except CNIError as exc:
-                reply = {"error": exc.to_json(cni_version)}
+                out = json.dumps({"error": exc.to_json("1.0.0")}).encode() + b"\n"
             except (TimeoutError, asyncio.LimitOverrunError, ValueError):
-                reply = {"error": CNIError(DECODE_FAILURE, "local API: no complete request line").to_json(cni_version)}
-            except Exception as exc:
-                log.exception("api.internal_error", node=self.node)
-                reply = {"error": CNIError(INTERNAL, f"internal error in the node agent: {type(exc).__name__}: {exc}")
-                         .to_json(cni_version)}
-            writer.write(json.dumps(reply).encode() + b"\n")
+                out = json.dumps({"error": CNIError(DECODE_FAILURE, "local API: no complete request line")
+                                  .to_json("1.0.0")}).encode() + b"\n"
+            else:
+                if isinstance(data, dict) and data.get("forwarded") == 1 and "command" not in data:
+                    out = await self._forwarded(data)
+                else:
+                    out = json.dumps(await self._answer(data)).encode() + b"\n"
+            writer.write(out)
             await writer.drain()
         except (ConnectionError, OSError):
             pass  # the plugin gave up; the work is done or undone either way
@@ -123,6 +161,13 @@ class ApiServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _decode(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise CNIError(DECODE_FAILURE, f"local API: request is not JSON: {exc}") from None
 
 
 def prune_dangling_aliases(directory: Path) -> list[Path]:

@@ -23,15 +23,20 @@ FIRST_FOUND_EXCLUDE = (
 )
 
 
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+
+
 @dataclass(frozen=True)
 class Interface:
-    """One link with its IPv4 addresses in CIDR form, in kernel (index) order."""
+    """One link with its IPv4 addresses (and IPv6 ones, for IP6 autodetection) in CIDR form, in kernel order."""
 
     name: str
     index: int
     addresses: tuple[str, ...]
     mtu: int = 1500
     up: bool = True
+    addresses6: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,9 @@ class Detected:
     mtu: int
 
 
-def _usable(cidr: str) -> bool:
+def _usable(cidr: str, version: int = 4) -> bool:
     iface = ipaddress.ip_interface(cidr)
-    return iface.version == 4 and not iface.ip.is_loopback and not iface.ip.is_link_local
+    return iface.version == version and not iface.ip.is_loopback and not iface.ip.is_link_local
 
 
 def select(
@@ -53,8 +58,12 @@ def select(
     interfaces: Sequence[Interface],
     *,
     route_source: str | None = None,
+    version: int = 4,
 ) -> Detected | None:
     """The address ``method`` picks from ``interfaces``; None when nothing qualifies yet.
+
+    ``version`` 6 is IP6_AUTODETECTION_METHOD: the same rules over the IPv6 addresses (link-local ones
+    never qualify, as in calico-node).
 
     ``route_source`` is the kernel's source address towards the can-reach target (the reader
     asks the kernel); the interface holding it wins.
@@ -63,8 +72,8 @@ def select(
 
     def first(candidates: Sequence[Interface], want: object = None) -> Detected | None:
         for itf in candidates:
-            for addr in itf.addresses:
-                if not _usable(addr):
+            for addr in itf.addresses6 if version == 6 else itf.addresses:
+                if not _usable(addr, version):
                     continue
                 if want is not None and not want(addr):  # type: ignore[operator]
                     continue
@@ -91,11 +100,11 @@ def select(
     raise ValueError(f"unknown autodetection method {method.kind!r}")
 
 
-def interface_holding(address: str, interfaces: Sequence[Interface]) -> Interface | None:
-    """The interface carrying ``address`` (configured IP): the NIC that native routes leave by."""
+def interface_holding(address: str, interfaces: Sequence[Interface], version: int = 4) -> Interface | None:
+    """The interface carrying ``address`` (configured IP or IP6): the NIC that native routes leave by."""
     ip = ipaddress.ip_interface(address).ip
     for itf in interfaces:
-        if any(ipaddress.ip_interface(a).ip == ip for a in itf.addresses):
+        if any(ipaddress.ip_interface(a).ip == ip for a in (itf.addresses6 if version == 6 else itf.addresses)):
             return itf
     return None
 
@@ -106,7 +115,9 @@ def interface_holding(address: str, interfaces: Sequence[Interface]) -> Interfac
 
 
 def read_interfaces(netns: str | None) -> list[Interface]:
-    """Links and IPv4 addresses of ``netns`` (None: the agent's own namespace)."""
+    """Links and IPv4/IPv6 addresses of ``netns`` (None: the agent's own namespace). An IPv6 address still
+    in duplicate address detection (tentative) is left out: nothing can bind to it yet, so the agent waits
+    for it as it waits for an address that is not there."""
     from controller.node.nlutil import iproute
 
     with iproute(netns) as ipr:
@@ -117,8 +128,15 @@ def read_interfaces(netns: str | None) -> list[Interface]:
         addrs: dict[int, list[str]] = {}
         for msg in ipr.get_addr(family=2):
             addrs.setdefault(msg["index"], []).append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+        addrs6: dict[int, list[str]] = {}
+        for msg in ipr.get_addr(family=10):
+            flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+            if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                continue
+            addrs6.setdefault(msg["index"], []).append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
     return [
-        Interface(name=name, index=index, addresses=tuple(addrs.get(index, ())), mtu=mtu, up=up)
+        Interface(name=name, index=index, addresses=tuple(addrs.get(index, ())), mtu=mtu, up=up,
+                  addresses6=tuple(addrs6.get(index, ())))
         for index, (name, mtu, up) in links.items()
     ]
 

@@ -37,13 +37,13 @@ from datastore.client import Compare
 from datastore.keys import resource_key
 from felix_like.workload import (
     GATEWAY_V4,
+    HOST_MAC,
     NetnsGone,
+    WorkloadError,
+    WorkloadResult,
     WorkloadSpec,
     check_workload,
-    enable_forwarding,
     host_veth_name,
-    setup_workload,
-    teardown_workload,
 )
 from ipam.errors import HandleInUse, IPAMError, NoPoolsError, PoolsExhausted
 
@@ -359,27 +359,24 @@ class CNIHandlers:
                 host_ifname=ident.host_ifname, pod_netns=req.netns, pod_ifname=req.ifname, mtu=mtu,
                 ipv4=[_host_cidr(ip) for ip in v4], ipv6=[_host_cidr(ip) for ip in v6], pod_mac=pod_mac,
             )
-            if v6:
-                # The node must forward IPv6 for this pod (IPv4 forwarding is on since start): per-veth
-                # ``forwarding`` is not enough, the kernel forwards IPv6 only with conf/all/forwarding=1.
-                # Switched on here, when the first IPv6 workload needs it, not at start: on an IPv4-only
-                # node it would change how the host treats router advertisements for nothing.
-                await asyncio.to_thread(enable_forwarding, agent.config.netns, True)
+            wep = WorkloadEndpoint.model_validate(written["doc"]) if "doc" in written else None
             try:
-                made = await asyncio.to_thread(setup_workload, agent.config.netns, spec)
+                # The device, the policy and the routes: one pass of the dataplane's fast lane (the
+                # workload manager makes the veth on the dataplane thread, not this handler).
+                await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
+                                                 ident.host_ifname, wep, device=spec)
             except NetnsGone as exc:
                 raise CNIError(UNKNOWN_CONTAINER, f"CNI_NETNS: {exc.strerror}", str(req.netns)) from None
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
-            ph.mark("netlink")
-            wep = WorkloadEndpoint.model_validate(written["doc"]) if "doc" in written else None
-            await agent.local_workload_added(ident.wep_key, req.container_id, [_bare(ip) for ip in (*v4, *v6)],
-                                             ident.host_ifname, wep)
-            ph.mark("route_apply")
+            except WorkloadError as exc:
+                raise CNIError(IO_FAILURE, f"could not create the pod interface: {exc}") from None
+            ph.mark("dataplane")  # device, policy and routes (the fast lane)
         except BaseException:
             await self._undo_add(req, ident, v4 + v6)
             raise
         bound.info("cni.added", ips=[*v4, *v6], interface=ident.host_ifname, ms=ph.total(), phases_ms=ph.ms)
+        made = WorkloadResult(ident.host_ifname, HOST_MAC, req.ifname, pod_mac)
         ips = [{"address": _host_cidr(ip), "gateway": GATEWAY_V4, "interface": 1} for ip in v4]
         ips += [{"address": _host_cidr(ip), "interface": 1} for ip in v6]
         routes = ([{"dst": "0.0.0.0/0", "gw": GATEWAY_V4}] if v4 else []) + ([{"dst": "::/0"}] if v6 else [])
@@ -442,13 +439,10 @@ class CNIHandlers:
         """A failed ADD leaves nothing behind (veth, route, addresses) as far as it can."""
         agent = self.agent
         try:
-            await asyncio.to_thread(teardown_workload, agent.config.netns, ident.host_ifname)
+            await agent.local_workload_removed([ident.wep_key], [ident.host_ifname], devices=[ident.host_ifname])
         except Exception:
-            log.warning("cni.undo_failed", node=self.node, step="veth", interface=ident.host_ifname, exc_info=True)
-        try:
-            await agent.local_workload_removed([ident.wep_key], [ident.host_ifname])
-        except Exception:
-            log.warning("cni.undo_failed", node=self.node, step="route", interface=ident.host_ifname, exc_info=True)
+            log.warning("cni.undo_failed", node=self.node, step="veth+route", interface=ident.host_ifname,
+                        exc_info=True)
         try:
             await asyncio.wait_for(agent.ipam.release_by_handle(req.handle), self.timeout)
         except Exception:
@@ -479,6 +473,10 @@ class CNIHandlers:
             "mac": mac,
             "profiles": [f"kns.{ident.namespace}"] if ident.orchestrator == "k8s" else [],
         }
+        ports = (req.config.get("runtimeConfig") or {}).get("ports") if isinstance(req.config.get("runtimeConfig"),
+                                                                                 dict) else None
+        if isinstance(ports, list) and ports:  # named container ports (NetworkPolicy's named ports)
+            spec["ports"] = ports
         if ident.pod:
             spec["pod"] = ident.pod
             spec["workload"] = ident.pod
@@ -541,13 +539,12 @@ class CNIHandlers:
             keys.add(found[0])
             if found_ifname:
                 interfaces.add(found_ifname)
-        for name in sorted(interfaces):
-            # A new sandbox of the same pod may already use this veth name: only delete ours.
-            if found is None or name == found_ifname or name == ident.host_ifname:
-                await asyncio.to_thread(teardown_workload, agent.config.netns, name)
-        ph.mark("netlink")
-        await agent.local_workload_removed(keys, interfaces)
-        ph.mark("route_apply")
+        # A new sandbox of the same pod may already use this veth name: only delete ours. The devices
+        # go with the routes, in one pass of the dataplane's fast lane (the workload manager).
+        devices = [name for name in sorted(interfaces)
+                   if found is None or name == found_ifname or name == ident.host_ifname]
+        await agent.local_workload_removed(keys, interfaces, devices=devices)
+        ph.mark("dataplane")
         # The release and the endpoint deletes are independent writes: in flight together, not one
         # after the other (the next ADD needs neither to wait for the other).
         released, *_ = await asyncio.gather(

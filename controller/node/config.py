@@ -53,6 +53,10 @@ class NodeConfig:
     etcd: EtcdConfig
     ip: str = "autodetect"  # a CIDR, "autodetect" or "none"
     autodetect: AutodetectMethod = field(default_factory=AutodetectMethod)
+    #: calico-node's IP6: an IPv6 CIDR, "autodetect", or "none" (the default: no IPv6 node address, so no
+    #: IPv6 BGP sessions and no routes to other nodes' IPv6 blocks).
+    ip6: str = "none"
+    autodetect6: AutodetectMethod = field(default_factory=AutodetectMethod)
     as_number: int | None = None
     run_dir: Path = Path(DEFAULT_RUN_ROOT)
     run_root: Path = Path(DEFAULT_RUN_ROOT)
@@ -68,6 +72,9 @@ class NodeConfig:
     #: TABBY_BGP_MESH_BFD=true: BFD (300 ms x 3) on node-to-node mesh sessions to nodes on the local subnet.
     #: A Tabby switch, because Calico's kinds have no field for the mesh (BGPPeers use failureDetectionMode).
     mesh_bfd: bool = False
+    #: TABBY_FLOW_LOGS (default true): every policy verdict of a new connection goes to NFLOG group 1
+    #: with its rule id (felix_like.policy_ids); false renders no flow-log statement at all.
+    flow_logs: bool = True
 
     @property
     def bgp_enabled(self) -> bool:
@@ -87,6 +94,11 @@ class NodeConfig:
         """The configured CIDR when IP is neither autodetect nor none."""
         return None if self.ip in ("autodetect", "none") else self.ip
 
+    @property
+    def static_ip6(self) -> str | None:
+        """The configured IPv6 CIDR when IP6 is neither autodetect nor none."""
+        return None if self.ip6 in ("autodetect", "none") else self.ip6
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> NodeConfig:
         """Read and check every setting; raises NodeConfigError naming the first bad variable."""
@@ -98,6 +110,9 @@ class NodeConfig:
             )
         ip = parse_ip_setting(env.get("IP", "").strip())
         method = parse_autodetection_method(env.get("IP_AUTODETECTION_METHOD", "").strip())
+        ip6 = parse_ip6_setting(env.get("IP6", "").strip())
+        method6 = parse_autodetection_method(env.get("IP6_AUTODETECTION_METHOD", "").strip(),
+                                             var="IP6_AUTODETECTION_METHOD")
         as_number = parse_as(env.get("AS", "").strip())
         try:
             etcd = EtcdConfig.load(env.get("ETCD_CONFIG_FILE") or None, env)
@@ -136,11 +151,16 @@ class NodeConfig:
         mesh_bfd_raw = env.get("TABBY_BGP_MESH_BFD", "").strip().lower()
         if mesh_bfd_raw not in ("", "true", "false"):
             raise NodeConfigError(f"TABBY_BGP_MESH_BFD: must be true or false, got {mesh_bfd_raw!r}")
+        flow_logs_raw = env.get("TABBY_FLOW_LOGS", "").strip().lower()
+        if flow_logs_raw not in ("", "true", "false"):
+            raise NodeConfigError(f"TABBY_FLOW_LOGS: must be true or false, got {flow_logs_raw!r}")
         return cls(
             nodename=nodename,
             etcd=etcd,
             ip=ip,
             autodetect=method,
+            ip6=ip6,
+            autodetect6=method6,
             as_number=as_number,
             run_dir=run_dir,
             run_root=run_root,
@@ -154,6 +174,7 @@ class NodeConfig:
             networking_backend=backend,
             bgp_startup_hold=hold,
             mesh_bfd=mesh_bfd_raw == "true",
+            flow_logs=flow_logs_raw != "false",
         )
 
 
@@ -188,7 +209,25 @@ def parse_ip_setting(raw: str) -> str:
     return str(iface)
 
 
-def parse_autodetection_method(raw: str) -> AutodetectMethod:
+def parse_ip6_setting(raw: str) -> str:
+    """IP6: empty/"none" -> none (calico-node's default), "autodetect", or an IPv6 address with prefix length."""
+    if not raw or raw.lower() == "none":
+        return "none"
+    if raw.lower() == "autodetect":
+        return "autodetect"
+    try:
+        iface = ipaddress.ip_interface(raw)
+    except ValueError:
+        raise NodeConfigError(f"IP6: expected an IPv6 CIDR (e.g. fd00::1/64), 'autodetect' or 'none', got {raw!r}") \
+            from None
+    if iface.version != 6:
+        raise NodeConfigError(f"IP6: must be an IPv6 address (use IP for IPv4), got {raw!r}")
+    if "/" not in raw:
+        raise NodeConfigError(f"IP6: give the prefix length too (e.g. {raw}/64): BGP next hops are checked on it")
+    return str(iface)
+
+
+def parse_autodetection_method(raw: str, var: str = "IP_AUTODETECTION_METHOD") -> AutodetectMethod:
     """calico-node's IP_AUTODETECTION_METHOD forms: first-found, interface=RE[,RE], can-reach=IP, cidr=C[,C]."""
     if not raw or raw == "first-found":
         return AutodetectMethod("first-found")
@@ -196,7 +235,7 @@ def parse_autodetection_method(raw: str) -> AutodetectMethod:
     kind = kind.strip()
     if kind not in AUTODETECT_KINDS or kind == "first-found" or not eq or not arg.strip():
         raise NodeConfigError(
-            "IP_AUTODETECTION_METHOD: expected first-found, interface=REGEX, skip-interface=REGEX, "
+            f"{var}: expected first-found, interface=REGEX, skip-interface=REGEX, "
             f"can-reach=IP or cidr=CIDR[,CIDR], got {raw!r}"
         )
     args = tuple(a.strip() for a in arg.split(",") if a.strip())
@@ -205,21 +244,21 @@ def parse_autodetection_method(raw: str) -> AutodetectMethod:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise NodeConfigError(f"IP_AUTODETECTION_METHOD: bad regular expression {pattern!r}: {exc}") from None
+                raise NodeConfigError(f"{var}: bad regular expression {pattern!r}: {exc}") from None
     elif kind == "can-reach":
         if len(args) != 1:
-            raise NodeConfigError(f"IP_AUTODETECTION_METHOD: can-reach takes one address, got {arg!r}")
+            raise NodeConfigError(f"{var}: can-reach takes one address, got {arg!r}")
         try:
             ipaddress.ip_address(args[0])
         except ValueError:
-            raise NodeConfigError(f"IP_AUTODETECTION_METHOD: can-reach needs an IP address, got {args[0]!r}") \
+            raise NodeConfigError(f"{var}: can-reach needs an IP address, got {args[0]!r}") \
                 from None
     else:
         for cidr in args:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise NodeConfigError(f"IP_AUTODETECTION_METHOD: cidr= needs CIDRs, got {cidr!r}") from None
+                raise NodeConfigError(f"{var}: cidr= needs CIDRs, got {cidr!r}") from None
     return AutodetectMethod(kind, args)
 
 

@@ -21,10 +21,11 @@ Nothing here does I/O; the agent passes :meth:`CalcGraph.flush` output to the da
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
-from controller.node.messages import IPIPUpdate, Message, NATUpdate, RouteUpdate, VXLANUpdate
+from controller.node.messages import IPIPUpdate, Message, NATUpdate, RouteUpdate, VTEPUpdate, VXLANUpdate
 from controller.node.model import BLOCK, Update
 from controller.node.policy import PolicyCalc
 from datamodel.resources import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node
@@ -53,10 +54,61 @@ VXLAN_OVERHEAD = 50
 VXLAN_V6_OVERHEAD = 70
 
 
+@dataclass(frozen=True)
+class EncapSettings:
+    """What FelixConfiguration says about tunnels (controller/node/felix_config.py).
+
+    ``ipip_enabled``/``vxlan_enabled``: None = the pools decide (Felix's auto-detection); False = no
+    device of that kind and no route through one, whatever the pools ask (Felix's ``ipipEnabled`` /
+    ``vxlanEnabled: false``); True = the pools still decide, since a device needs the tunnel address
+    only a pool of that kind gives (Felix waits for its VTEP the same way). ``*_mtu`` None = auto
+    (the NIC's MTU minus the overhead); a value is set on the device and bounds the pods' MTU.
+    ``vxlanEnabled`` is Felix's IPv4 switch: IPv6 VXLAN pools are not affected.
+    """
+
+    ipip_enabled: bool | None = None
+    vxlan_enabled: bool | None = None
+    ipip_mtu: int | None = None
+    vxlan_mtu: int | None = None
+
+    def off(self) -> set[str]:
+        return {kind for kind, on in (("ipip", self.ipip_enabled), ("vxlan", self.vxlan_enabled)) if on is False}
+
+    def mtus(self) -> dict[str, int]:
+        return {kind: mtu for kind, mtu in (("ipip", self.ipip_mtu), ("vxlan", self.vxlan_mtu)) if mtu}
+
+
+#: Tabby's own devices (and lo): never the host MTU's source, or a tunnel would lower itself.
+_OWN_DEVICES = re.compile(r"^(lo|tunl0|vxlan\.tabby|vxlan-v6\.tabby|tab.*)$")
+
+
+def host_mtu(interfaces: Iterable[tuple[str, int, bool]], pattern: str) -> int | None:
+    """FelixConfiguration ``mtuIfacePattern``: the smallest MTU of the up interfaces whose name the
+    pattern matches (a regexp search, as Felix's MatchString), Tabby's own devices excepted; None
+    when none matches (the autodetected interface's MTU stays in force)."""
+    rx = re.compile(pattern)
+    mtus = [mtu for name, mtu, up in interfaces if up and rx.search(name) and not _OWN_DEVICES.match(name)]
+    return min(mtus) if mtus else None
+
+
+def with_host_mtu(encap: EncapSettings, host: int | None) -> EncapSettings:
+    """Auto tunnel MTUs (None) made explicit from the pattern's host MTU: the devices would otherwise
+    take their parent NIC's."""
+    if host is None:
+        return encap
+    return replace(encap, ipip_mtu=encap.ipip_mtu or host - IPIP_OVERHEAD,
+                   vxlan_mtu=encap.vxlan_mtu or host - VXLAN_OVERHEAD)
+
+
 # -- pure conversions: datamodel objects -> felix_like plain data -----------------------------------
-def pool_info(pool: IPPool) -> PoolInfo:
-    return PoolInfo(cidr=pool.spec.cidr, ipip_mode=EncapMode(pool.spec.ipipMode),
-                    vxlan_mode=EncapMode(pool.spec.vxlanMode), disabled=pool.spec.disabled)
+def pool_info(pool: IPPool, encap: EncapSettings | None = None) -> PoolInfo:
+    """A pool for routing; an encapsulation FelixConfiguration turned off routes as mode Never
+    (natively, via the node's address), since there is no device to route through."""
+    off = encap.off() if encap is not None else set()
+    v4 = pool.ip_version == 4
+    ipip = EncapMode.NEVER if "ipip" in off and v4 else EncapMode(pool.spec.ipipMode)
+    vxlan = EncapMode.NEVER if "vxlan" in off and v4 else EncapMode(pool.spec.vxlanMode)
+    return PoolInfo(cidr=pool.spec.cidr, ipip_mode=ipip, vxlan_mode=vxlan, disabled=pool.spec.disabled)
 
 
 def remote_node_info(node: Node) -> RemoteNodeInfo:
@@ -95,17 +147,20 @@ def encapsulations(pools: Iterable[IPPool]) -> set[str]:
     return out
 
 
-def pod_mtu(nic_mtu: int, encaps: set[str], override: int | None = None) -> int:
-    """NIC MTU minus the largest overhead of the enabled encapsulations (or the override)."""
+OVERHEADS = {"ipip": IPIP_OVERHEAD, "vxlan": VXLAN_OVERHEAD, "vxlan6": VXLAN_V6_OVERHEAD}
+
+
+def pod_mtu(nic_mtu: int, encaps: set[str], override: int | None = None,
+            tunnel_mtus: dict[str, int] | None = None) -> int:
+    """The pods' MTU: the override (TABBY_MTU, as the CNI config's ``mtu``), else the smallest MTU of
+    the programmed tunnels, each its configured MTU (FelixConfiguration ipipMTU/vxlanMTU) or the
+    NIC's minus its overhead; the NIC's MTU with no tunnel. A pod's packet may leave through any
+    of them, so it must fit the smallest (what Felix writes for the CNI plugin to read)."""
     if override:
         return override
-    overhead = max(
-        [0]
-        + ([IPIP_OVERHEAD] if "ipip" in encaps else [])
-        + ([VXLAN_OVERHEAD] if "vxlan" in encaps else [])
-        + ([VXLAN_V6_OVERHEAD] if "vxlan6" in encaps else [])
-    )
-    return nic_mtu - overhead
+    mtus = tunnel_mtus or {}
+    return min([nic_mtu] + [mtus.get(kind) or nic_mtu - overhead for kind, overhead in OVERHEADS.items()
+                            if kind in encaps])
 
 
 def _bare(addr: str | None) -> str | None:
@@ -142,6 +197,16 @@ class RouteCalc:
         self._local: dict[str, _LocalWep] = {}  # WorkloadEndpoint key -> this node's workload
         self._ip_owners: dict[str, dict[str, str]] = {}  # ip -> {wep key: interface}
         self._learned: dict[str, LearnedRoute] = {}
+        self._pools: dict[str, IPPool] = {}
+        self.encap = EncapSettings()
+
+    def set_encap(self, encap: EncapSettings) -> None:
+        """FelixConfiguration's tunnel switches changed: re-resolve every pool's routes."""
+        changed = encap.off() != self.encap.off()
+        self.encap = encap
+        if changed:
+            for pool in self._pools.values():
+                self.resolver.upsert_pool(pool_info(pool, encap))
 
     def register(self, dispatcher: Dispatcher) -> None:
         dispatcher.register(IPPool.KIND, self.on_pool)
@@ -149,14 +214,16 @@ class RouteCalc:
         dispatcher.register(BLOCK, self.on_block)
         dispatcher.register(WorkloadEndpoint.KIND, self.on_wep)
 
-    def set_local_node(self, ipv4_address: str | None, interface: str) -> None:
-        self.resolver.set_local(LocalNodeInfo(self.nodename, ipv4_address, interface))
+    def set_local_node(self, ipv4_address: str | None, interface: str, ipv6_address: str | None = None) -> None:
+        self.resolver.set_local(LocalNodeInfo(self.nodename, ipv4_address, interface, ipv6_address))
 
     def on_pool(self, u: Update) -> None:
         if u.old is not None and (u.new is None or u.new.spec.cidr != u.old.spec.cidr):
             self.resolver.remove_pool(u.old.spec.cidr)
+        self._pools.pop(u.key, None)
         if u.new is not None:
-            self.resolver.upsert_pool(pool_info(u.new))
+            self._pools[u.key] = u.new
+            self.resolver.upsert_pool(pool_info(u.new, self.encap))
 
     def on_node(self, u: Update) -> None:
         if u.new is None:
@@ -229,6 +296,16 @@ class RouteCalc:
                 self.resolver.upsert_learned(route)
         self._learned = new
 
+    def update_learned(self, changes: Mapping[str, LearnedRoute | None]) -> None:
+        """Some prefixes' learned routes now (None: gone): O(changes), where set_learned is O(table)."""
+        for cidr, route in changes.items():
+            if route is None:
+                if self._learned.pop(cidr, None) is not None:
+                    self.resolver.remove_learned(cidr)
+            elif self._learned.get(cidr) != route:
+                self._learned[cidr] = route
+                self.resolver.upsert_learned(route)
+
     def drain(self) -> list[Message]:
         return [RouteUpdate(dst, route) for dst, route in self.resolver.drain().items()]
 
@@ -246,6 +323,13 @@ class TunnelCalc:
         self.interface = ""
         self._dirty = True
         self._last: tuple[VXLANUpdate, IPIPUpdate, NATUpdate] | None = None
+        self.encap = EncapSettings()
+        self._vtep_changes: dict[str, RemoteVTEP | None] = {}  # remote VTEPs changed since the last drain
+
+    def set_encap(self, encap: EncapSettings) -> None:
+        if encap != self.encap:
+            self.encap = encap
+            self._dirty = True
 
     def register(self, dispatcher: Dispatcher) -> None:
         dispatcher.register(IPPool.KIND, self.on_pool)
@@ -279,33 +363,49 @@ class TunnelCalc:
                 self.remotes.pop(name, None)
             else:
                 self.remotes[name] = vtep
-            self._dirty = True
+            self._vtep_changes[name] = vtep  # one node's delta, not the whole list
 
     def encapsulations(self) -> set[str]:
+        """What the pools ask for: the tunnel addresses follow this (as calico-node allocates them)."""
         return encapsulations(self.pools.values())
 
+    def programmed(self) -> set[str]:
+        """What this node programs: the pools' asks minus what FelixConfiguration turned off."""
+        return self.encapsulations() - self.encap.off()
+
+    def suppressed(self) -> dict[str, str]:
+        """kind -> why it is not programmed although a pool asks for it (for ``node status``)."""
+        return {kind: f"FelixConfiguration {kind}Enabled is false: no {kind} device and no route through one, "
+                      "although a pool asks for it; routes to its blocks go natively"
+                for kind in sorted(self.encapsulations() & self.encap.off())}
+
     def current(self) -> tuple[VXLANUpdate, IPIPUpdate, NATUpdate]:
-        encaps = self.encapsulations()
+        encaps = self.programmed()
         me = self.me.spec if self.me is not None else None
         vx_local = None
         if "vxlan" in encaps and me is not None and me.ipv4VXLANTunnelAddr and self.node_ip and self.interface:
             vx_local = VXLANLocal(node_name=self.nodename, node_ip=_bare(self.node_ip) or "",
                                   interface=self.interface, tunnel_address=me.ipv4VXLANTunnelAddr,
-                                  mac=me.vxlanTunnelMACAddr or None)
-        remotes = tuple(v for _, v in sorted(self.remotes.items())) if vx_local is not None else ()
+                                  mac=me.vxlanTunnelMACAddr or None, mtu=self.encap.vxlan_mtu)
         tunnel = me.bgp.ipv4IPIPTunnelAddr if me is not None and me.bgp is not None else None
-        ipip = IPIPConfig(tunnel_address=tunnel, interface=self.interface) \
+        ipip = IPIPConfig(tunnel_address=tunnel, interface=self.interface, mtu=self.encap.ipip_mtu) \
             if "ipip" in encaps and tunnel and self.interface else None
         nat = tuple(NATPool(p.spec.cidr, p.spec.natOutgoing) for _, p in sorted(self.pools.items()))
-        return VXLANUpdate(vx_local, remotes), IPIPUpdate(ipip), NATUpdate(nat, any(p.nat_outgoing for p in nat))
+        return VXLANUpdate(vx_local), IPIPUpdate(ipip), NATUpdate(nat, any(p.nat_outgoing for p in nat))
 
     def drain(self) -> list[Message]:
-        if not self._dirty:
-            return []
-        self._dirty = False
-        now = self.current()
-        last, self._last = self._last, now
-        return [msg for i, msg in enumerate(now) if last is None or last[i] != msg]
+        """The local tunnel messages that changed, then one :class:`VTEPUpdate` per remote node that
+        changed (all of them after the first snapshot; afterwards O(changes), never the full list)."""
+        out: list[Message] = []
+        if self._dirty:
+            self._dirty = False
+            now = self.current()
+            last, self._last = self._last, now
+            out = [msg for i, msg in enumerate(now) if last is None or last[i] != msg]
+        if self._vtep_changes:
+            changes, self._vtep_changes = self._vtep_changes, {}
+            out.extend(VTEPUpdate(name, vtep) for name, vtep in changes.items())
+        return out
 
 
 class BgpCalc:
@@ -355,12 +455,13 @@ class BgpCalc:
 class CalcGraph:
     """The dispatcher and the calculators of one node. Single-threaded: the agent's event loop."""
 
-    def __init__(self, nodename: str, backend: str, *, vxlan_mac: str | None = None) -> None:
+    def __init__(self, nodename: str, backend: str, *, vxlan_mac: str | None = None,
+                 flow_logs: bool = True) -> None:
         self.dispatcher = Dispatcher()
         self.routes = RouteCalc(nodename, backend)
         self.tunnels = TunnelCalc(nodename, vxlan_mac)
         self.bgp = BgpCalc(nodename)
-        self.policy = PolicyCalc(nodename)
+        self.policy = PolicyCalc(nodename, flow_logs=flow_logs)
         for calc in (self.routes, self.tunnels, self.bgp, self.policy):
             calc.register(self.dispatcher)
 
@@ -368,9 +469,13 @@ class CalcGraph:
         for update in updates:
             self.dispatcher.dispatch(update)
 
-    def set_local_node(self, ipv4_address: str | None, interface: str) -> None:
-        self.routes.set_local_node(ipv4_address, interface)
+    def set_local_node(self, ipv4_address: str | None, interface: str, ipv6_address: str | None = None) -> None:
+        self.routes.set_local_node(ipv4_address, interface, ipv6_address)
         self.tunnels.set_local_node(ipv4_address, interface)
+
+    def set_encap(self, encap: EncapSettings) -> None:
+        self.routes.set_encap(encap)
+        self.tunnels.set_encap(encap)
 
     def flush(self) -> list[Message]:
         """Everything that changed since the last flush, tunnels first (routes may go through them)."""

@@ -106,7 +106,40 @@ class _AgentCollector(Collector):
         routes.add_metric([node], len(dp.programmer.actual) if dp is not None and dp.started else 0)
         yield routes
         yield from self._ipam(node)
+        yield from self._flows()
         yield from etcd_families()
+
+    def _flows(self) -> Iterator[Any]:
+        """Flow records by verdict and direction, policy verdicts by policy/tier/action, drops by reason
+        (felix_like.flowlog.FlowCounters; copied first: the reader thread keeps counting)."""
+        flows = getattr(self.agent, "flows", None)
+        if flows is None:
+            return
+        c = flows.recorder.counters
+        fam = CounterMetricFamily("tabby_flows", "Flows logged at connection setup, by verdict and direction",
+                                  labels=["verdict", "direction"])
+        for (verdict, direction), n in sorted(dict(c.flows).items()):
+            fam.add_metric([verdict, direction], n)
+        yield fam
+        fam = CounterMetricFamily("tabby_policy_verdicts", "Policy rule verdicts met by new connections",
+                                  labels=["policy", "tier", "action"])
+        for (policy, tier, action), n in sorted(dict(c.verdicts).items()):
+            fam.add_metric([policy, tier, action], n)
+        yield fam
+        fam = CounterMetricFamily("tabby_drops", "Connections dropped by policy, by reason", labels=["reason"])
+        for reason, n in sorted(dict(c.drops).items()):
+            fam.add_metric([reason], n)
+        yield fam
+        ring = flows.ring
+        for name, value, doc in (
+                ("tabby_flow_records_dropped", ring.dropped, "Flow records evicted from the full ring buffer"),
+                ("tabby_flow_events_lost", c.lost, "Netlink batches the kernel dropped (receive buffer full)")):
+            fam = CounterMetricFamily(name, doc)
+            fam.add_metric([], value)
+            yield fam
+        g = GaugeMetricFamily("tabby_flow_records", "Flow records held in the ring buffer")
+        g.add_metric([], len(ring))
+        yield g
 
     def _bgp(self, node: str) -> Iterator[Any]:
         if self.agent.bgp is None:

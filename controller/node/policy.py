@@ -12,6 +12,11 @@ the cluster, but one pod appearing or one label changing must cost O(selectors),
 * :meth:`PolicyCalc.drain` emits only what changed since the last drain (set members, chain rules,
   interface verdicts). :func:`felix_like.policy.compile_program` computes the same program from
   scratch; the unit tests hold the two equal.
+
+Calico's kinds ride on the same index: Calico NetworkPolicies and GlobalNetworkPolicies are policies
+(a global one is a candidate for every endpoint), NetworkSets are index members that only Calico rule
+selectors match, profiles' rule selectors are referenced like a policy's, and a Tier change re-plans
+every local endpoint (tiers are few).
 """
 
 from __future__ import annotations
@@ -22,20 +27,39 @@ from typing import TYPE_CHECKING
 
 from controller.node.messages import PolicyUpdate
 from controller.node.model import Update
+from datamodel.resources.calicopolicy import (
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    NetworkSet,
+    Profile,
+    Tier,
+)
 from datamodel.resources.kubernetes import Namespace, NetworkPolicy, namespace_labels
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
+from datamodel.selector import And, Compare, parse_selector
 from felix_like.policy import (
-    ADDR_TYPE,
-    PORT_TYPE,
+    CALICO_NS_LABEL,
+    AnyPolicy,
     EndpointInfo,
+    EndpointPlan,
+    PolicyFacts,
     PortKey,
+    RefItems,
     Refs,
     SelKey,
-    policy_chain,
+    addr_set_value,
+    calico_rules,
+    chain_of,
+    endpoint_plan,
+    names_of,
+    policy_facts,
     policy_rules,
     port_elements,
     port_set_name,
+    port_set_value,
+    profile_chain,
     selkey_matches,
+    set_family,
     set_name,
     target_key,
 )
@@ -47,29 +71,59 @@ _DIRECTIONS = ("ingress", "egress")
 
 
 def endpoint_info(key: str, wep: WorkloadEndpoint) -> EndpointInfo:
-    """What policy needs of a WorkloadEndpoint (IPv4 addresses only, this round)."""
-    ips = tuple(sorted({str(ipaddress.ip_interface(n).ip) for n in wep.spec.ipNetworks
-                        if ipaddress.ip_interface(n).version == 4}))
+    """What policy needs of a WorkloadEndpoint: labels, addresses of both families, named ports, profiles."""
+    ips = tuple(sorted({str(ipaddress.ip_interface(n).ip) for n in wep.spec.ipNetworks}))
     ports = tuple(sorted((p.name, p.protocol, p.port) for p in wep.spec.ports or []))
     return EndpointInfo(key=key, namespace=wep.namespace or "default",
                         labels=tuple(sorted((wep.metadata.labels or {}).items())), ips=ips, ports=ports,
                         node=wep.spec.node or "", interface=wep.spec.interfaceName or "",
-                        container_id=wep.spec.containerID or "")
+                        container_id=wep.spec.containerID or "", profiles=tuple(wep.spec.profiles or ()))
+
+
+def netset_info(key: str, doc: NetworkSet | GlobalNetworkSet) -> EndpointInfo:
+    """A NetworkSet (or GlobalNetworkSet: no namespace) as the label index sees it: labels and CIDRs."""
+    return EndpointInfo(key=key, namespace=doc.namespace or "",
+                        labels=tuple(sorted((doc.metadata.labels or {}).items())),
+                        ips=tuple(sorted(doc.spec.nets or [])), kind="netset")
+
+
+def _required_label(skey: SelKey) -> tuple[str, str] | None:
+    """A ``key == "value"`` the selector's pod part requires (a top-level conjunct), if any."""
+    sel = parse_selector(skey[1])
+    for term in sel.operands if isinstance(sel, And) else (sel,):
+        if isinstance(term, Compare) and term.op == "==":
+            return (term.key, term.value)
+    return None
 
 
 class PolicyCalc:
     """Label index + per-local-endpoint policy selection -> table deltas. Single-threaded."""
 
-    def __init__(self, nodename: str) -> None:
+    def __init__(self, nodename: str, flow_logs: bool = True) -> None:
         self.nodename = nodename
-        self.policies: dict[str, NetworkPolicy] = {}
+        self.flow_logs = flow_logs
+        self.policies: dict[str, AnyPolicy] = {}
+        self._facts: dict[str, PolicyFacts] = {}  # per policy key, what endpoint plans need of it
         self._policies_by_ns: dict[str, set[str]] = {}
+        self._global_policies: set[str] = set()
+        self.tiers: dict[str, Tier] = {}
+        self.profiles: dict[str, Profile] = {}
+        self._chain_profile: dict[str, tuple[str, str]] = {}  # profile chain -> (profile name, direction)
+        self._profile_refs: dict[str, Refs] = {}
         self.eps: dict[str, EndpointInfo] = {}
         self._eps_by_ns: dict[str, set[str]] = {}
+        #: endpoint keys by label (key, value): a new selector requiring ``k == v`` is evaluated
+        #: against those only (1,000 policies arriving in a cluster of 5,000 endpoints: 5 million
+        #: selector evaluations, 9 s, without it)
+        self._eps_by_label: dict[tuple[str, str], set[str]] = {}
         self.ns_docs: dict[str, dict[str, str]] = {}  # namespace name -> effective labels (documents only)
         # the label index
         self._sel_refs: dict[SelKey, int] = {}
         self._sel_members: dict[SelKey, set[str]] = {}
+        # which selectors an endpoint event must look at: those whose pod selector requires a label
+        # key == value the endpoint has (or had), and the rest (no such required equality)
+        self._sel_by_label: dict[tuple[str, str], set[SelKey]] = {}
+        self._sel_general: set[SelKey] = set()
         self._port_refs: dict[PortKey, int] = {}
         self._port_members: dict[PortKey, set[str]] = {}
         self._policy_refs: dict[str, tuple[SelKey, Refs]] = {}
@@ -80,17 +134,23 @@ class PolicyCalc:
         self._dirty_sets: set[str] = set()
         # what was emitted (the dataplane's desired state, as far as this calculator knows)
         self._iface_of: dict[str, str] = {}  # local ep key -> interface emitted
-        self.out_ingress: dict[str, tuple[str, ...] | None] = {}
-        self.out_egress: dict[str, tuple[str, ...] | None] = {}
+        self.out_ingress: dict[str, EndpointPlan | None] = {}
+        self.out_egress: dict[str, EndpointPlan | None] = {}
         self.out_chains: dict[str, tuple[str, ...]] = {}
         self._chain_refs: dict[str, set[str]] = {}
         self.out_sets: dict[str, tuple[str, frozenset[str]]] = {}
         self._set_source: dict[str, SelKey | PortKey] = {}
 
     def register(self, dispatcher: Dispatcher) -> None:
+        # NetworkPolicy: the Kubernetes and the Calico kind share the name (on_policy takes both)
         dispatcher.register(NetworkPolicy.KIND, self.on_policy)
+        dispatcher.register(GlobalNetworkPolicy.KIND, self.on_policy)
         dispatcher.register(Namespace.KIND, self.on_namespace)
         dispatcher.register(WorkloadEndpoint.KIND, self.on_wep)
+        dispatcher.register(Tier.KIND, self.on_tier)
+        dispatcher.register(Profile.KIND, self.on_profile)
+        dispatcher.register(NetworkSet.KIND, self.on_netset)
+        dispatcher.register(GlobalNetworkSet.KIND, self.on_netset)
 
     # -- inputs ------------------------------------------------------------------------------------
     def ns_labels(self, name: str) -> Mapping[str, str]:
@@ -123,18 +183,61 @@ class PolicyCalc:
             return
         if old is not None:
             self._eps_by_ns.get(old.namespace, set()).discard(key)
+            for kv in old.labels:
+                bucket = self._eps_by_label.get(kv)
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self._eps_by_label[kv]
         if ep is None:
             self.eps.pop(key, None)
         else:
             self.eps[key] = ep
             self._eps_by_ns.setdefault(ep.namespace, set()).add(key)
+            for kv in ep.labels:
+                self._eps_by_label.setdefault(kv, set()).add(key)
         self._reindex(key, old, ep, only_ns_selectors=False)
         if self._is_local(old) or self._is_local(ep):
             self._dirty_local.add(key)
 
+    def _index(self, skey: SelKey, add: bool) -> None:
+        req = _required_label(skey)
+        bucket = self._sel_general if req is None else self._sel_by_label.setdefault(req, set())
+        if add:
+            bucket.add(skey)
+        else:
+            bucket.discard(skey)
+            if req is not None and not bucket:
+                del self._sel_by_label[req]
+
+    def _endpoints_for(self, skey: SelKey) -> list[str]:
+        """The endpoints a new selector can match (a superset; selkey_matches decides): those with the
+        label it requires (Calico selectors also see the injected namespace label), else those of its
+        namespace, else all."""
+        req = _required_label(skey)
+        if req is not None:
+            pool = set(self._eps_by_label.get(req, ()))
+            if req[0] == CALICO_NS_LABEL:
+                pool |= self._eps_by_ns.get(req[1], set())
+            return list(pool)
+        if skey[0] is not None:
+            return list(self._eps_by_ns.get(skey[0], ()))
+        return list(self.eps)
+
+    def _candidates(self, old: EndpointInfo | None, ep: EndpointInfo | None) -> set[SelKey]:
+        """The selectors whose membership of this endpoint can be true before or after: a selector
+        requiring ``k == v`` cannot match an endpoint without that label, so it was and stays out."""
+        out = set(self._sel_general)
+        for e in (old, ep):
+            if e is not None:
+                for kv in (*e.labels, (CALICO_NS_LABEL, e.namespace)):  # Calico selectors see it injected
+                    out |= self._sel_by_label.get(kv, set())
+        return out
+
     def _reindex(self, key: str, old: EndpointInfo | None, ep: EndpointInfo | None, *, only_ns_selectors: bool) -> None:
         nsl = self.ns_labels(ep.namespace) if ep is not None else {}
-        for skey, members in self._sel_members.items():
+        for skey in self._candidates(old, ep):
+            members = self._sel_members[skey]
             if only_ns_selectors and skey[2] is None:
                 continue
             now = ep is not None and selkey_matches(skey, ep, nsl)
@@ -144,7 +247,7 @@ class PolicyCalc:
             else:
                 members.discard(key)
             if now != was or (now and old is not None and ep is not None and old.ips != ep.ips):
-                self._dirty_sets.add(set_name(skey))
+                self._dirty_sets.update((set_name(skey, 4), set_name(skey, 6)))
             if now != was:
                 self._targets_changed(skey, key)
         for pkey, members in self._port_members.items():
@@ -159,12 +262,48 @@ class PolicyCalc:
             else:
                 members.discard(key)
             if now or was:
-                self._dirty_sets.add(port_set_name(pkey))
+                self._dirty_sets.update((port_set_name(pkey, 4), port_set_name(pkey, 6)))
 
     def _targets_changed(self, skey: SelKey, key: str) -> None:
         ep = self.eps.get(key)
         if self._is_local(ep) or key in self._iface_of:
             self._dirty_local.add(key)
+
+    def on_netset(self, u: Update) -> None:
+        self.set_endpoint(u.key, netset_info(u.key, u.new) if u.new is not None else None)
+
+    def on_tier(self, u: Update) -> None:
+        """A tier's order or default action changes every local endpoint's chain that has the tier
+        (tiers are few and rarely change: every local endpoint is re-planned)."""
+        name = (u.new or u.old).name
+        if u.new is None:
+            self.tiers.pop(name, None)
+        else:
+            self.tiers[name] = u.new
+        self._dirty_local |= set(self._iface_of)
+
+    def on_profile(self, u: Update) -> None:
+        name = (u.new or u.old).name
+        old_refs = self._profile_refs.pop(name, None)
+        if old_refs is not None:
+            self._unref(None, old_refs)
+        if u.new is None:
+            self.profiles.pop(name, None)
+        else:
+            self.profiles[name] = u.new
+            refs = Refs()
+            for d in _DIRECTIONS:
+                calico_rules(u.new, d, refs)
+            self._profile_refs[name] = refs
+            self._ref(None, refs)
+        if old_refs is not None:
+            self._gc()
+        for d in _DIRECTIONS:
+            chain = profile_chain(name, d)
+            self._dirty_chains.add(chain)
+            self._chain_profile[chain] = (name, d)
+        self._dirty_local |= {k for k, ep in ((k, self.eps.get(k)) for k in self._iface_of)
+                              if ep is not None and name in (ep.profiles or (f"kns.{ep.namespace}",))}
 
     def on_namespace(self, u: Update) -> None:
         doc: Namespace | None = u.new
@@ -182,24 +321,30 @@ class PolicyCalc:
 
     def on_policy(self, u: Update) -> None:
         key = u.key
-        old: NetworkPolicy | None = self.policies.pop(key, None)
+        old: AnyPolicy | None = self.policies.pop(key, None)
         if old is not None:
             self._policies_by_ns.get(old.namespace or "default", set()).discard(key)
+            self._global_policies.discard(key)
             target, refs = self._policy_refs.pop(key)
             self._unref(target, refs)
             self._dirty_local |= {k for k in self._sel_members.get(target, ()) if k in self._iface_of}
             for d in _DIRECTIONS:
-                chain = policy_chain(old.namespace or "", old.name, d)
+                chain = chain_of(old, d)
                 self._dirty_chains.add(chain)
                 self._chain_policy.pop(chain, None)
-        new: NetworkPolicy | None = u.new
+        self._facts.pop(key, None)
+        new: AnyPolicy | None = u.new
         if new is not None:
             self.policies[key] = new
-            self._policies_by_ns.setdefault(new.namespace or "default", set()).add(key)
+            self._facts[key] = policy_facts(new)
+            if isinstance(new, GlobalNetworkPolicy):
+                self._global_policies.add(key)
+            else:
+                self._policies_by_ns.setdefault(new.namespace or "default", set()).add(key)
             refs = Refs()
             for d in _DIRECTIONS:
                 policy_rules(new, d, refs)
-                chain = policy_chain(new.namespace or "", new.name, d)
+                chain = chain_of(new, d)
                 self._dirty_chains.add(chain)
                 self._chain_policy[chain] = (key, d)
             target = target_key(new)
@@ -209,12 +354,13 @@ class PolicyCalc:
         if old is not None:
             self._gc()
 
-    def _ref(self, target: SelKey, refs: Refs) -> None:
-        for skey in {target, *refs.sets}:
+    def _ref(self, target: SelKey | None, refs: Refs) -> None:
+        for skey in {target, *refs.sets} - {None}:
             self._sel_refs[skey] = self._sel_refs.get(skey, 0) + 1
             if skey not in self._sel_members:
-                self._sel_members[skey] = {k for k, ep in self.eps.items()
-                                           if selkey_matches(skey, ep, self.ns_labels(ep.namespace))}
+                self._sel_members[skey] = {k for k in self._endpoints_for(skey)
+                                           if selkey_matches(skey, ep := self.eps[k], self.ns_labels(ep.namespace))}
+                self._index(skey, True)
         for pkey in refs.ports:
             self._port_refs[pkey] = self._port_refs.get(pkey, 0) + 1
             if pkey not in self._port_members:
@@ -223,8 +369,8 @@ class PolicyCalc:
                     k for k, ep in self.eps.items() if port_elements(ep, pname)
                     and (owner is None or selkey_matches(owner, ep, self.ns_labels(ep.namespace)))}
 
-    def _unref(self, target: SelKey, refs: Refs) -> None:
-        for skey in {target, *refs.sets}:
+    def _unref(self, target: SelKey | None, refs: Refs) -> None:
+        for skey in {target, *refs.sets} - {None}:
             self._sel_refs[skey] -= 1
         for pkey in refs.ports:
             self._port_refs[pkey] -= 1
@@ -233,28 +379,34 @@ class PolicyCalc:
         for skey in [k for k, n in self._sel_refs.items() if n <= 0]:
             del self._sel_refs[skey]
             self._sel_members.pop(skey, None)
+            self._index(skey, False)
         for pkey in [k for k, n in self._port_refs.items() if n <= 0]:
             del self._port_refs[pkey]
             self._port_members.pop(pkey, None)
 
     # -- output --------------------------------------------------------------------------------------
-    def _chains_for(self, ep: EndpointInfo, direction: str) -> tuple[str, ...] | None:
+    def _plan_for(self, ep: EndpointInfo, direction: str) -> EndpointPlan | None:
         kind = direction.capitalize()
-        chosen = []
-        for pkey in self._policies_by_ns.get(ep.namespace, ()):
-            pol = self.policies[pkey]
-            if kind in (pol.spec.policyTypes or []) and pkey in self._policy_refs \
+        chosen: list[PolicyFacts] = []
+        for pkey in (*self._policies_by_ns.get(ep.namespace, ()), *self._global_policies):
+            facts = self._facts[pkey]
+            if kind in facts.types and pkey in self._policy_refs \
                     and ep.key in self._sel_members.get(self._policy_refs[pkey][0], ()):
-                chosen.append((pol.namespace or "", pol.name))
-        return tuple(policy_chain(ns, name, direction) for ns, name in sorted(chosen)) if chosen else None
+                chosen.append(facts)
+        return endpoint_plan(ep, direction, chosen, self.tiers, self.profiles, self.flow_logs)
 
-    def _chain_source(self, chain: str) -> tuple[NetworkPolicy, str] | None:
+    def _chain_source(self, chain: str) -> tuple[AnyPolicy | Profile, str] | None:
         found = self._chain_policy.get(chain)
-        return (self.policies[found[0]], found[1]) if found is not None else None
+        if found is not None:
+            return self.policies[found[0]], found[1]
+        prof = self._chain_profile.get(chain)
+        if prof is not None and prof[0] in self.profiles:
+            return self.profiles[prof[0]], prof[1]
+        return None
 
     def drain(self) -> list[PolicyUpdate]:
         """What changed since the last drain, as one message (none when nothing did)."""
-        ifaces: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None] = {}
+        ifaces: dict[str, tuple[EndpointPlan | None, EndpointPlan | None] | None] = {}
         for key in sorted(self._dirty_local):
             ep = self.eps.get(key)
             old_iface = self._iface_of.pop(key, None)
@@ -270,14 +422,15 @@ class PolicyCalc:
                         ifaces[iface] = None
                     continue
                 oep = self.eps[owner]
-                verdicts = (self._chains_for(oep, "ingress"), self._chains_for(oep, "egress"))
+                verdicts = (self._plan_for(oep, "ingress"), self._plan_for(oep, "egress"))
                 if iface not in self.out_ingress or (self.out_ingress[iface], self.out_egress[iface]) != verdicts:
                     self.out_ingress[iface], self.out_egress[iface] = verdicts
                     ifaces[iface] = verdicts
         self._dirty_local.clear()
         # chains: every chain a local interface jumps to
-        needed = {c for t in (self.out_ingress, self.out_egress) for cs in t.values() if cs for c in cs}
+        needed = {c for t in (self.out_ingress, self.out_egress) for plan in t.values() if plan for c in plan.chains}
         chains: dict[str, tuple[str, ...] | None] = {}
+        chain_refs: dict[str, RefItems | None] = {}
         for name in sorted(needed):
             if name in self.out_chains and name not in self._dirty_chains:
                 continue
@@ -285,19 +438,21 @@ class PolicyCalc:
             if found is None:
                 continue
             refs = Refs()
-            rules = policy_rules(found[0], found[1], refs)
-            self._chain_refs[name] = {set_name(k) for k in refs.sets} | {port_set_name(k) for k in refs.ports}
-            for k in refs.sets:
-                self._set_source[set_name(k)] = k
-            for pk in refs.ports:
-                self._set_source[port_set_name(pk)] = pk
+            src = found[0]
+            rules = calico_rules(src, found[1], refs, self.flow_logs) if isinstance(src, Profile) \
+                else policy_rules(src, found[1], refs, self.flow_logs)
+            sources = names_of(refs)
+            self._chain_refs[name] = set(sources)
+            self._set_source.update(sources)
             if self.out_chains.get(name) != rules:
                 self.out_chains[name] = rules
                 chains[name] = rules
+                chain_refs[name] = tuple(sorted(refs.rule_refs.items()))
         for name in sorted(set(self.out_chains) - needed):
             del self.out_chains[name]
             self._chain_refs.pop(name, None)
             chains[name] = None
+            chain_refs[name] = None
         self._dirty_chains.clear()
         # sets: every set a needed chain references
         wanted = {s for c in self.out_chains for s in self._chain_refs.get(c, ())}
@@ -315,13 +470,14 @@ class PolicyCalc:
         self._dirty_sets.clear()
         if not (ifaces or chains or sets):
             return []
-        return [PolicyUpdate(sets=sets, chains=chains, interfaces=ifaces)]
+        return [PolicyUpdate(sets=sets, chains=chains, interfaces=ifaces, chain_refs=chain_refs)]
 
     def _set_value(self, name: str) -> tuple[str, frozenset[str]]:
         source = self._set_source[name]
-        if name.startswith("s-"):
+        family = set_family(name)
+        if name.startswith(("s", "c")):
             members = self._sel_members.get(source, set())  # type: ignore[arg-type]
-            return ADDR_TYPE, frozenset(ip for k in members for ip in self.eps[k].ips)
+            return addr_set_value(source, [self.eps[k] for k in members], family)  # type: ignore[arg-type]
         pname = source[1]
         pmembers = self._port_members.get(source, set())  # type: ignore[arg-type]
-        return PORT_TYPE, frozenset(el for k in pmembers for el in port_elements(self.eps[k], str(pname)))
+        return port_set_value([self.eps[k] for k in pmembers], str(pname), family)

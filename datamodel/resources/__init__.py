@@ -44,8 +44,11 @@ from datamodel.resources.felixconfig import (
     effective_felix_config,
 )
 from datamodel.resources.ipamconfig import IPAMConfiguration, IPAMConfigurationSpec
+from datamodel.resources.ipamkinds import BlockAffinity, IPReservation, block_affinity_name
 from datamodel.resources.ippool import IPPool, IPPoolSpec, pool_overlaps
+from datamodel.resources.kubecontrollers import KubeControllersConfiguration
 from datamodel.resources.node import Node, NodeAddress, NodeBGPSpec, NodeSpec, OrchRef
+from datamodel.resources.nodestatus import CalicoNodeStatus
 from datamodel.resources.parsing import parse_documents, parse_resource
 from datamodel.resources.registry import UNSUPPORTED_CALICO_KINDS, all_kinds, kind_for_name, unsupported_kind
 
@@ -63,6 +66,8 @@ __all__ = [
     "BGPPassword",
     "BGPPeer",
     "BGPPeerSpec",
+    "BlockAffinity",
+    "CalicoNodeStatus",
     "ClusterInformation",
     "ClusterInformationSpec",
     "Community",
@@ -72,6 +77,8 @@ __all__ = [
     "IPAMConfigurationSpec",
     "IPPool",
     "IPPoolSpec",
+    "IPReservation",
+    "KubeControllersConfiguration",
     "Metadata",
     "Node",
     "NodeAddress",
@@ -84,6 +91,7 @@ __all__ = [
     "SecretKeyRef",
     "ServiceIPBlock",
     "all_kinds",
+    "block_affinity_name",
     "effective_felix_config",
     "format_validation_error",
     "kind_for_name",

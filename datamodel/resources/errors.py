@@ -13,6 +13,7 @@ exception object in the error's context, so the formatter can expand it into pre
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -85,11 +86,23 @@ _TYPE_NAMES = {
 }
 
 
-def describe_value(value: Any) -> str:
-    """A short, YAML-flavoured description of a bad value: `integer 5`, `mapping`, `string 'x'`."""
+#: Field names whose values are never echoed in an error (an inline BGP password written where Calico
+#: wants a secretKeyRef must not end up in a terminal, a CI log or a shell history of errors).
+SECRET_FIELD = re.compile(r"pass(word|wd)|secret|token|private", re.I)
+
+
+def is_secret_path(loc: Sequence[str | int]) -> bool:
+    return any(isinstance(p, str) and SECRET_FIELD.search(p) for p in loc)
+
+
+def describe_value(value: Any, *, secret: bool = False) -> str:
+    """A short, YAML-flavoured description of a bad value: `integer 5`, `mapping`, `string 'x'`
+    (with ``secret``, the kind only: ``string (not shown: a secret)``)."""
     kind = _TYPE_NAMES.get(type(value), type(value).__name__)
     if isinstance(value, dict | list):
         return kind
+    if secret and value is not None:
+        return f"{kind} (not shown: a secret)"
     if value is None:
         return "null"
     text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
@@ -162,19 +175,22 @@ def _reason(err: dict[str, Any], model: type[BaseModel] | None) -> str:
     loc = err["loc"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
+    secret = is_secret_path(loc)
     if kind == "missing":
         return "required field missing"
     if kind == "extra_forbidden":
         return _unknown_field_reason(model, loc)
     if kind in _EXPECTED:
-        return f"must be {_EXPECTED[kind]}, got {describe_value(value)}"
+        return f"must be {_EXPECTED[kind]}, got {describe_value(value, secret=secret)}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '?')}, got {describe_value(value)}"
+        return f"must be one of {ctx.get('expected', '?')}, got {describe_value(value, secret=secret)}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")), "?")
-        return f"must be {op} {bound}, got {describe_value(value)}"
+        return f"must be {op} {bound}, got {describe_value(value, secret=secret)}"
     message = str(err.get("msg", kind))
+    if secret and isinstance(value, str) and value and value in message:
+        message = message.replace(value, "<not shown: a secret>")
     for noise in ("Value error, ", "Assertion failed, "):
         if message.startswith(noise):
             message = message[len(noise) :]

@@ -212,7 +212,9 @@ class NetworkPolicy(Resource):
     KIND: ClassVar[str] = "NetworkPolicy"
     PLURAL: ClassVar[str] = "kubernetesnetworkpolicies"
     NAMESPACED: ClassVar[bool] = True
-    ALIASES: ClassVar[tuple[str, ...]] = ("networkpolicy", "networkpolicies", "netpol", "knp")
+    # `networkpolicy` is calicoctl's name for the Calico kind; kubectl's `netpol` stays Kubernetes'.
+    ALIASES: ClassVar[tuple[str, ...]] = ("kubernetesnetworkpolicy", "kubernetesnetworkpolicies", "netpol", "netpols",
+                                          "knp", "knps")
     GROUP_VERSION: ClassVar[str] = "networking.k8s.io/v1"
 
     spec: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)

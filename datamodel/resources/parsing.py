@@ -57,11 +57,15 @@ _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _GoLikeLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """SafeLoader without sexagesimal numbers and timestamps, refusing duplicate mapping keys."""
+    """SafeLoader without sexagesimal numbers and timestamps, refusing duplicate mapping keys;
+    merge keys (``<<``) work as in Go's yaml (SafeConstructor flattens them)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` (YAML merge keys, as Go's yaml reads them): keys written
+                # beside the merge override the merged ones, so only the written ones must be unique
             # A plain string key (nearly every key) is compared by its text: constructing every
             # key twice was a measurable share of a 10,000-document apply.
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
@@ -109,19 +113,93 @@ def _load_documents(text: str, source: str, problems: list[str]) -> list[tuple[i
         if docs is not None:
             return list(enumerate(docs, 1))
     out: list[tuple[int, Any]] = []
-    stream = yaml.load_all(text, Loader=_GoLikeLoader)
+    loader = _GoLikeLoader(text)
     index = 0
-    while True:
-        index += 1
-        try:
-            data = next(stream)
-        except StopIteration:
-            break
-        except yaml.YAMLError as exc:
-            problems.append(_syntax_error(f"{source} document {index}", exc))
-            break
-        out.append((index, data))
+    try:
+        while True:
+            index += 1
+            try:
+                if not loader.check_node():
+                    break
+                node = loader.get_node()
+                data = _fast_construct(node)
+                if data is _SLOW:  # anchors, merge keys, explicit tags: PyYAML's own constructor
+                    data = loader.construct_document(node)
+            except yaml.YAMLError as exc:
+                problems.append(_syntax_error(f"{source} document {index}", exc))
+                break
+            out.append((index, data))
+    finally:
+        loader.dispose()
     return out
+
+
+_SLOW = object()
+_STR, _INT, _FLOAT, _BOOL, _NULL = (f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _fast_construct(node: yaml.Node) -> Any:
+    """The document as PyYAML's constructor (with the Go-like resolvers above) builds it, without its
+    generator machinery: plain maps, sequences and str/int/float/bool/null scalars, duplicate keys
+    refused. Anything else (anchors/aliases, ``<<`` merges, explicit or other tags) returns ``_SLOW``
+    and the caller uses the full constructor, so results are the same either way. About 3x faster
+    on a 10,000-document apply, where construction was the largest share of parsing."""
+    seen: dict[int, Any] = {}
+
+    def build(n: yaml.Node) -> Any:
+        if id(n) in seen:  # an alias: PyYAML shares the object; let it do so
+            raise _Slow
+        tag = n.tag
+        if isinstance(n, yaml.ScalarNode):
+            if tag == _STR:
+                return n.value
+            if tag == _INT:
+                return _SAFE.construct_yaml_int(n)
+            if tag == _BOOL:
+                return _SAFE.construct_yaml_bool(n)
+            if tag == _NULL:
+                return None
+            if tag == _FLOAT:
+                return _SAFE.construct_yaml_float(n)
+            raise _Slow
+        if isinstance(n, yaml.MappingNode):
+            if tag != _MAP:
+                raise _Slow
+            seen[id(n)] = True
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _Slow
+                key = build(key_node)
+                try:
+                    duplicate = key in out
+                except TypeError:
+                    raise _Slow from None
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", n.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                out[key] = build(value_node)
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            if tag != _SEQ:
+                raise _Slow
+            seen[id(n)] = True
+            return [build(item) for item in n.value]
+        raise _Slow
+
+    try:
+        return build(node)
+    except _Slow:
+        return _SLOW
+
+
+class _Slow(Exception):
+    """Internal: the node needs PyYAML's full constructor."""
+
+
+_SAFE = yaml.constructor.SafeConstructor()
 
 
 def _load_json_stream(text: str) -> list[Any] | None:
@@ -256,8 +334,9 @@ def _parse_list(
     for key in data:
         if key not in _LIST_FIELDS:
             problems.append(f"{prefix}: {key}: unknown field (a list has apiVersion, kind, metadata, items)")
-    if item_kind and data.get("apiVersion", API_VERSION) not in {c.GROUP_VERSION for c in kinds_named(item_kind)}:
-        problems.append(f"{prefix}: apiVersion: must be {API_VERSION}, got {data.get('apiVersion')!r}")
+    versions = sorted({c.GROUP_VERSION for c in kinds_named(item_kind)}) if item_kind else []
+    if item_kind and data.get("apiVersion", versions[0]) not in versions:
+        problems.append(f"{prefix}: apiVersion: must be {' or '.join(versions)}, got {data.get('apiVersion')!r}")
     items = data.get("items")
     if items is None:
         items = []
@@ -267,7 +346,7 @@ def _parse_list(
     for i, item in enumerate(items, 1):
         if item_kind and isinstance(item, dict):
             # calicoctl's typed lists may leave apiVersion/kind off the items.
-            item = {"apiVersion": data.get("apiVersion", API_VERSION), "kind": item_kind, **item}
+            item = {"apiVersion": data.get("apiVersion", versions[0]), "kind": item_kind, **item}
         resource = _parse_one(item, f"{where} item {i}", problems, skipped)
         if resource is not None:
             out.append((f"{where} item {i}", resource))

@@ -10,14 +10,28 @@ import difflib
 from functools import cache
 
 from datamodel.resources.bgp import BGPConfiguration, BGPFilter, BGPPeer
+from datamodel.resources.calicopolicy import (
+    CalicoNetworkPolicy,
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    NetworkSet,
+    Profile,
+    StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy,
+    StagedNetworkPolicy,
+    Tier,
+)
 from datamodel.resources.clusterinfo import ClusterInformation
-from datamodel.resources.common import Resource
+from datamodel.resources.common import API_VERSION, Resource
 from datamodel.resources.errors import ResourceError
 from datamodel.resources.felixconfig import FelixConfiguration
 from datamodel.resources.ipamconfig import IPAMConfiguration
+from datamodel.resources.ipamkinds import BlockAffinity, IPReservation
 from datamodel.resources.ippool import IPPool
+from datamodel.resources.kubecontrollers import KubeControllersConfiguration
 from datamodel.resources.kubernetes import Namespace, NetworkPolicy
 from datamodel.resources.node import Node
+from datamodel.resources.nodestatus import CalicoNodeStatus
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 
 KINDS: list[type[Resource]] = [
@@ -32,6 +46,20 @@ KINDS: list[type[Resource]] = [
     ClusterInformation,
     NetworkPolicy,
     Namespace,
+    CalicoNetworkPolicy,
+    GlobalNetworkPolicy,
+    Tier,
+    Profile,
+    NetworkSet,
+    GlobalNetworkSet,
+    StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy,
+    # issue 13 (calicoctl fidelity): kinds Calico users' manifests carry
+    KubeControllersConfiguration,
+    IPReservation,
+    BlockAffinity,
+    CalicoNodeStatus,
 ]
 
 #: projectcalico.org/v3 kinds Tabby does not model (yet): refused by name, never "did you mean".
@@ -39,20 +67,11 @@ KINDS: list[type[Resource]] = [
 UNSUPPORTED_CALICO_KINDS: dict[str, tuple[str, ...]] = {
     "BlockAffinity": ("blockaffinity", "blockaffinities", "affinity", "affinities"),
     "CalicoNodeStatus": ("caliconodestatus", "caliconodestatuses", "cns"),
-    "GlobalNetworkPolicy": ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),
-    "GlobalNetworkSet": ("globalnetworkset", "globalnetworksets"),
     "HostEndpoint": ("hostendpoint", "hostendpoints", "hep", "heps"),
     "IPAMBlock": ("ipamblock", "ipamblocks"),
     "IPAMHandle": ("ipamhandle", "ipamhandles"),
     "IPReservation": ("ipreservation", "ipreservations"),
     "KubeControllersConfiguration": ("kubecontrollersconfiguration", "kubecontrollersconfigurations"),
-    "NetworkPolicy": ("networkpolicy", "networkpolicies", "policy", "np", "policies", "pol", "pols"),
-    "NetworkSet": ("networkset", "networksets", "netsets"),
-    "Profile": ("profile", "profiles", "pro", "pros"),
-    "StagedGlobalNetworkPolicy": ("stagedglobalnetworkpolicy", "stagedglobalnetworkpolicies", "sgnp", "sgnps"),
-    "StagedKubernetesNetworkPolicy": ("stagedkubernetesnetworkpolicy", "stagedkubernetesnetworkpolicies", "sknp"),
-    "StagedNetworkPolicy": ("stagednetworkpolicy", "stagednetworkpolicies", "snp", "snps"),
-    "Tier": ("tier", "tiers"),
 }
 
 
@@ -88,8 +107,11 @@ def all_kinds() -> list[type[Resource]]:
 @cache
 def _names() -> dict[str, type[Resource]]:
     table: dict[str, type[Resource]] = {}
+    calico_kinds = {cls.KIND for cls in KINDS if cls.GROUP_VERSION == API_VERSION}
     for cls in KINDS:
-        for alias in {cls.KIND.lower(), cls.PLURAL.lower(), *(a.lower() for a in cls.ALIASES)}:
+        # a kind name two groups share (NetworkPolicy) is calicoctl's: the Calico kind's
+        own = {cls.KIND.lower()} if cls.GROUP_VERSION == API_VERSION or cls.KIND not in calico_kinds else set()
+        for alias in {*own, cls.PLURAL.lower(), *(a.lower() for a in cls.ALIASES)}:
             if alias in table and table[alias] is not cls:
                 raise RuntimeError(f"resource name {alias!r} claimed by {table[alias].KIND} and {cls.KIND}")
             table[alias] = cls

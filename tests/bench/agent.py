@@ -18,7 +18,9 @@ clock) minus the wall clock just before the transaction is sent. Nothing is subt
 agent's debounce (read from its code when it has one) is reported beside. CPU per event = the
 agent's utime+stime (with threads and reaped children, /proc/<pid>/stat) from just before the
 write to 0.25 s after the route appeared, averaged over the events (ticks are 10 ms). Also: a
-local CNI ADD (the real plugin, timed as a runtime sees it) at each N.
+local CNI ADD (the installed plugin -- manifests/cni/install.sh, native forwarder -- timed as a
+runtime sees it, plus the agent's own ADD time from its ``cni.added`` log line, and how many
+route resyncs each ADD caused: an ADD must not cost O(N) work) at each N.
 
 Contract: ``ours`` = event-to-apply p99 at the largest N (5,000; 500 with --quick), ``baseline``
 = the same at N=100, ``ratio`` = ours/baseline (target <= 1.5), ``cpu_ratio`` = CPU per event at
@@ -62,7 +64,8 @@ from datastore.keys import affinity_key, block_key, handle_key, resource_key  # 
 from tests.helpers.etcd import private_etcd  # noqa: E402
 
 PYTHON = sys.executable
-PLUGIN = ROOT / "controller" / "cni" / "plugin.py"
+INSTALL = ROOT / "manifests" / "cni" / "install.sh"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TABBYCTL = Path(PYTHON).parent / "tabbyctl"
 TARGET = 1.5
 WEPS_PER_NODE = 30
@@ -294,6 +297,8 @@ class SizeResult:
     sync_s: float
     samples: list[Sample] = field(default_factory=list)
     cni_add_ms: list[float] = field(default_factory=list)
+    cni_agent_ms: list[float] = field(default_factory=list)
+    resyncs_per_add: float | None = None
     idle_cpu_ms_per_s: float = 0.0
     missed: int = 0
     cni_add_failed: int = 0
@@ -310,6 +315,8 @@ class SizeResult:
             "idle_cpu_ms_per_s": round(self.idle_cpu_ms_per_s, 1),
             "cni_add_p50_ms": round(statistics.median(self.cni_add_ms), 1) if self.cni_add_ms else None,
             "cni_add_failed": self.cni_add_failed,
+            "cni_add_agent_p50_ms": round(statistics.median(self.cni_agent_ms), 1) if self.cni_agent_ms else None,
+            "resyncs_per_add": self.resyncs_per_add,
         }
         for kind in ("block", "borrowed"):
             k = [s.latency_ms for s in self.samples if s.kind == kind]
@@ -378,17 +385,35 @@ class Bench:
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
 
+    def plugin_bin(self) -> Path:
+        bin_dir = self.tmp / "cni-bin"
+        if not (bin_dir / "tabby").exists():
+            proc = subprocess.run(["sh", str(INSTALL), "--bin-dir", str(bin_dir), "--no-conf"], capture_output=True,
+                                  text=True, timeout=120, env={**os.environ, "PATH": SYSTEM_PATH})
+            if proc.returncode != 0:
+                raise RuntimeError(f"install.sh failed: {proc.stderr.strip()}")
+        return bin_dir / "tabby"
+
+    def agent_log_events(self, name: str, event: str) -> list[dict[str, Any]]:
+        out = []
+        for line in (self.tmp / f"agent-{name}.log").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("event") == event:
+                    out.append(rec)
+        return out
+
     def cni_add(self, ns: str, run_root: Path, pod: str) -> tuple[float, int, str]:
         pod_ns = f"tbbp-{uuid.uuid4().hex[:8]}"
         sh("ip", "netns", "add", pod_ns)
         self.namespaces.append(pod_ns)
-        env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "ADD", "CNI_CONTAINERID": uuid.uuid4().hex,
+        env = {"PATH": SYSTEM_PATH, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": uuid.uuid4().hex,
                "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
                "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod}", "CNI_PATH": "/opt/cni/bin",
                "TABBY_RUN_ROOT": str(run_root)}
         conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "tabby", "ipam": {"type": "tabby-ipam"}}
         start = time.perf_counter()
-        proc = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-I", "-S", str(PLUGIN), "tabby"],
+        proc = subprocess.run(["ip", "netns", "exec", ns, str(self.plugin_bin())],
                               input=json.dumps(conf), capture_output=True, text=True, env=env, timeout=60)
         ms = (time.perf_counter() - start) * 1000
         try:
@@ -416,9 +441,9 @@ class Bench:
             try:
                 sock = run_root / name / "agent.sock"
                 await wait_until(lambda: agent.poll() is None and sock.exists() and "result" in api(sock, "STATUS"),
-                                 180, f"agent ready at N={n}", agent)
+                                 600, f"agent ready at N={n}", agent)
                 # the initial sync is done when the last remote block's route is in
-                await wait_until(lambda: routes_to(ns, block_cidr(n - 1)), 300, f"initial routes at N={n}", agent)
+                await wait_until(lambda: routes_to(ns, block_cidr(n - 1)), 600, f"initial routes at N={n}", agent)
                 sync_s = time.monotonic() - t0
                 progress(f"N={n}: agent ready and {n} remote block routes in after {sync_s:.1f}s")
                 result = SizeResult(n, keys, write_s, sync_s)
@@ -427,6 +452,7 @@ class Bench:
                 await asyncio.sleep(2.0)
                 result.idle_cpu_ms_per_s = (cpu_seconds(agent.pid) - c0) * 1000 / (time.monotonic() - w0)
                 await self.events(ds, n, samples, monitor, agent, result)
+                resyncs_before = len(self.agent_log_events(name, "dataplane.resync"))
                 for k in range(cni_adds):
                     ms, code, msg = self.cni_add(ns, run_root, f"local-{k}")
                     if code == 0:
@@ -434,6 +460,10 @@ class Bench:
                     else:
                         result.cni_add_failed += 1
                         progress(f"N={n}: CNI ADD failed after {ms:.0f} ms (exit {code}): {msg}")
+                    await asyncio.sleep(0.3)  # a resync the ADD caused (50 ms debounce) would land here
+                result.cni_agent_ms = [float(r["ms"]) for r in self.agent_log_events(name, "cni.added")][-cni_adds:]
+                resyncs = len(self.agent_log_events(name, "dataplane.resync")) - resyncs_before
+                result.resyncs_per_add = round(resyncs / cni_adds, 2)
                 progress(f"N={n}: {json.dumps(result.summary())}")
                 return result
             finally:
@@ -562,6 +592,8 @@ def main() -> int:
         "debounce_ms": deb, "debounce_source": deb_src,
         "cni_add_p50_ms": {str(n): r.summary()["cni_add_p50_ms"] for n, r in results.items()},
         "cni_add_ratio": round(add_ratio, 2) if add_ratio else None,
+        "cni_add_agent_p50_ms": {str(n): r.summary()["cni_add_agent_p50_ms"] for n, r in results.items()},
+        "resyncs_per_add": {str(n): r.resyncs_per_add for n, r in results.items()},
         "per_n": {str(n): r.summary() for n, r in results.items()},
         "quick": args.quick, "elapsed_s": round(time.monotonic() - started, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),

@@ -4,8 +4,8 @@
    (AS 64512) and one BIRD 2 node (AS 64513, `protocol kernel { ipv4 { export all; }; }`) on one L2
    segment. FRR's kernel holds 10,000 blackhole /26s (2,000 with --quick) before the sessions come up;
    at t0 `redistribute kernel` releases them to both peers at once. Both kernels are watched the same
-   way, each by its own `ip -ts monitor route` (started before t0, read by its own thread): a side's
-   time is the timestamp `ip` printed on the add of its last missing prefix, minus t0 (polling Tabby
+   way, each by its own netlink route monitor (started before t0, read by its own thread): a side's
+   time is when the add of its last missing prefix was read, minus t0 (polling Tabby
    first with forked `ip route show` favoured whichever side was read first). Five rounds
    (`no redistribute kernel` and both kernels empty between them); ours = the median
    of Tabby's seconds, baseline = BIRD's median, ratio = ours / baseline, target <= 2 (issue 11).
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -301,57 +302,62 @@ class RouteWatch:
             self.proc.kill()
 
 
-_ROUTE_TYPES = frozenset({"blackhole", "unreachable", "prohibit", "unicast", "local", "broadcast", "multicast"})
-
 
 class AddCounter:
-    """`ip -ts monitor route` in one namespace: the wall-clock timestamp `ip` printed when the n-th distinct
-    BENCH_NET prefix was added. Each side gets its own process and reader thread, so neither is favoured."""
+    """A route monitor in one namespace: the wall-clock time at which the n-th distinct BENCH_NET prefix was
+    added. Each side gets its own netlink socket and reader thread, so neither is favoured.
+
+    Not `ip -ts monitor route`: its netlink socket has iproute2's 1 MB receive buffer, and BIRD writing
+    10,000 routes in a burst overflowed it on this loaded machine (`No buffer space available`, the
+    monitor stopped with BIRD at 5,555 routes). This socket (felix_like.netlink.RouteMonitor) has a
+    forced 64 MB buffer; an overflow still fails the run loudly instead of stalling it."""
 
     def __init__(self, netns: str, n: int) -> None:
         import ipaddress
+        import select
+
+        from felix_like.netlink import RouteMonitor
 
         self.n = n
         self.net = ipaddress.ip_network(BENCH_NET)
         self.seen: set[str] = set()
         self.done_at: float | None = None
+        self.overflowed = False
         self.ready = threading.Event()
-        self.proc = subprocess.Popen(["ip", "-ts", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        self._stop = threading.Event()
+        self.monitor = RouteMonitor(netns)
+        self._select = select.select
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         import ipaddress
-        from datetime import datetime
 
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if not line.startswith("[") or "]" not in line:
+        while not self._stop.is_set():
+            readable, _, _ = self._select([self.monitor], [], [], 0.2)
+            if not readable:
                 continue
-            stamp, rest = line[1:].split("]", 1)
-            words = rest.split()
-            if not words or words[0] == "Deleted":
-                continue
-            if words[0] in _ROUTE_TYPES and len(words) > 1:
-                words = words[1:]
-            try:
-                dst = ipaddress.ip_network(words[0])
-            except ValueError:
-                continue
-            if dst.version != 4 or not dst.subnet_of(self.net):  # type: ignore[arg-type]
-                continue
-            self.seen.add(str(dst))
+            t = time.time()
+            events, overflowed = self.monitor.read_events()
+            if overflowed:
+                self.overflowed = True
+                self.ready.set()
+                return
+            for ev in events:
+                if ev.kind != "new":
+                    continue
+                dst = ipaddress.ip_network(ev.route.dst)
+                if dst.version != 4 or not dst.subnet_of(self.net):  # type: ignore[arg-type]
+                    continue
+                self.seen.add(str(dst))
             if self.done_at is None and len(self.seen) >= self.n:
-                self.done_at = datetime.fromisoformat(stamp).timestamp()
+                self.done_at = t
                 self.ready.set()
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self._stop.set()
+        self.thread.join(5)
+        self.monitor.close()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -387,6 +393,9 @@ def converge_once(ns: dict[str, str], n_prefixes: int, vtysh: list[str]) -> dict
                 progress(f"t+{time.time() - t0:.0f}s: tabby {len(counters['tabby'].seen)}, "
                          f"bird {len(counters['bird'].seen)}")
             time.sleep(0.1)
+        lost = [who for who, c in counters.items() if c.overflowed]
+        if lost:
+            raise RuntimeError(f"route monitor of {lost} overflowed (events lost): the timing would be wrong")
         done = {who: c.done_at - t0 for who, c in counters.items() if c.done_at is not None}
     finally:
         for c in counters.values():
@@ -397,7 +406,40 @@ def converge_once(ns: dict[str, str], n_prefixes: int, vtysh: list[str]) -> dict
     return done
 
 
-def run_convergence(workdir: Path, n_prefixes: int, tag: str) -> dict[str, Any]:
+def start_profilers(netns: str, out_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy (a pinned dev dependency) on the Tabby node's agent and ExaBGP: collapsed stacks, 100 Hz,
+    written when the bench stops them (SIGINT). For `--profile DIR` only: it costs CPU beside the run."""
+    spy = Path(sys.executable).with_name("py-spy")
+    procs = []
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=10).stdout.split()
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        who = "agent" if "controller.node" in cmdline else "exabgp" if "exabgp" in cmdline and "server" in cmdline \
+            else None
+        if who is None:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        procs.append(subprocess.Popen([str(spy), "record", "--pid", pid, "--rate", "100", "--format", "raw",
+                                       "--nonblocking", "-o", str(out_dir / f"{who}-{pid}.txt")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    progress(f"profiling {len(procs)} processes into {out_dir}")
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_convergence(workdir: Path, n_prefixes: int, tag: str, profile: Path | None = None) -> dict[str, Any]:
     d = workdir / "converge"
     d.mkdir()
     (d / "frr.conf").write_text(CONVERGE_FRR)
@@ -418,6 +460,7 @@ def run_convergence(workdir: Path, n_prefixes: int, tag: str) -> dict[str, Any]:
         subprocess.run(["ip", "-n", ns["frr"], "-batch", str(batch)], check=True, timeout=120)
         wait_until("zebra has read the kernel routes", lambda: zebra_kernel_routes(vtysh) >= n_prefixes, 60, 0.2)
         rounds: list[dict[str, float]] = []
+        profilers = start_profilers(ns["tabby"], profile) if profile else []
         for r in range(ROUNDS):
             rounds.append(converge_once(ns, n_prefixes, vtysh))
             progress(f"round {r + 1}: tabby {rounds[-1]['tabby']:.2f}s, bird {rounds[-1]['bird']:.2f}s")
@@ -426,13 +469,21 @@ def run_convergence(workdir: Path, n_prefixes: int, tag: str) -> dict[str, Any]:
                 wait_until("both kernels empty", lambda: ns_count(ns["tabby"], "81") == 0
                            and ns_count(ns["bird"], "bird") == 0, CONVERGE_TIMEOUT, 0.5)
                 time.sleep(1.0)
+        stop_profilers(profilers)
         status = json.loads(lab.exec("tabby", ["tabbyctl", "node", "status", "-o", "json"], timeout=60).stdout)
-        return {"tabby_s": statistics.median(x["tabby"] for x in rounds),
+        dataplane = status.get("dataplane", {})
+        return {"tabby_resync_reasons": dataplane.get("resync_reasons"),
+                "tabby_s": statistics.median(x["tabby"] for x in rounds),
                 "bird_s": statistics.median(x["bird"] for x in rounds),
                 "rounds": [{k: round(v, 3) for k, v in x.items()} for x in rounds],
                 "tabby_rib_prefixes": status["counters"]["rib_prefixes"]}
     finally:
         progress("convergence lab: destroy")
+        if profile:  # keep the Tabby node's logs beside the profiles (destroy purges them)
+            from lab.state import lab_dir
+
+            shutil.copytree(lab_dir(f"bgpbench-c-{tag}") / "nodes" / "tabby", profile / "tabby-logs",
+                            dirs_exist_ok=True)
         destroy(topo, cleanup=True)
 
 
@@ -493,6 +544,8 @@ def main() -> int:
     configure(level="warning")  # the lab's progress logs would drown ours
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 prefixes instead of 10,000")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record the Tabby agent and its ExaBGP with py-spy during the convergence rounds")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("error: needs root (network namespaces, daemons)", file=sys.stderr)
@@ -502,7 +555,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tabby-bench-bgp-"))
     started = time.monotonic()
     try:
-        conv = run_convergence(workdir, n_prefixes, tag)
+        conv = run_convergence(workdir, n_prefixes, tag, args.profile)
         latencies = run_mesh(workdir, CLAIMS, tag)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -518,6 +571,7 @@ def main() -> int:
         "pass": ratio <= TARGET_RATIO and p99 <= TARGET_P99_MS,
         "prefixes": n_prefixes,
         "tabby_rib_prefixes": conv["tabby_rib_prefixes"],
+        "tabby_resync_reasons": conv["tabby_resync_reasons"],
         "rounds": conv["rounds"],
         "new_block_p50_ms": round(p50, 1),
         "new_block_p99_ms": round(p99, 1),

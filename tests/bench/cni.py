@@ -4,8 +4,10 @@ Run: ``.venv/bin/python tests/bench/cni.py [--quick]`` (root: network namespaces
 etcd, one node namespace with a real Tabby agent (``python -m controller.node``), and executes the
 plugins as a container runtime does: a fresh process per call, CNI_* environment variables and the
 network configuration on stdin, running in the node's network namespace (entered with setns(2) in
-the child, so no ``ip netns exec`` wrapper is timed). Progress on stderr; the last stdout line is
-one JSON object (design.md benchmark contract).
+the child, so no ``ip netns exec`` wrapper is timed). The tabby plugin is the installed form a
+runtime executes (manifests/cni/install.sh into the bench's own bin directory: the /bin/sh
+launcher running the node's python3 on the precompiled plugin), not the checkout's plugin.py.
+Progress on stderr; the last stdout line is one JSON object (design.md benchmark contract).
 
 (a) N sequential ADDs, then N sequential DELs (N = 200; 40 with --quick). Tabby and the reference
     (``/usr/lib/cni/ptp`` with ``host-local``) alternate pod by pod, so both see the same load on a
@@ -47,7 +49,9 @@ from tests.helpers.etcd import EtcdServer  # noqa: E402
 
 PYTHON = sys.executable
 TABBYCTL = str(Path(PYTHON).parent / "tabbyctl")
-PLUGIN = ROOT / "controller" / "cni" / "plugin.py"
+INSTALL = ROOT / "manifests" / "cni" / "install.sh"
+# The PATH a kubelet/containerd gives plugins: the node's python3, not a developer's shims.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REF_DIR = Path("/usr/lib/cni")
 TARGET = 2.0
 BURST = 30
@@ -83,6 +87,13 @@ class Node:
         self.pod_ns: list[str] = []
         self.agent: subprocess.Popen[bytes] | None = None
         self._ns_fd: int | None = None
+        self.bin_dir = tmp / "cni-bin"
+
+    def install_plugin(self) -> None:
+        proc = subprocess.run(["sh", str(INSTALL), "--bin-dir", str(self.bin_dir), "--no-conf"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PATH": SYSTEM_PATH})
+        if proc.returncode != 0:
+            raise RuntimeError(f"install.sh failed: {proc.stderr.strip()}")
 
     # -- setup / teardown ------------------------------------------------------------------------
     def create(self) -> None:
@@ -153,7 +164,7 @@ class Node:
             os._exit(97)
 
     def _cni_env(self, command: str, container_id: str, netns: str, cni_path: str, args: str = "") -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+        return {"PATH": SYSTEM_PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                 "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_ARGS": args, "CNI_PATH": cni_path,
                 "TABBY_RUN_ROOT": str(self.run_root)}
 
@@ -170,8 +181,8 @@ class Node:
                    pod: str = "") -> subprocess.Popen[str]:
         conf = {"cniVersion": cni_version, "name": "tabbynet", "type": "tabby", "ipam": {"type": "tabby-ipam"}}
         args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}" if pod else ""
-        return self.spawn([PYTHON, "-I", "-S", str(PLUGIN), "tabby"],
-                          self._cni_env(command, cid, netns, "/opt/cni/bin", args), conf)
+        return self.spawn([str(self.bin_dir / "tabby")], self._cni_env(command, cid, netns, str(self.bin_dir), args),
+                          conf)
 
     def ref_proc(self, command: str, cid: str, netns: str) -> subprocess.Popen[str]:
         conf = {"cniVersion": "1.0.0", "name": "refnet", "type": "ptp", "ipMasq": False, "mtu": 1500,
@@ -252,6 +263,7 @@ def main() -> None:
         node = Node(tmp, etcd.endpoint)
         try:
             node.create()
+            node.install_plugin()
             node.apply_pool()
             node.start_agent()
             progress(f"agent {node.name} ready in {node.ns}; creating {2 * (n + BURST) + 2} pod namespaces")

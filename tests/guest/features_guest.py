@@ -13,6 +13,7 @@ Shapes (all inside the guest):
     vrf:     A [vrf-blue (table 10) > v1 10.1.0.1/24] -- B v1 10.1.0.2/24
     gre:     X eth 10.2.0.1 [gre1 10.3.0.1/30] -- Y eth 10.2.0.2 [gre1 10.3.0.2/30]
     bonding: P [bond0 active-backup > p1, p2] 10.4.0.1/24 == Q [bond0 > q1, q2] 10.4.0.2/24
+    sctp:    cli 10.5.0.2 -- [node: tabsctpcli, tabsctpsrv, inet tabby-policy] -- srv 10.5.0.1
 """
 
 from __future__ import annotations
@@ -165,6 +166,60 @@ def lab_vlan(checks: dict[str, Any]) -> None:
         checks["netns_left"] = [line.split()[0] for line in left.splitlines() if "clab-" in line]
 
 
+def sctp(lab: Lab, checks: dict[str, Any]) -> None:
+    """SCTP under a Kubernetes NetworkPolicy (the host kernel has no sctp module): the agent's policy
+    compiler and manager in a node namespace between two pod namespaces; SCTP associations on the
+    allowed port form, on another port of the same pod they do not (both formed before the policy)."""
+    import socket
+
+    from datamodel.resources.kubernetes import NetworkPolicy
+    from felix_like.netns import run_in_netns
+    from felix_like.policy import EndpointInfo, PolicyManager, compile_program
+
+    node = lab.netns("sctp-node")
+    srv = lab.workload(node, "sctp-srv", "10.5.0.1", "tabsctpsrv")
+    cli = lab.workload(node, "sctp-cli", "10.5.0.2", "tabsctpcli")
+
+    def listen(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+        s.bind(("10.5.0.1", port))
+        s.listen(8)
+        return s
+
+    listeners = run_in_netns(srv.name, lambda: [listen(9000), listen(9001)])
+
+    def associates(port: int) -> bool:
+        def go() -> bool:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+            s.settimeout(3.0)
+            try:
+                s.connect(("10.5.0.1", port))
+                return True
+            except OSError:
+                return False
+            finally:
+                s.close()
+        return run_in_netns(cli.name, go)
+
+    try:
+        checks["sctp_9000_before"] = associates(9000)
+        checks["sctp_9001_before"] = associates(9001)
+        eps = [EndpointInfo("srv", "prod", (("app", "sctp"),), ("10.5.0.1",), (), "n1", "tabsctpsrv"),
+               EndpointInfo("cli", "prod", (("role", "client"),), ("10.5.0.2",), (), "n1", "tabsctpcli")]
+        policy = NetworkPolicy.model_validate({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "sctp-9000", "namespace": "prod"},
+            "spec": {"podSelector": {"matchLabels": {"app": "sctp"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                                  "ports": [{"protocol": "SCTP", "port": 9000}]}]}})
+        PolicyManager(node.name).resync(compile_program([policy], eps, {}, "n1"))
+        checks["sctp_9000_after"] = associates(9000)
+        checks["sctp_9001_after"] = associates(9001)
+    finally:
+        for s in listeners:
+            s.close()
+
+
 def main() -> None:
     checks: dict[str, Any] = {}
     try:
@@ -176,6 +231,15 @@ def main() -> None:
     except Exception:  # report everything to the host test instead of dying silently
         checks["error"] = traceback.format_exc()
     write_result(checks, "features")
+    sctp_checks: dict[str, Any] = {}
+    try:
+        with Lab() as lab:
+            step("sctp")
+            sctp(lab, sctp_checks)
+        sctp_checks["error"] = None
+    except Exception:
+        sctp_checks["error"] = traceback.format_exc()
+    write_result(sctp_checks, "sctp")
     lab_checks: dict[str, Any] = {}
     try:
         lab_vlan(lab_checks)

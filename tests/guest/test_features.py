@@ -59,7 +59,9 @@ def guest_run(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
     topo = work / "vlan-dummy.clab.yml"
     topo.write_text(TOPOLOGY.format(name=f"gv{uuid.uuid4().hex[:6]}"))
     script = f"""
-for m in veth vrf ip_gre bonding 8021q dummy bridge; do modprobe $m || echo "TABBY-GUEST-STEP modprobe $m failed"; done
+for m in veth vrf ip_gre bonding 8021q dummy bridge sctp; do
+  modprobe $m || echo "TABBY-GUEST-STEP modprobe $m failed"
+done
 python -m tests.guest.features_guest {shlex.quote(str(topo))}
 """
     return run_in_guest(script, work, timeout=BOOT_TIMEOUT_S)
@@ -92,6 +94,15 @@ def test_bonding_active_backup_fails_over(features: dict) -> None:
     assert r["bond_active_before"] in ("p1", "p2")
     assert r["bond_active_after"] in ("p1", "p2") and r["bond_active_after"] != r["bond_active_before"], r
     assert r["bond_ping_after_failover"] is True
+
+
+def test_sctp_is_policed_by_networkpolicy_ports(guest_run: GuestRun) -> None:
+    """Issue 9's SCTP ports, on a kernel that has SCTP: allowed port associates, the other does not."""
+    r = result_of(guest_run, "sctp")
+    assert r["error"] is None, r["error"]
+    assert r["sctp_9000_before"] is True and r["sctp_9001_before"] is True, r  # open before the policy
+    assert r["sctp_9000_after"] is True, r
+    assert r["sctp_9001_after"] is False, r
 
 
 def test_lab_with_dummy_and_vlan_interfaces(guest_run: GuestRun) -> None:

@@ -51,17 +51,16 @@ class EtcdCluster:
     def start(self, timeout: float = 30.0) -> None:
         cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._argv: list[list[str]] = []
         for i, name in enumerate(self.names):
-            with open(self.workdir / f"{name}.log", "ab") as logf:
-                self.procs.append(subprocess.Popen(
-                    ["etcd", "--name", name, "--data-dir", str(self.workdir / name),
-                     "--listen-client-urls", self.endpoint(i), "--advertise-client-urls", self.endpoint(i),
-                     "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                     "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                     "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"],
-                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                ))
+            self._argv.append(
+                ["etcd", "--name", name, "--data-dir", str(self.workdir / name),
+                 "--listen-client-urls", self.endpoint(i), "--advertise-client-urls", self.endpoint(i),
+                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"])
+            self.procs.append(self._spawn(i))
         deadline = time.monotonic() + timeout
         while not all(self.healthy(i) for i in range(len(self.names))):
             if time.monotonic() > deadline:
@@ -76,8 +75,23 @@ class EtcdCluster:
         except OSError:
             return False
 
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"{self.names[i]}.log", "ab") as logf:
+            return subprocess.Popen(self._argv[i], stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
     def signal(self, i: int, sig: int) -> None:
         os.kill(self.procs[i].pid, sig)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL member ``i`` (its data directory stays: :meth:`restart` brings it back)."""
+        self.procs[i].kill()
+        self.procs[i].wait(timeout=10)
+
+    def restart(self, i: int) -> None:
+        """Start a killed member again on its data directory (it rejoins the cluster it knows)."""
+        if self.procs[i].poll() is None:
+            return
+        self.procs[i] = self._spawn(i)
 
     def stop(self) -> None:
         for proc in self.procs:

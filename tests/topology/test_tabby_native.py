@@ -36,7 +36,7 @@ def test_two_node_native(tabby_lab: Callable[..., TabbyLab], backend: str) -> No
     """``vxlan`` (the example's setting): remote blocks from the datastore; ``bird``: from the BGP mesh."""
     lab = tabby_lab(EXAMPLES / "two-node-native.clab.yml", {"CALICO_NETWORKING_BACKEND": backend})
     lab.add_pod("native1", "web-1", "--label", "app=web")
-    lab.add_pod("native1", "web-2")
+    lab.add_pod("native1", "web-2", "--port", "http=TCP/8080", "--port", "dns=UDP/53")
     lab.add_pod("native2", "db-1", "--namespace", "shop", "--label", "app=db")
 
     # routes in each node's kernel: own block blackholed, local pods /32 on their veth, the
@@ -74,6 +74,22 @@ def test_two_node_native(tabby_lab: Callable[..., TabbyLab], backend: str) -> No
     by_pod = {(w["metadata"]["namespace"], w["spec"]["pod"]): w for w in weps}
     assert by_pod[("shop", "db-1")]["metadata"]["labels"]["app"] == "db"
     assert by_pod[("default", "web-1")]["spec"]["ipNetworks"] == lab.pods["web-1"]["ips"]
+    # ... and the named ports given to pod add --port (what NetworkPolicy's named ports resolve against)
+    assert by_pod[("default", "web-2")]["spec"]["ports"] == [{"name": "http", "protocol": "TCP", "port": 8080},
+                                                            {"name": "dns", "protocol": "UDP", "port": 53}]
+
+    # lab pod label: a live pod's labels change in its WorkloadEndpoint (set, overwrite, remove)
+    proc = lab_cli("pod", "label", "-t", str(lab.path), "native2", "db-1", "--namespace", "shop", "app=cache",
+                   "tier=back")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["labels"] == {"app": "cache", "tier": "back"}
+    proc = lab_cli("pod", "label", "-t", str(lab.path), "native2", "db-1", "--namespace", "shop", "--remove", "tier")
+    assert proc.returncode == 0, proc.stderr
+    weps = items(lab.tabbyctl_json("native1", "get", "workloadendpoints", "-A"))
+    db = next(w for w in weps if w["spec"]["pod"] == "db-1")
+    assert db["metadata"]["labels"]["app"] == "cache" and "tier" not in db["metadata"]["labels"], db
+    listed = {p["name"]: p for p in json.loads(lab_cli("pod", "list", "-t", str(lab.path)).stdout)}
+    assert listed["db-1"]["labels"] == {"app": "cache"}
 
     # a pod that cannot answer: check names the pair and exits 1
     lab_ns = pods["web-2"]["netns"]
@@ -103,6 +119,16 @@ def test_two_node_native(tabby_lab: Callable[..., TabbyLab], backend: str) -> No
         (("pod", "add", "-t", str(lab.path), "nope", "x"), "error: lab "),
         (("pod", "add", "-t", str(lab.path), "native1", "Bad_Name"), "error: pod name 'Bad_Name' is not valid"),
         (("pod", "del", "-t", str(lab.path), "native1", "ghost"), "error: lab "),
+        (("pod", "add", "-t", str(lab.path), "native1", "x", "--port", "http=TCP"),
+         "error: --port 'http=TCP': expected"),
+        (("pod", "add", "-t", str(lab.path), "native1", "x", "--port", "http=ICMP/1"),
+         "error: --port 'http=ICMP/1': the protocol"),
+        (("pod", "add", "-t", str(lab.path), "native1", "x", "--port", "h=TCP/70000"),
+         "error: --port 'h=TCP/70000': the port"),
+        (("pod", "label", "-t", str(lab.path), "native1", "ghost", "a=b"), "error: lab "),
+        (("pod", "label", "-t", str(lab.path), "native1", "web-1", "bad key=b"), "error: --label 'bad key=b'"),
+        (("pod", "label", "-t", str(lab.path), "native1", "web-1", "--remove", "nope"), "error: node native1: tabbyctl "
+         "label workloadendpoint"),
     ):
         proc = lab_cli(*args)
         assert proc.returncode == 1 and proc.stderr.startswith(message), (args, proc.stderr)

@@ -1,7 +1,9 @@
 """Graceful restart with real agents: `ping -i 0.01 -c 500` between pods on two nodes loses nothing while
 (1) one node's agent is SIGKILLed and restarted (ExaBGP and its sessions survive, the new agent adopts them,
 keeps the kernel's BGP routes until its RIB is refilled by ROUTE-REFRESH), and (2) that node's ExaBGP is
-SIGKILLed (the agent restarts it; the peer keeps the node's routes stale, then End-of-RIB refreshes them).
+SIGKILLed (the agent restarts it; the peer keeps the node's routes stale, then End-of-RIB refreshes them),
+and (3) b's agent is SIGKILLed again after that: ExaBGP now also holds the per-neighbor copy of b's route that
+session-up sent, and the new agent must keep it when it settles (it once withdrew it, pulling b's block from a).
 """
 
 from __future__ import annotations
@@ -100,3 +102,15 @@ def test_agent_and_exabgp_restart_lose_nothing(gr_lab: BgpLab, etcd_env: dict[st
     st_b = lab.bgp_status(b)
     assert st_b["exabgp_pid"] != exabgp_b and st_b["counters"]["exabgp_restarts"] >= 1
     assert lab.ping(pa.netns, pb.ip) and lab.ping(pb.netns, pa.ip)
+
+    # (3) SIGKILL b's agent again: its ExaBGP holds b's route plus the copy sent to a at session-up
+    ping = start_ping(lab, pa.netns, pb.ip, count=300)
+    time.sleep(0.3)
+    lab.agents[b].stop(signal.SIGKILL)
+    lab.start_agent(b)
+    wait_for("b settled after the second agent restart", lambda: lab.bgp_status(b).get("settled"), timeout=30)
+    sent, received, out = ping_result(ping)
+    assert (sent, received) == (300, 300), out
+    time.sleep(0.5)  # a withdrawal sent at settle reaches a well within this
+    assert lab.route_to(a, block_b), "a still routes b's block after b's agent settled"
+    assert lab.ping(pa.netns, pb.ip)

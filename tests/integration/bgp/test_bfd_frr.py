@@ -1,6 +1,6 @@
-"""Tabby's BFD (bgp/bfd.py) against FRR's bfdd over a veth between two namespaces: both sides Up with the
-configured timers, and each side detects the other's death within 3 x 300 ms (plus scheduling slack on a
-loaded machine)."""
+"""Tabby's BFD (bgp/bfd.py) against FRR's bfdd over a veth between two namespaces, over IPv4 and over
+IPv6 (RFC 5881: Hop Limit 255 checked the same way): both sides Up with the configured timers, and each
+side detects the other's death within 3 x 300 ms (plus scheduling slack on a loaded machine)."""
 
 from __future__ import annotations
 
@@ -15,28 +15,32 @@ import pytest
 
 from bgp.bfd import DOWN, UP, BfdRunner, open_sockets
 from felix_like.netns import run_in_netns
-from tests.integration.bgp.lab import Frr, Netns, link, wait_for
+from tests.integration.bgp.lab import Frr, Netns, link, run, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-OURS, THEIRS = "10.79.0.1", "10.79.0.2"
+FAMILIES = {4: ("10.79.0.1", "10.79.0.2", 24), 6: ("fd00:79::1", "fd00:79::2", 64)}
 SLACK_S = 0.6  # a loaded 2-core machine delays timers; the bound checked is 3 x 300 ms + this
 
 
-@pytest.fixture
-def bfd_pair() -> Iterator[tuple[Netns, Frr]]:
+@pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+def bfd_pair(request: pytest.FixtureRequest) -> Iterator[tuple[Netns, Frr, str, str]]:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, FRR)")
+    ours, theirs, plen = FAMILIES[request.param]
     a, b = Netns("bfda"), Netns("bfdb")
     frr: Frr | None = None
     try:
-        link(a, f"{OURS}/24", b, f"{THEIRS}/24")
+        if request.param == 6:
+            for ns in (a, b):  # no duplicate address detection: the addresses are usable at once
+                run("ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0")
+        link(a, f"{ours}/{plen}", b, f"{theirs}/{plen}")
         frr = Frr(b, bfd=True)
         frr.configure(
-            f"bfd\n peer {OURS} local-address {THEIRS}\n  receive-interval 300\n  transmit-interval 300\n"
+            f"bfd\n peer {ours} local-address {theirs}\n  receive-interval 300\n  transmit-interval 300\n"
             "  detect-multiplier 3\n  no shutdown\n"
         )
-        yield a, frr
+        yield a, frr, ours, theirs
     finally:
         if frr is not None:
             frr.close()
@@ -44,13 +48,13 @@ def bfd_pair() -> Iterator[tuple[Netns, Frr]]:
         b.close()
 
 
-def frr_peer(frr: Frr) -> dict[str, Any]:
-    peers = frr.json("show bfd peers json")
-    return next((p for p in peers if p.get("peer") == OURS), {}) if isinstance(peers, list) else {}
+def test_bfd_up_both_sides_and_fast_failure_detection(bfd_pair: tuple[Netns, Frr, str, str]) -> None:
+    ns, frr, OURS, THEIRS = bfd_pair
 
+    def frr_peer(frr: Frr) -> dict[str, Any]:
+        peers = frr.json("show bfd peers json")
+        return next((p for p in peers if p.get("peer") == OURS), {}) if isinstance(peers, list) else {}
 
-def test_bfd_up_both_sides_and_fast_failure_detection(bfd_pair: tuple[Netns, Frr]) -> None:
-    ns, frr = bfd_pair
     events: list[tuple[float, str, int]] = []
     lock = threading.Lock()
 

@@ -82,26 +82,32 @@ def test_create_existing_refused_and_skip_exists(ctl: Any, write: Callable[[str,
     assert ctl("create", "-f", path).rc == 0
     res = ctl("create", "-f", path)
     assert res.rc == 1
-    assert res.err_lines == [
-        "Error: resource already exists: IPPool pool-a",
-        "Error: resource already exists: IPPool pool-b",
+    assert res.err_lines == [  # calicoctl's line, byte for byte
+        "Failed to create any 'IPPool' resources: [resource already exists: IPPool(pool-a)"
+        " resource already exists: IPPool(pool-b)]",
     ]
     res = ctl("create", "--skip-exists", "-f", path)
     assert res.rc == 0, res.err
-    assert "Successfully created 0 'IPPool' resource(s)" in res.out
-    assert "Skipped 2" in res.out
+    assert res.out == "Successfully created 2 'IPPool' resource(s)\n"  # skips count, as in calicoctl
+    assert "Skipped 2" in res.err
 
 
 def test_replace_missing_and_delete_missing(ctl: Any, write: Callable[[str, str], str]) -> None:
     res = ctl("replace", "-f", write("pools.yaml", POOLS))
     assert res.rc == 1
-    assert "Error: resource does not exist: IPPool pool-a" in res.err_lines
+    assert res.err_lines == [
+        "Failed to replace any 'IPPool' resources: [resource does not exist: IPPool(pool-a) with error: <nil>"
+        " resource does not exist: IPPool(pool-b) with error: <nil>]"
+    ]
     assert names(ctl) == []
     res = ctl("delete", "ippool", "pool-x")
     assert res.rc == 1
-    assert res.err_lines == ["Error: resource does not exist: IPPool pool-x"]
+    assert res.err_lines == [
+        "Failed to delete 'IPPool' resource: resource does not exist: IPPool(pool-x) with error: <nil>"
+    ]
     res = ctl("delete", "ippool", "pool-x", "--skip-not-exists")
     assert res.rc == 0, res.err
+    assert res.out == "Successfully deleted 1 'IPPool' resource(s)\n"
 
 
 def test_replace_with_stale_resource_version_is_a_conflict(ctl: Any, write: Callable[[str, str], str]) -> None:
@@ -110,7 +116,7 @@ def test_replace_with_stale_resource_version_is_a_conflict(ctl: Any, write: Call
     assert ctl("label", "ippool", "pool-a", "team=net").rc == 0  # someone else writes
     res = ctl("replace", "-f", write("stale.yaml", stale.replace("natOutgoing: true", "natOutgoing: false")))
     assert res.rc == 1
-    assert len(res.err_lines) == 1 and res.err_lines[0].startswith("Error: update conflict: IPPool pool-a")
+    assert res.err_lines == ["Failed to replace 'IPPool' resource: [update conflict: IPPool(pool-a)]"]
     current = yaml.safe_load(ctl("get", "ippool", "pool-a", "-o", "yaml").out)
     assert current["spec"]["natOutgoing"] is True
 
@@ -225,17 +231,21 @@ def test_label_set_overwrite_remove(ctl: Any, write: Callable[[str, str], str]) 
     assert ctl("create", "-f", write("pools.yaml", POOLS)).rc == 0
     res = ctl("label", "ippool", "pool-a", "env=prod")
     assert res.rc == 0, res.err
-    assert "Successfully set label env on IPPool pool-a" in res.out
+    assert res.out == "Successfully set label env on ippool pool-a\n"
     res = ctl("label", "ippool", "pool-a", "env=dev")
     assert res.rc == 1
-    assert "already has label env=prod" in res.err and "--overwrite" in res.err
-    assert ctl("label", "ippool", "pool-a", "env=dev", "--overwrite").rc == 0
+    assert res.err_lines == [
+        "Error: failed to update label of ippool pool-a, key env is already present."
+        " please use '--overwrite' to set a new value."
+    ]
+    res = ctl("label", "ippool", "pool-a", "env=dev", "--overwrite")
+    assert res.rc == 0 and res.out == "Successfully updated label env on ippool pool-a\n"
     labels = json.loads(ctl("get", "ippool", "pool-a", "-o", "json").out)["metadata"]["labels"]
     assert labels == {"env": "dev"}
     assert ctl("label", "ippool", "pool-a", "env", "--remove").rc == 0
     assert "labels" not in json.loads(ctl("get", "ippool", "pool-a", "-o", "json").out)["metadata"]
     res = ctl("label", "ippool", "pool-a", "env", "--remove")
-    assert res.rc == 1 and "has no label 'env'" in res.err
+    assert res.rc == 1 and res.err_lines == ["Error: cannot remove label of ippool pool-a, key env does not exist"]
     res = ctl("label", "ippool", "pool-a", "bad key=x")
     assert res.rc == 1 and "labels" in res.err
     res = ctl("label", "ippool", "nope", "a=b")
@@ -341,7 +351,8 @@ def test_multi_document_all_or_nothing(ctl: Any, write: Callable[[str, str], str
     # A store-level problem in the last document (exists already) also writes nothing.
     assert ctl("create", "-f", write("c.yaml", pool_doc("bad-3", "10.3.0.0/16"))).rc == 0
     res = ctl("create", "-f", write("ok.yaml", bad.replace("  vxlanMode: Always\n", "")))
-    assert res.rc == 1 and res.err_lines == ["Error: resource already exists: IPPool bad-3"]
+    assert res.rc == 1
+    assert res.err_lines == ["Failed to create any 'IPPool' resources: [resource already exists: IPPool(bad-3)]"]
     assert names(ctl) == ["bad-3"]
 
 
@@ -430,7 +441,8 @@ def test_namespaced_resources(ctl: Any, write: Callable[[str, str], str]) -> Non
     assert ctl("create", "-f", path, "-n", "ns1").rc == 0  # -n places a document that names none
     res = ctl("create", "-f", path, "-n", "ns1")
     assert res.rc == 1 and res.err_lines == [
-        "Error: resource already exists: WorkloadEndpoint ns1/node1-k8s-pod--a-eth0"
+        "Failed to create 'WorkloadEndpoint' resource: [resource already exists:"
+        " WorkloadEndpoint(ns1/node1-k8s-pod--a-eth0)]"
     ]
 
     table = ctl("get", "wep").out.splitlines()
@@ -455,3 +467,50 @@ def test_namespaced_resources(ctl: Any, write: Callable[[str, str], str]) -> Non
     assert labels["labels"] == {"app": "web"}
     assert ctl("delete", "wep", "node1-k8s-pod--a-eth0", "-n", "ns1").rc == 0
     assert len(json.loads(ctl("get", "wep", "-A", "-o", "json").out)["items"]) == 1
+
+
+SHOP_WEP = """
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: node1-k8s-web--1-eth0
+  namespace: shop
+  labels: {app: web, projectcalico.org/namespace: shop, projectcalico.org/orchestrator: k8s}
+spec:
+  orchestrator: k8s
+  node: node1
+  containerID: 0123456789abcdef
+  endpoint: eth0
+  pod: web-1
+  workload: web-1
+  ipNetworks: [10.246.0.5/32]
+  interfaceName: tab0123456789a
+  profiles: [kns.shop]
+"""
+
+
+def test_label_workloadendpoint_in_a_namespace(ctl: Any, write: Callable[[str, str], str]) -> None:
+    """calicoctl label workloadendpoint semantics: the namespace names it, set/overwrite/remove, each
+    write on the read revision (the resourceVersion moves on)."""
+    assert ctl("create", "-f", write("wep.yaml", SHOP_WEP)).rc == 0
+    name = "node1-k8s-web--1-eth0"
+
+    def get() -> dict[str, Any]:
+        return json.loads(ctl("get", "workloadendpoint", name, "--namespace", "shop", "-o", "json").out)
+
+    before = get()
+    res = ctl("label", "workloadendpoint", name, "--namespace", "shop", "tier=front")
+    assert res.rc == 0, res.err
+    assert f"Successfully set label tier on workloadendpoint {name}" in res.out  # the kind as typed, as calicoctl
+    after = get()
+    assert after["metadata"]["labels"]["tier"] == "front" and after["metadata"]["labels"]["app"] == "web"
+    assert int(after["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+    res = ctl("label", "workloadendpoint", name, "--namespace", "shop", "app=api")
+    assert res.rc == 1 and "key app is already present" in res.err and "--overwrite" in res.err  # calicoctl's words
+    assert ctl("label", "workloadendpoint", name, "--namespace", "shop", "app=api", "--overwrite").rc == 0
+    assert ctl("label", "workloadendpoint", name, "--namespace", "shop", "tier", "--remove").rc == 0
+    labels = get()["metadata"]["labels"]
+    assert labels["app"] == "api" and "tier" not in labels
+    # the default namespace does not hold it
+    res = ctl("label", "workloadendpoint", name, "a=b")
+    assert res.rc == 1 and "does not exist" in res.err_lines[0], res.err

@@ -28,7 +28,7 @@ from felix_like.routes import (
     RouteInputs,
     calculate_routes,
 )
-from felix_like.vxlan import RemoteVTEP, VXLANLocal, VXLANManager, derive_vtep_mac
+from felix_like.vxlan import RemoteVTEP, VTEPSet, VXLANLocal, VXLANManager, derive_vtep_mac
 from tests.uml.nslab import Lab, Netns
 
 pytestmark = pytest.mark.root
@@ -201,3 +201,49 @@ def test_ipv6_vtep_device(pair: VXLANPair) -> None:
     assert fdb == f"{derive_vtep_mac('node-b', ipv6=True)} dst fd77::2 self permanent"
     again = VXLANManager(a.name).apply(local, [remote])
     assert again.ok and again.writes == 0, again.changes
+
+
+def _kernel_vteps(ns: Netns) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    neigh = {(n["dst"], n["lladdr"]) for n in json.loads(ns.ip("-j", "neigh", "show", "dev", "vxlan.tabby").stdout)}
+    fdb = set()
+    for line in ns.exec("bridge", "fdb", "show", "dev", "vxlan.tabby").stdout.splitlines():
+        parts = line.split()
+        if "dst" in parts and parts[0] != "00:00:00:00:00:00":
+            fdb.add((parts[0], parts[parts.index("dst") + 1]))
+    return neigh, fdb
+
+
+def test_a_node_change_writes_only_that_nodes_entries(pair: VXLANPair) -> None:
+    """Issue 8: a Node change is O(1) in the kernel too (no dump, two entries written), and the
+    result is what the full reconcile would make (which then finds nothing to write)."""
+    a = pair.nodes["node-a"]
+    local = pair.local("node-a")
+    vteps = VTEPSet()
+    for i in range(200):
+        vteps.set(f"r{i:03d}", RemoteVTEP(f"r{i:03d}", f"192.168.78.{i + 1}", f"10.66.{i}.0", derive_vtep_mac(f"r{i}")))
+    mgr = VXLANManager(a.name)
+    assert mgr.apply(local, vteps.values()).ok
+
+    def change(node: str, vtep: RemoteVTEP | None) -> int:
+        old = vteps.set(node, vtep)
+        res = mgr.apply_changes(local, vteps, {node: old})
+        assert res.ok, res.error
+        full = mgr.apply(local, vteps.values())  # the full reconcile agrees: nothing left to write
+        assert full.ok and full.writes == 0, full.changes
+        return res.writes
+
+    # moved underlay address, new tunnel address and MAC, a new node, a removed node: 2-4 writes each
+    assert change("r005", RemoteVTEP("r005", "192.168.79.5", "10.66.5.0", derive_vtep_mac("r5"))) == 2
+    assert change("r006", RemoteVTEP("r006", "192.168.78.7", "10.67.6.0", "66:00:00:00:00:06")) == 4
+    assert change("r900", RemoteVTEP("r900", "192.168.78.250", "10.66.250.0", derive_vtep_mac("r900"))) == 2
+    assert change("r007", None) == 2
+    neigh, fdb = _kernel_vteps(a)
+    assert ("10.67.6.0", "66:00:00:00:00:06") in neigh and ("10.66.6.0", derive_vtep_mac("r6")) not in neigh
+    assert ("66:00:00:00:00:06", "192.168.78.7") in fdb and (derive_vtep_mac("r5"), "192.168.79.5") in fdb
+    assert len(neigh) == len(fdb) == 200
+    # a change that clashes with another node's tunnel address: the full reconcile decides (lowest name wins)
+    clash = RemoteVTEP("r100", "192.168.78.101", "10.66.1.0", derive_vtep_mac("r100"))
+    old = vteps.set("r100", clash)
+    assert mgr.apply_changes(local, vteps, {"r100": old}).ok
+    neigh, _ = _kernel_vteps(a)
+    assert ("10.66.1.0", derive_vtep_mac("r1")) in neigh and ("10.66.100.0", derive_vtep_mac("r100")) not in neigh

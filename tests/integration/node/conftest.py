@@ -185,8 +185,12 @@ class NodeLab:
             "TABBY_RUN_ROOT": str(self.run_root),
         }
         stdin = json.dumps(conf if conf is not None else self.netconf(cni_version))
+        # TABBY_TEST_CNI_BIN: a bin directory of an installed plugin (manifests/cni/install.sh, with
+        # its native forwarder) to run these tests against instead of the checkout's plugin.py.
+        installed = os.environ.get("TABBY_TEST_CNI_BIN")
+        argv = [str(Path(installed) / plugin_type)] if installed else [PYTHON, "-I", "-S", str(PLUGIN), plugin_type]
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.nodes[node], PYTHON, "-I", "-S", str(PLUGIN), plugin_type],
+            ["ip", "netns", "exec", self.nodes[node], *argv],
             input=stdin, capture_output=True, text=True, env=env, timeout=timeout,
         )
         out = json.loads(proc.stdout) if proc.stdout.strip() else {}

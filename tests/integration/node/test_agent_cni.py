@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -184,3 +185,37 @@ def test_two_nodes_vxlan(node_lab: NodeLab, etcd_env: dict[str, str]) -> None:
     assert node_lab.ping(pa.netns, pb.ip, count=2), routes(node_lab, a)
     node = json.loads(tabbyctl(etcd_env, "get", "node", a, "-o", "json").stdout)
     assert node["spec"]["ipv4VXLANTunnelAddr"] and node["spec"]["vxlanTunnelMACAddr"]
+
+
+def test_workload_devices_are_adopted_across_a_restart(node_lab: NodeLab, etcd_env: dict[str, str]) -> None:
+    """The workload manager (on the dataplane thread) made the pods' veths; a new agent after a
+    SIGKILL leaves them as they are (same ifindex: not re-made), the pods keep their routes and
+    connectivity, and the new agent's DEL removes a veth the old one made."""
+    apply_pool(etcd_env)
+    node_lab.add_nodes(2)
+    a = next(iter(node_lab.nodes))
+    node_lab.set_address(a)
+    node_lab.start_agent(a)
+    p1 = node_lab.add_pod(a, "adopt-1")
+    p2 = node_lab.add_pod(a, "adopt-2")
+    ns_a = node_lab.nodes[a]
+
+    def ifindex(name: str) -> int:
+        return int(in_ns(ns_a, "cat", f"/sys/class/net/{name}/ifindex").stdout)
+
+    veths = {p.name: p.result["interfaces"][0]["name"] for p in (p1, p2)}
+    before = {name: ifindex(v) for name, v in veths.items()}
+    node_lab.agents[a].stop(signal.SIGKILL)
+    node_lab.start_agent(a)
+    time.sleep(1.0)  # its first sync and full resync are done (wait_ready), and a little more
+    assert {name: ifindex(v) for name, v in veths.items()} == before
+    routes = in_ns(ns_a, "ip", "route", "show", "proto", "81").stdout
+    for p in (p1, p2):
+        assert f"{p.ip} dev {veths[p.name]}" in routes, routes
+        assert node_lab.ping(p.netns, node_lab.node_ip(a)), f"{p.name} lost connectivity after the restart"
+    code, out = node_lab.del_pod(p1)
+    assert code == 0, out
+    assert in_ns(ns_a, "ip", "link", "show", veths[p1.name], check=False).returncode != 0
+    assert ifindex(veths[p2.name]) == before[p2.name]
+    p3 = node_lab.add_pod(a, "adopt-3")
+    assert node_lab.ping(p3.netns, node_lab.node_ip(a))

@@ -158,7 +158,10 @@ def test_dual_stack_pods_same_node(node_lab: NodeLab, etcd_env: dict[str, str]) 
     # on the node: /128 -> veth, the block of the IPv6 pool blackholed, IPv6 forwarding on
     text = routes6(node_lab, a)
     assert f"{v6_1} dev {host_if}" in text, text
-    assert any(line.startswith("blackhole fd00:246:") and "/122" in line for line in text.splitlines()), text
+    # the block's blackhole follows the block's affinity through the watch (ADD waits for the pod's own
+    # routes, not for the block's), so it may land a moment after ADD returns
+    wait_until(lambda: any(line.startswith("blackhole fd00:246:") and "/122" in line
+                           for line in routes6(node_lab, a).splitlines()), 5, "the IPv6 block blackholed")
     forwarding = in_ns(node_lab.nodes[a], "cat", "/proc/sys/net/ipv6/conf/all/forwarding").stdout.strip()
     assert forwarding == "1", "the agent left IPv6 forwarding off in the node namespace"
 

@@ -30,9 +30,12 @@ def test_installed_plugin_works_without_the_checkout(node_lab: NodeLab, etcd_env
     inst = subprocess.run(["sh", str(ROOT / "manifests/cni/install.sh"), "--bin-dir", str(bin_dir),
                            "--conf-dir", str(conf_dir)], capture_output=True, text=True, timeout=60)
     assert inst.returncode == 0, inst.stderr
-    for name in ("tabby", "tabby-ipam", "tabby-cni.py"):
-        text = (bin_dir / name).read_text()
-        assert str(ROOT) not in text and ".venv" not in text, f"{name} names the checkout"
+    for name in ("tabby", "tabby-ipam", "tabby-py", "tabby-cni.py", "tabby_cni.py"):
+        data = (bin_dir / name).read_bytes()
+        assert str(ROOT).encode() not in data and b".venv" not in data, f"{name} names the checkout"
+    assert (bin_dir / "tabby").read_bytes()[:4] == b"\x7fELF", "no native forwarder installed (a C compiler?)"
+    # Precompiled: a pod's start reads byte-code, it does not compile the plugin.
+    assert list((bin_dir / "__pycache__").glob("tabby_cni.cpython-*.pyc")), "tabby_cni.py not precompiled"
     assert json.loads((conf_dir / "10-tabby.conflist").read_text())["plugins"][0]["type"] == "tabby"
 
     apply_pool(etcd_env)
@@ -54,6 +57,7 @@ def test_installed_plugin_works_without_the_checkout(node_lab: NodeLab, etcd_env
 
     add = hidden_checkout(plugin, {**base, "CNI_COMMAND": "ADD"}, json.dumps(conf))
     assert add.returncode == 0, (add.stdout, add.stderr)
+    assert add.stderr == ""
     result = json.loads(add.stdout)
     ip = result["ips"][0]["address"].split("/")[0]
     assert subprocess.run(["ip", "netns", "exec", pod_ns, "ping", "-c", "1", "-W", "2", node_lab.node_ip(a)],

@@ -58,3 +58,33 @@ def test_locked_datastore_refuses_add_until_unlocked(node_lab: NodeLab, etcd_env
             break
         time.sleep(0.5)
     assert pod.result.get("ips"), pod.result
+
+
+def test_locked_datastore_defers_tunnel_address_allocation(node_lab: NodeLab, etcd_env: dict[str, str]) -> None:
+    """While locked, the agent writes no tunnel address (no handle, no block); after unlock it allocates one."""
+    import json
+
+    assert tabbyctl(etcd_env, "datastore", "migrate", "lock").returncode == 0
+    apply_pool(etcd_env, vxlanMode="Always")
+    node_lab.add_nodes(1)
+    (a,) = node_lab.nodes
+    in_ns(node_lab.nodes[a], "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    for dev in ("eth0p", "eth0"):
+        in_ns(node_lab.nodes[a], "ip", "link", "set", dev, "up")
+    node_lab.set_address(a)
+    node_lab.start_agent(a)
+    node_lab.wait_ready(a)
+    time.sleep(3)  # the agent has seen the vxlanMode pool: a tunnel address would be written by now
+    node = json.loads(tabbyctl(etcd_env, "get", "node", a, "-o", "json").stdout)
+    assert "ipv4VXLANTunnelAddr" not in node["spec"], node
+    usage = tabbyctl(etcd_env, "ipam", "show", "--show-blocks").stdout
+    assert "Block" not in usage, usage  # no block claimed either
+    assert "tunnel_ipam_deferred" in node_lab.agents[a].log_text()
+    assert tabbyctl(etcd_env, "datastore", "migrate", "unlock").returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        node = json.loads(tabbyctl(etcd_env, "get", "node", a, "-o", "json").stdout)
+        if node["spec"].get("ipv4VXLANTunnelAddr"):
+            break
+        time.sleep(0.5)
+    assert node["spec"].get("ipv4VXLANTunnelAddr"), node

@@ -81,7 +81,7 @@ class Policies:
                     "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
     def delete_policy(self, name: str, namespace: str) -> None:
-        self.ctl("delete", "networkpolicy", name, "--namespace", namespace)
+        self.ctl("delete", "netpol", name, "--namespace", namespace)
 
     def namespace(self, name: str, labels: dict[str, str]) -> None:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
@@ -100,7 +100,7 @@ class Policies:
         return pod
 
     def listen(self, netns: str, *ports: int) -> None:
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, PYTHON, str(self.tmp / "listen.py"), "120",
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, PYTHON, str(self.tmp / "listen.py"), "600",
                                  *map(str, ports)])
         self.listeners.append(proc)
 
@@ -275,9 +275,21 @@ def test_pod_is_enforced_when_cni_add_returns(node_lab: NodeLab, etcd_env: dict[
     mac = json.loads(in_ns(node_ns, "ip", "-j", "link", "show", host_if).stdout)[0]["address"]
     in_ns(rogue, "ip", "neigh", "replace", "169.254.1.1", "lladdr", mac, "dev", "eth0", "nud", "permanent")
     assert not pol.connects(rogue, cli.ip, 80, timeout=1.0)
-    # ... and the drop is the policy table's: without it the same connect goes through
+    # ... and the drop is the policy table's: without it the same connect goes through (the agent
+    # stopped first: a running agent puts a deleted policy table back at once)
+    node_lab.agents[a].stop(signal.SIGKILL)
     in_ns(node_ns, "nft", "delete", "table", "inet", "tabby-policy")
     assert pol.connects(rogue, cli.ip, 80, timeout=2.0)
+
+
+def _resyncs(log: str, reason: str) -> int:
+    """How many policy rebuilds the agent logged for ``reason``."""
+    n = 0
+    for line in log.splitlines():
+        if "dataplane.policy_resync" in line and "policy_resync_failed" not in line:
+            with_reason = json.loads(line[line.index("{"):]) if "{" in line else {}
+            n += with_reason.get("reason") == reason
+    return n
 
 
 def test_agent_restart_keeps_enforcement(node_lab: NodeLab, etcd_env: dict[str, str], pol: Policies) -> None:
@@ -296,6 +308,7 @@ def test_agent_restart_keeps_enforcement(node_lab: NodeLab, etcd_env: dict[str, 
     pol.policy("deny-web", "prod", {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": []})
     expect(pol, [("cli->srv", cli.netns, srv.ip, 80, False), ("cli->other", cli.netns, other.ip, 80, True)])
     node_lab.agents[a].stop(signal.SIGKILL)
+    mark = len(node_lab.agents[a].log_text())  # the log file goes on with the next agent's lines
     verdicts: list[tuple[bool, bool]] = []
 
     def probe_round() -> None:
@@ -313,14 +326,38 @@ def test_agent_restart_keeps_enforcement(node_lab: NodeLab, etcd_env: dict[str, 
     assert len(verdicts) >= 6
     assert not any(denied for denied, _ in verdicts), verdicts
     assert all(allowed for _, allowed in verdicts), verdicts
-    log = node_lab.agents[a].log_text()
-    assert "dataplane.policy_resync" in log and '"periodic"' in log, log[-2000:]  # the new agent rebuilt it
+    log = node_lab.agents[a].log_text()[mark:]
+    assert _resyncs(log, "start") == 1, log[-2000:]  # the new agent adopted the table in one rebuild
+    # nobody else committed to nf_tables: the periodic refresh (every 2 s here) leaves the table alone
+    assert _resyncs(log, "periodic") == 0, log[-2000:]
+    status = subprocess.run([PYTHON, "-m", "controller.cli.main", "node", "status", "--nodename", a, "-o", "json"],
+                            env={**etcd_env, "TABBY_RUN_ROOT": str(node_lab.run_root)}, capture_output=True,
+                            text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["dataplane"]["policy_refresh_skipped"] >= 2, status.stdout
 
-    # a hand edit is undone by the periodic resync (every 2 s here)
-    in_ns(node_lab.nodes[a], "nft", "delete", "table", "inet", "tabby-policy")
-    deadline = time.monotonic() + 5
-    while in_ns(node_lab.nodes[a], "nft", "list", "table", "inet", "tabby-policy", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the policy table was not restored"
+    # a hand edit inside the table is undone by the next periodic refresh
+    chain = next(line.split()[1] for line in in_ns(node_lab.nodes[a], "nft", "list", "table", "inet",
+                                                   "tabby-policy").stdout.splitlines()
+                 if line.strip().startswith("chain "))
+    in_ns(node_lab.nodes[a], "nft", "insert", "rule", "inet", "tabby-policy", chain, "counter", "accept")
+    deadline = time.monotonic() + 6
+    while "counter packets" in in_ns(node_lab.nodes[a], "nft", "list", "chain", "inet", "tabby-policy",
+                                     chain).stdout:
+        assert time.monotonic() < deadline, f"the hand-inserted rule in {chain} was not removed"
         time.sleep(0.1)
+    assert _resyncs(node_lab.agents[a].log_text()[mark:], "periodic") >= 1
+
+    # the table deleted by hand: no policy means no enforcement, so it is back at once (not one
+    # refresh interval later: restart with a long interval to tell the two apart)
+    node_lab.agents[a].stop(signal.SIGTERM)
+    mark = len(node_lab.agents[a].log_text())
+    node_lab.start_agent(a, TABBY_RESYNC_INTERVAL="600")
+    t0 = time.monotonic()
+    in_ns(node_lab.nodes[a], "nft", "delete", "table", "inet", "tabby-policy")
+    while in_ns(node_lab.nodes[a], "nft", "list", "table", "inet", "tabby-policy", check=False).returncode != 0:
+        assert time.monotonic() < t0 + 3, "the policy table was not restored"
+        time.sleep(0.05)
+    assert _resyncs(node_lab.agents[a].log_text()[mark:], "table_replaced") == 1
     expect(pol, [("cli->srv (restored)", cli.netns, srv.ip, 80, False),
                  ("cli->other", cli.netns, other.ip, 80, True)], timeout=2.0)

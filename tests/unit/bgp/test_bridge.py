@@ -283,3 +283,15 @@ def test_as_set_and_confederation_segments_are_kept() -> None:
     # a plain sequence keeps no segments (nothing to preserve)
     (plain,) = parse_line(UPDATE).announces  # type: ignore[union-attr]
     assert plain.as_path_segments == ()
+
+
+def test_ipv6_global_and_link_local_next_hop_gives_one_path_with_the_global_one() -> None:
+    """FRR sends an IPv6 route over a shared link with a global and a link-local next hop (RFC 2545);
+    ExaBGP lists the NLRI under both. One path per prefix, with the global next hop, whichever comes first."""
+    for order in (("fe80::1", "fd00:10:1::1"), ("fd00:10:1::1", "fe80::1")):
+        by_hop = ", ".join(f'"{hop}": [ {{ "nlri": "fd00:244::/122" }} ]' for hop in order)
+        line = UPDATE.replace('"ipv4 unicast": { "10.77.0.2": [ { "nlri": "10.88.0.0/24" } ] }',
+                              f'"ipv6 unicast": {{ {by_hop} }}')
+        event = parse_line(line)
+        assert isinstance(event, Update)
+        assert [(p.prefix, p.next_hop) for p in event.announces] == [("fd00:244::/122", "fd00:10:1::1")]

@@ -290,3 +290,30 @@ def test_speaker_spec() -> None:
 def test_node_status_type(spec: dict[str, Any], label: str) -> None:
     assert node_status_type(peer("p", **spec)) == label
     assert node_status_type(None) == MESH
+
+
+def test_ipv6_peer_ip_is_sourced_from_the_node_ipv6_address() -> None:
+    me = node("n1", "10.0.0.1", ipv6Address="fd00::11/64")
+    tor = peer("tor6", peerIP="[fd00::1]:179", asNumber=65000)
+    (p,) = compute_peers(me, [me], None, [tor])
+    assert (p.address, p.local_address) == ("fd00::1", "fd00::11")
+
+
+def test_dual_stack_mesh_has_an_ipv4_and_an_ipv6_session_per_pair() -> None:
+    a = node("a", "10.0.0.1", ipv6Address="fd00::1/64")
+    b = node("b", "10.0.0.2", ipv6Address="fd00::2/64")
+    c = node("c", "10.0.0.3")  # IPv4 only: one session
+    peers = by_address(compute_peers(a, [a, b, c], None, []))
+    assert sorted(peers) == ["10.0.0.2", "10.0.0.3", "fd00::2"]
+    v6 = peers["fd00::2"]
+    assert (v6.type, v6.name, v6.peer_node, v6.local_address, v6.passive) == (MESH, "b", "b", "fd00::1", True)
+    back = by_address(compute_peers(b, [a, b, c], None, []))["fd00::1"]
+    assert back.passive is False, "one active connector per pair on IPv6 too"
+    # an IPv4-only local node has no IPv6 sessions
+    assert sorted(by_address(compute_peers(c, [a, b, c], None, []))) == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_speaker_spec_carries_the_ipv6_address() -> None:
+    me = node("n1", "10.0.0.1", ipv6Address="fd00::11/64")
+    spec = speaker_spec(me, None)
+    assert spec is not None and (spec.router_id, spec.address, spec.address6) == ("10.0.0.1", "10.0.0.1", "fd00::11")

@@ -22,6 +22,10 @@ def test_defaults_follow_calico() -> None:
     ("TABBY_IPAM_GC_GRACE", "soon", "TABBY_IPAM_GC_GRACE: must be a number of seconds, got 'soon'"),
     ("TABBY_NODE_GRACE", "-1", "TABBY_NODE_GRACE: must be at least 0 seconds, got '-1'"),
     ("TABBY_LOG_FORMAT", "xml", "TABBY_LOG_FORMAT: must be console or json, got 'xml'"),
+    ("TABBY_KUBE_SYNC", "maybe", "TABBY_KUBE_SYNC: must be on or off, got 'maybe'"),
+    ("TABBY_KUBE_SYNC", "on", "TABBY_KUBE_SYNC: on, but no API server: set TABBY_KUBE_API (or run in a Pod, "
+                              "where KUBERNETES_SERVICE_HOST is set)"),
+    ("TABBY_KUBE_API", "ftp://x", "TABBY_KUBE_API: must be http(s)://host[:port], got 'ftp://x'"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str, message: str) -> None:
     with pytest.raises(ControllerConfigError) as exc:
@@ -34,3 +38,18 @@ def test_liveness_ttl() -> None:
     assert liveness_ttl({"TABBY_LIVENESS_TTL": "5s"}) == 5
     with pytest.raises(ValueError, match="TABBY_LIVENESS_TTL: must be a whole number of seconds, at least 2"):
         liveness_ttl({"TABBY_LIVENESS_TTL": "1"})
+
+
+def test_kube_sync_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Off without an API server; in a Pod, the kubelet's KUBERNETES_SERVICE_* and the ServiceAccount files."""
+    assert ControllerConfig.from_env({}).kube is None
+    token = tmp_path / "token"
+    token.write_text("t")
+    cfg = ControllerConfig.from_env({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                                     "TABBY_KUBE_TOKEN_FILE": str(token)})
+    assert cfg.kube is not None and cfg.kube.url == "https://10.96.0.1:443" and cfg.kube.token_file == token
+    cfg = ControllerConfig.from_env({"KUBERNETES_SERVICE_HOST": "fd00::1", "TABBY_KUBE_TOKEN_FILE": str(token)})
+    assert cfg.kube is not None and cfg.kube.url == "https://[fd00::1]:443"
+    assert ControllerConfig.from_env({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "TABBY_KUBE_SYNC": "off"}).kube is None
+    with pytest.raises(ControllerConfigError, match="TABBY_KUBE_TOKEN_FILE: no such file: /nonexistent"):
+        ControllerConfig.from_env({"TABBY_KUBE_API": "http://127.0.0.1:1", "TABBY_KUBE_TOKEN_FILE": "/nonexistent"})

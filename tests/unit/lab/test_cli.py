@@ -67,3 +67,24 @@ def test_inspect_json_of_a_lab_not_deployed(tmp_path: Path) -> None:
     proc = lab("inspect", "-t", str(topo), "-f", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"containers": []}
+
+
+def test_guest_forwarding_reads_topology_and_kernel_arguments() -> None:
+    from lab.cli import _kernel_arg, _topology_arg
+
+    assert _topology_arg(["-t", "a.yml", "r1", "--", "ip", "-t", "x"]) == ("a.yml", ["r1", "--", "ip", "-t", "x"])
+    assert _topology_arg(["add", "--topo=b.yml", "n1", "web"]) == ("b.yml", ["add", "n1", "web"])
+    assert _topology_arg(["-tc.yml", "--cleanup"]) == ("c.yml", ["--cleanup"])
+    assert _topology_arg(["--cleanup"]) == (None, ["--cleanup"])
+    assert _kernel_arg(["--kernel", "guest", "-t", "a"]) == ("guest", ["-t", "a"])
+    assert _kernel_arg(["--kernel=host"]) == ("host", [])
+    assert _kernel_arg(["-t", "a"]) == ("host", ["-t", "a"])
+
+
+def test_a_lab_without_a_guest_runs_here(tmp_path: Path) -> None:
+    from lab.cli import _in_guest
+
+    topo = tmp_path / "x.clab.yml"
+    topo.write_text("name: noguest\ntopology:\n  nodes:\n    a: {kind: linux, image: alpine}\n")
+    assert _in_guest(["inspect", "-t", str(topo)]) is None
+    assert _in_guest(["inspect", "-t", str(tmp_path / "missing.clab.yml")]) is None  # the command reports it

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.errors import TopologyError
 from lab.topology import load_topology, netns_name, parse_topology
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -70,7 +71,7 @@ def test_exec_and_binds_concatenate_defaults_first_and_maps_merge(tmp_path: Path
     assert h1.exec == ("echo defaults", "echo kind")
     assert [b.target for b in r1.binds] == ["/etc/d.txt", "/etc/g.txt"]
     assert r1.binds[0].source == (tmp_path / "d.txt").resolve()
-    assert r1.env == {"A": "1", "B": "kind", "C": "node", "FLAG": "true"}
+    assert r1.env == {"A": "1", "B": "kind", "C": "node", "FLAG": "true", "CLAB_INTFS": "0"}
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,9 @@ topology:
     assert a.healthcheck is not None and a.healthcheck.argv == ("sh", "-c", "test -e /tmp/up")
     assert (a.healthcheck.retries, a.healthcheck.start_period, a.startup_delay) == (5, 2.0, 1.0)
     assert b.wait_for == ("a",) and c.wait_for == ("b",)
-    assert b.stage_exec == ("echo enter", "echo exit")
+    assert [(e.stage, e.phase, e.command) for e in b.stage_execs] == [
+        ("configure", "on-enter", "echo enter"), ("configure", "on-exit", "echo exit")]
+    assert [(w.stage, w.node, w.other_stage) for w in b.stage_waits] == [("create", "a", "healthy")]
     assert b.env["FROM_FILE"] == "1" and b.env["BOTH"] == "env"
     assert any("'cap-add' is ignored" in w for w in topo.warnings)
 
@@ -263,3 +266,101 @@ topology:
     assert topo.name == "magic" and r1.image == "quay.io/frrouting/frr:8.4.1"
     assert [b.source for b in r1.binds] == [tmp_path / "r1.conf", lab_dir("magic") / "nodes" / "r1" / "data"]
     assert r1.exec == (f"echo r1 in {lab_dir('magic')}",)
+
+
+def test_network_mode_container_joins_the_owners_namespace(tmp_path: Path) -> None:
+    topo = parse("""
+name: share
+topology:
+  nodes:
+    s: {kind: linux, image: alpine, network-mode: "container:a", stages: {configure: {wait-for: [{node: b}]}}}
+    a: {kind: linux, image: alpine}
+    b: {kind: linux, image: alpine}
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+""", tmp_path)
+    s, a = topo.nodes["s"], topo.nodes["a"]
+    assert s.netns == a.netns and s.mgmt_ipv4 is None and a.mgmt_ipv4 is not None
+    assert topo.netns_names() == [a.netns, topo.nodes["b"].netns, topo.mgmt_netns]
+    assert [(w.stage, w.node, w.other_stage) for w in s.stage_waits] == [
+        ("configure", "b", "create"), ("create", "a", "create")]  # the implicit wait for its owner's create
+    assert s.env["CLAB_INTFS"] == "0" and a.env["CLAB_INTFS"] == "1"
+
+
+@pytest.mark.parametrize(("mode", "expect"), [
+    ("container:s", "a node cannot share its own namespace"),
+    ("container:t", "t itself shares the namespace of a; name that node"),
+    ("container:", "names no node"),
+])
+def test_network_mode_container_problems(tmp_path: Path, mode: str, expect: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(f"""
+name: share
+topology:
+  nodes:
+    a: {{kind: linux, image: alpine}}
+    t: {{kind: linux, image: alpine, network-mode: "container:a"}}
+    s: {{kind: linux, image: alpine, network-mode: "{mode}"}}
+""", tmp_path)
+    assert any(expect in p for p in info.value.problems), info.value.problems
+
+
+def test_stage_exec_list_form_and_exit_waits(tmp_path: Path) -> None:
+    topo = parse("""
+name: st
+topology:
+  nodes:
+    job: {kind: linux, image: alpine, cmd: "true"}
+    a:
+      kind: linux
+      image: alpine
+      stages:
+        create: {wait-for: [{node: job, stage: exit}]}
+        create-links:
+          exec:
+            - command: ls /sys/class/net
+            - {command: ip link, phase: on-exit}
+            - plain string
+        exit: {exec: [echo bye]}
+""", tmp_path)
+    a = topo.nodes["a"]
+    assert [(w.stage, w.node, w.other_stage) for w in a.stage_waits] == [("create", "job", "exit")]
+    assert [(e.stage, e.phase, e.command) for e in a.stage_execs] == [
+        ("create-links", "on-enter", "ls /sys/class/net"), ("create-links", "on-exit", "ip link"),
+        ("create-links", "on-enter", "plain string")]
+    assert any("stages.exit" in w for w in topo.warnings)
+
+
+def test_stages_merge_across_levels(tmp_path: Path) -> None:
+    # a kind-level wait-for on db makes db (a linux node too) wait for itself: refused
+    with pytest.raises(TopologyError) as info:
+        parse("""
+name: merge
+topology:
+  kinds:
+    linux: {stages: {create: {wait-for: [{node: db, stage: healthy}]}}}
+  nodes:
+    db: {kind: linux, image: alpine}
+""", tmp_path)
+    assert any("cannot wait for itself" in p for p in info.value.problems)
+    topo = parse("""
+name: merge
+topology:
+  defaults:
+    stages: {configure: {exec: [echo defaults]}}
+  groups:
+    web: {stages: {create: {wait-for: [{node: db, stage: healthy}]}}}
+  nodes:
+    db: {kind: linux, image: alpine}
+    cache: {kind: linux, image: alpine}
+    app:
+      kind: linux
+      image: alpine
+      group: web
+      stages: {create: {wait-for: [{node: db, stage: healthy}, {node: cache}]}, configure: {exec: [echo node]}}
+""", tmp_path)
+    app = topo.nodes["app"]
+    assert [(w.stage, w.node, w.other_stage) for w in app.stage_waits] == [
+        ("create", "db", "healthy"), ("create", "cache", "create")]
+    assert [e.command for e in app.stage_execs] == ["echo defaults", "echo node"]
+    assert [e.command for e in topo.nodes["db"].stage_execs] == ["echo defaults"]

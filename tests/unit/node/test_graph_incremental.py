@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.node.graph import CalcGraph
-from controller.node.messages import IPIPUpdate, NATUpdate, RouteUpdate, VXLANUpdate
+from controller.node.messages import IPIPUpdate, NATUpdate, RouteUpdate, VTEPUpdate, VXLANUpdate
 from controller.node.model import Model
 from datastore import KV, WatchEvent, WatchResync
 
@@ -86,6 +86,12 @@ def view(messages: list[Any], routes: dict[str, Any], tunnels: dict[type, Any]) 
                 routes[m.dst] = m.route
         elif isinstance(m, VXLANUpdate | IPIPUpdate | NATUpdate):
             tunnels[type(m)] = m
+        elif isinstance(m, VTEPUpdate):
+            vteps = tunnels.setdefault(VTEPUpdate, {})
+            if m.vtep is None:
+                vteps.pop(m.node, None)
+            else:
+                vteps[m.node] = m.vtep
 
 
 def new_graph(backend: str) -> CalcGraph:
@@ -119,6 +125,8 @@ def test_incremental_graph_equals_fresh_graph(ops: list[tuple[bool, tuple[str, d
     fresh_tunnels: dict[type, Any] = {}
     view(fresh.flush(), fresh_routes, fresh_tunnels)
     assert routes == fresh_routes  # route resolver
+    if not tunnels.get(VTEPUpdate):
+        tunnels.pop(VTEPUpdate, None)  # every remote VTEP came and went: nothing left, as from scratch
     assert tunnels == fresh_tunnels  # VTEPs, tunl0, NAT sets
     assert graph.tunnels.current() == fresh.tunnels.current()
     assert graph.bgp.own_blocks == fresh.bgp.own_blocks  # BGP announcement inputs
@@ -138,9 +146,70 @@ def test_a_remote_vtep_change_alone_emits_the_vxlan_update() -> None:
 
     graph.apply(model.apply(WatchResync([KV(p_key, json.dumps(p).encode(), 1),
                                          KV("resources/v3/nodes/n1", node_doc("n1", "10.64.9.1"), 1)], 1)))
-    first = [m for m in graph.flush() if isinstance(m, VXLANUpdate)]
-    assert first and first[0].local is not None and first[0].remotes == ()
+    first = graph.flush()
+    assert [m.local is not None for m in first if isinstance(m, VXLANUpdate)] == [True]
+    assert not [m for m in first if isinstance(m, VTEPUpdate)]  # n1 is this node
     graph.apply(model.apply(WatchEvent("put", KV("resources/v3/nodes/n2", node_doc("n2", "10.64.9.2"), 2))))
     msgs = graph.flush()
-    assert [m.remotes[0].tunnel_address for m in msgs if isinstance(m, VXLANUpdate)] == ["10.64.9.2"]
-    assert not [m for m in msgs if isinstance(m, NATUpdate | IPIPUpdate)]  # unchanged: not re-sent
+    assert [(m.node, m.vtep.tunnel_address) for m in msgs if isinstance(m, VTEPUpdate) and m.vtep] == [
+        ("n2", "10.64.9.2")]
+    assert not [m for m in msgs if isinstance(m, NATUpdate | IPIPUpdate | VXLANUpdate)]  # unchanged: not re-sent
+
+
+learned_op = st.tuples(st.sampled_from(["10.70.0.0/26", "10.70.0.64/26", "10.71.0.0/24"]),
+                       st.one_of(st.none(), st.sampled_from(["10.0.0.2", "10.0.0.3", "10.9.9.9"])))
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches=st.lists(st.lists(learned_op, max_size=4), max_size=8))
+def test_learned_routes_prefix_by_prefix_equal_the_whole_table(batches: list[list[tuple[str, str | None]]]) -> None:
+    """update_learned (what the agent sends per best-path change) ends where set_learned (the whole table)
+    ends, in the graph's routes and in what it emitted."""
+    from felix_like.routes import LearnedRoute
+
+    inc, whole = new_graph("bird"), new_graph("bird")
+    inc_routes: dict[str, Any] = {}
+    whole_routes: dict[str, Any] = {}
+    table: dict[str, LearnedRoute] = {}
+    for batch in batches:
+        changes: dict[str, LearnedRoute | None] = {}
+        for cidr, hop in batch:
+            if hop is None:
+                table.pop(cidr, None)
+            else:
+                table[cidr] = LearnedRoute(cidr, hop)
+            changes[cidr] = table.get(cidr)
+        inc.routes.update_learned(changes)
+        whole.routes.set_learned(table.values())
+        view(inc.flush(), inc_routes, {})
+        view(whole.flush(), whole_routes, {})
+        assert inc_routes == whole_routes
+
+
+
+
+def test_one_node_change_is_one_message_however_many_nodes() -> None:
+    """Issue 8: a Node change is O(1) on the message boundary, not the full remote-VTEP list."""
+    model, graph = Model(ME), new_graph("vxlan")
+    pool_doc = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "p0"},
+                "spec": {"cidr": "10.64.0.0/16", "vxlanMode": "Always"}}
+
+    def node_doc(i: int, vtep: str) -> bytes:
+        return json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": f"r{i}"},
+                           "spec": {"bgp": {"ipv4Address": f"10.1.{i // 250}.{i % 250 + 1}/16"},
+                                    "ipv4VXLANTunnelAddr": vtep}}).encode()
+
+    kvs = [KV("resources/v3/ippools/p0", json.dumps(pool_doc).encode(), 1), KV(f"resources/v3/nodes/{ME}",
+           json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": ME},
+                       "spec": {"ipv4VXLANTunnelAddr": "10.64.255.1"}}).encode(), 1)]
+    kvs += [KV(f"resources/v3/nodes/r{i}", node_doc(i, f"10.65.{i // 250}.{i % 250 + 1}"), 1) for i in range(1000)]
+    graph.apply(model.apply(WatchResync(kvs, 1)))
+    first = graph.flush()
+    assert len([m for m in first if isinstance(m, VTEPUpdate)]) == 1000
+    graph.apply(model.apply(WatchEvent("put", KV("resources/v3/nodes/r7", node_doc(7, "10.66.0.7"), 2))))
+    msgs = [m for m in graph.flush() if not isinstance(m, RouteUpdate)]
+    assert len(msgs) == 1 and isinstance(msgs[0], VTEPUpdate) and msgs[0].node == "r7"
+    assert msgs[0].vtep is not None and msgs[0].vtep.tunnel_address == "10.66.0.7"
+    graph.apply(model.apply(WatchEvent("delete", KV("resources/v3/nodes/r8", b"", 3))))
+    msgs = [m for m in graph.flush() if not isinstance(m, RouteUpdate)]
+    assert msgs == [VTEPUpdate("r8", None)]

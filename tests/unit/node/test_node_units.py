@@ -4,6 +4,7 @@ MTU, WorkloadEndpoint names and labels, live allocations for ipam check."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,10 @@ def test_config_defaults() -> None:
         ({"IP_AUTODETECTION_METHOD": "interface=("}, "IP_AUTODETECTION_METHOD:"),
         ({"IP_AUTODETECTION_METHOD": "can-reach=nowhere"}, "IP_AUTODETECTION_METHOD:"),
         ({"IP_AUTODETECTION_METHOD": "cidr=10.0.0.0/33"}, "IP_AUTODETECTION_METHOD:"),
+        ({"IP6": "10.0.0.1/24"}, "IP6:"),
+        ({"IP6": "fd00::1"}, "IP6:"),
+        ({"IP6": "nope"}, "IP6:"),
+        ({"IP6_AUTODETECTION_METHOD": "magic"}, "IP6_AUTODETECTION_METHOD:"),
         ({"AS": "abc"}, "AS:"),
         ({"AS": "0"}, "AS:"),
         ({"NODENAME": "Bad_Name!"}, "NODENAME:"),
@@ -95,6 +100,21 @@ def test_interface_regex_cidr_can_reach_and_nothing_yet() -> None:
     assert select(AutodetectMethod("skip-interface", ("eth.*",)), IFACES).interface == "docker0"
     # the address has not appeared yet: None (the agent retries)
     assert select(AutodetectMethod("first-found"), [Interface("eth0", 2, ())]) is None
+
+
+def test_ip6_settings_and_ipv6_autodetection() -> None:
+    assert cfg().ip6 == "none" and cfg(IP6="none").static_ip6 is None
+    assert cfg(IP6="autodetect", IP6_AUTODETECTION_METHOD="interface=eth1").autodetect6 == AutodetectMethod(
+        "interface", ("eth1",))
+    assert cfg(IP6="fd00::5/64").static_ip6 == "fd00::5/64"
+    ifaces = [Interface("lo", 1, ("127.0.0.1/8",), addresses6=("::1/128",)),
+              Interface("eth0", 2, ("10.0.0.5/24",), addresses6=("fe80::1/64", "fd00::5/64")),
+              Interface("eth1", 3, (), addresses6=("2001:db8::9/64",))]
+    got = select(AutodetectMethod("first-found"), ifaces, version=6)
+    assert got is not None and (got.interface, got.address) == ("eth0", "fd00::5/64"), "link-local never qualifies"
+    assert select(AutodetectMethod("cidr", ("2001:db8::/32",)), ifaces, version=6).interface == "eth1"
+    assert select(AutodetectMethod("first-found"), ifaces).address == "10.0.0.5/24", "IPv4 unchanged"
+    assert select(AutodetectMethod("interface", ("eth1",)), ifaces) is None
 
 
 # -- snapshot -------------------------------------------------------------------------------
@@ -175,7 +195,7 @@ def test_invalid_value_keeps_the_last_good_version_and_never_valid_is_ignored() 
 
 def test_local_cni_workload_is_a_graph_input_before_the_echo() -> None:
     model = Model("a")
-    graph = CalcGraph("a", "vxlan")
+    graph = CalcGraph("a", "vxlan", flow_logs=False)  # not isolated, no flow logs: no chain (None, None)
     graph.set_local_node("10.0.0.1/24", "eth0")
     graph.apply(model.apply(resync()))
     graph.flush()
@@ -215,6 +235,33 @@ def test_mtu_from_encapsulation() -> None:
     assert pod_mtu(1500, {"ipip", "vxlan"}) == 1450
     assert pod_mtu(1500, {"vxlan6"}) == 1430
     assert pod_mtu(1500, {"vxlan"}, override=1400) == 1400
+    # FelixConfiguration ipipMTU/vxlanMTU: the smallest programmed tunnel bounds the pods.
+    assert pod_mtu(1500, {"vxlan"}, tunnel_mtus={"vxlan": 1400}) == 1400
+    assert pod_mtu(1500, {"ipip", "vxlan"}, tunnel_mtus={"ipip": 1300}) == 1300
+    assert pod_mtu(1500, {"ipip", "vxlan"}, tunnel_mtus={"ipip": 1490}) == 1450
+    assert pod_mtu(1500, {"ipip"}, tunnel_mtus={"vxlan": 1200}) == 1480  # not programmed: no bound
+
+
+def test_felix_turns_a_tunnel_kind_off_whatever_the_pools_ask() -> None:
+    from controller.node.graph import EncapSettings, TunnelCalc, pool_info
+
+    def pool(spec: dict[str, object]) -> Any:
+        return parse_resource({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "p"},
+                               "spec": spec})
+
+    vx = pool({"cidr": "10.0.0.0/16", "vxlanMode": "Always"})
+    off = EncapSettings(vxlan_enabled=False)
+    assert pool_info(vx, off).vxlan_mode == "Never" and pool_info(vx).vxlan_mode == "Always"
+    v6 = pool({"cidr": "fd00:1::/64", "vxlanMode": "Always"})
+    assert pool_info(v6, off).vxlan_mode == "Always"  # vxlanEnabled is Felix's IPv4 switch
+    calc = TunnelCalc("a")
+    calc.pools["p"] = vx
+    assert calc.programmed() == {"vxlan"} and calc.suppressed() == {}
+    calc.set_encap(off)
+    assert calc.encapsulations() == {"vxlan"}, "the tunnel address still follows the pools"
+    assert calc.programmed() == set() and "vxlanEnabled is false" in calc.suppressed()["vxlan"]
+    calc.set_encap(EncapSettings(vxlan_enabled=True, vxlan_mtu=1400))
+    assert calc.programmed() == {"vxlan"} and calc.suppressed() == {}
 
 
 # -- names and labels -----------------------------------------------------------------------
@@ -273,3 +320,16 @@ def test_prevalidated_resync_equals_plain_resync() -> None:
     bad = WatchResync([kv("resources/v3/ippools/p", {"spec": {"cidr": "nope"}})], 11)
     assert pre.apply(bad, pre.prevalidate(bad.kvs)) == plain.apply(bad)
     assert pre.invalid_report() == plain.invalid_report() and pre.invalid_report()[0]["kept_last_good"]
+
+
+def test_mtu_iface_pattern_host_mtu() -> None:
+    from controller.node.graph import EncapSettings, host_mtu, with_host_mtu
+
+    links = [("lo", 65536, True), ("eth0", 1500, True), ("eth1", 9000, True), ("ens3", 1400, False),
+             ("vxlan.tabby", 1200, True), ("tabc0ffee", 1000, True), ("bond0", 1300, True)]
+    assert host_mtu(links, "^eth") == 1500
+    assert host_mtu(links, "^(eth|ens)") == 1500, "a down interface does not count"
+    assert host_mtu(links, ".") == 1300, "Tabby's own devices and lo never count"
+    assert host_mtu(links, "^wlan") is None
+    assert with_host_mtu(EncapSettings(vxlan_mtu=1400), 1300) == EncapSettings(ipip_mtu=1280, vxlan_mtu=1400)
+    assert with_host_mtu(EncapSettings(), None) == EncapSettings()

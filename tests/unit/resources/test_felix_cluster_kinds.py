@@ -61,14 +61,14 @@ def test_cluster_information_is_a_singleton() -> None:
 
 
 def test_calico_kind_tabby_does_not_model_is_named_not_guessed() -> None:
-    text = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: default}\n"
+    text = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: p}\n"
     with pytest.raises(ResourceError) as info:
         parse_documents(text, "np.yaml")
     (line,) = info.value.problems
-    assert "NetworkPolicy is a Calico kind Tabby does not support" in line and "did you mean" not in line
+    assert "HostEndpoint is a Calico kind Tabby does not support" in line and "did you mean" not in line
     skipped: list[str] = []
     assert parse_documents(text, "np.yaml", skipped) == []
-    assert skipped == ["np.yaml document 1 (NetworkPolicy p)"]
+    assert skipped == ["np.yaml document 1 (HostEndpoint p)"]
     with pytest.raises(ResourceError, match="HostEndpoint is a Calico kind Tabby does not support"):
         kind_for_name("hep")
     with pytest.raises(ResourceError, match="unknown resource type 'frobnicator'"):

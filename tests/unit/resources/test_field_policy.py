@@ -37,7 +37,16 @@ BASE: dict[str, dict[str, Any]] = {
     "WorkloadEndpoint": {"metadata": {"name": "w", "namespace": "default"}, "spec": {}},
     "FelixConfiguration": {"metadata": {"name": "default"}, "spec": {}},
     "ClusterInformation": {"metadata": {"name": "default"}, "spec": {}},
+    "NetworkPolicy": {"metadata": {"name": "p", "namespace": "default"}, "spec": {}},
+    "GlobalNetworkPolicy": {"metadata": {"name": "p"}, "spec": {}},
+    "Profile": {"metadata": {"name": "p"}, "spec": {}},
+    "Tier": {"metadata": {"name": "t"}, "spec": {}},
+    "NetworkSet": {"metadata": {"name": "s", "namespace": "default"}, "spec": {}},
+    "GlobalNetworkSet": {"metadata": {"name": "s"}, "spec": {}},
+    "KubeControllersConfiguration": {"metadata": {"name": "default"}, "spec": {}},
 }
+#: Calico rule lists: a sample inside a rule goes into one rule (with an action).
+RULE_LISTS = ("ingress", "egress")
 #: Sample values that need company to be valid (Calico's cross-field rules).
 COMPANIONS: dict[str, dict[str, Any]] = {
     "BGPPeer.spec.localWorkloadSelector": {"peerIP": None},
@@ -147,6 +156,16 @@ def _with_sample(path: str, sample: Any) -> dict[str, Any]:
             "failsafeOutboundHostPorts",
         ):
             doc["spec"][key] = [value]
+    for key in RULE_LISTS:
+        if kind in ("NetworkPolicy", "GlobalNetworkPolicy", "Profile") and isinstance(doc["spec"].get(key), dict):
+            rule = doc["spec"][key]
+            rule.setdefault("action", "Allow")
+            for side in ("source", "destination"):
+                if "services" in rule.get(side, {}):
+                    rule[side]["services"].setdefault("name", "svc")
+            if isinstance(rule.get("http", {}).get("paths"), dict):
+                rule["http"]["paths"] = [rule["http"]["paths"]]
+            doc["spec"][key] = [rule]
     if kind == "BGPPeer" and "localWorkloadSelector" in doc["spec"]:
         doc["spec"].pop("peerIP", None)
     if kind == "BGPPeer" and "reachableBy" in doc["spec"]:

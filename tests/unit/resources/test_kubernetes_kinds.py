@@ -93,7 +93,11 @@ def test_every_namespace_carries_its_name_label() -> None:
 
 
 def test_names_resolve_for_get_and_delete() -> None:
-    for name in ("networkpolicy", "networkpolicies", "netpol", "NetworkPolicy"):
+    for name in ("kubernetesnetworkpolicy", "knp", "netpol", "KubernetesNetworkPolicy"):
         assert kind_for_name(name) is NetworkPolicy
+    from datamodel.resources.calicopolicy import CalicoNetworkPolicy
+
+    for name in ("networkpolicy", "networkpolicies", "np", "policy", "NetworkPolicy"):  # calicoctl's names
+        assert kind_for_name(name) is CalicoNetworkPolicy
     for name in ("namespace", "namespaces", "ns"):
         assert kind_for_name(name) is Namespace

@@ -386,13 +386,20 @@ def test_registry_metadata() -> None:
     kinds = all_kinds()
     assert {c.KIND for c in kinds} == {
         "IPPool", "IPAMConfiguration", "Node", "BGPConfiguration", "BGPPeer", "BGPFilter", "WorkloadEndpoint",
-        "FelixConfiguration", "ClusterInformation", "NetworkPolicy", "Namespace",
+        "FelixConfiguration", "ClusterInformation", "NetworkPolicy", "Namespace", "GlobalNetworkPolicy", "Tier",
+        "Profile", "NetworkSet", "GlobalNetworkSet", "StagedNetworkPolicy", "StagedGlobalNetworkPolicy",
+        "StagedKubernetesNetworkPolicy",
+        "KubeControllersConfiguration", "IPReservation", "BlockAffinity", "CalicoNodeStatus",
     }
     assert {c.PLURAL for c in kinds} == {
         "ippools", "ipamconfigurations", "nodes", "bgpconfigurations", "bgppeers", "bgpfilters", "workloadendpoints",
-        "felixconfigurations", "clusterinformations", "kubernetesnetworkpolicies", "namespaces",
+        "felixconfigurations", "clusterinformations", "kubernetesnetworkpolicies", "namespaces", "networkpolicies",
+        "globalnetworkpolicies", "tiers", "profiles", "networksets", "globalnetworksets", "stagednetworkpolicies",
+        "stagedglobalnetworkpolicies", "stagedkubernetesnetworkpolicies",
+        "kubecontrollersconfigurations", "ipreservations", "blockaffinities", "caliconodestatuses",
     }
-    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint", "NetworkPolicy"}
+    assert {c.KIND for c in kinds if c.NAMESPACED} == {"WorkloadEndpoint", "NetworkPolicy", "NetworkSet",
+                                                       "StagedNetworkPolicy", "StagedKubernetesNetworkPolicy"}
 
 
 def test_multi_document_yaml_with_empty_documents() -> None:

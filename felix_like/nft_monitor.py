@@ -1,0 +1,178 @@
+"""Who else commits to nf_tables in a node's namespace, from the kernel's own commit notifications.
+
+Why: the policy table of a node with thousands of policies is tens of thousands of nft lines. Felix's
+answer to drift (a hand edit, another program) is a periodic refresh; rebuilding that table every
+90 s held the dataplane thread for up to a second, and every label change, pod start and route that
+arrived meanwhile waited behind it. The kernel already says when anything changes: every nf_tables
+commit multicasts one ``NFT_MSG_NEWGEN`` on ``NFNLGRP_NFTABLES`` carrying the committing thread's
+name (``NFTA_GEN_PROC_NAME``, the task's comm). Tabby commits only from its dataplane thread,
+named :data:`OWN_COMM`, so a generation with any other name is a foreign commit.
+
+:class:`CommitMonitor` subscribes in the node's namespace with a classic BPF filter that lets only
+the NEWGEN messages through (the per-object notifications of a 60,000-line rebuild never reach user
+space), and :meth:`CommitMonitor.table_handle` asks the kernel for a table's handle: a table deleted
+or re-created by someone else (``nft flush ruleset``) is seen at once, not a refresh interval later.
+A lost notification (``ENOBUFS``) counts as a foreign commit: unknown state is drift.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from felix_like.netlink import parse_attrs
+from felix_like.netns import run_in_netns
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+SO_ATTACH_FILTER = 26
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_NEWGEN = 0, 1, 15
+NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
+NFTA_TABLE_NAME, NFTA_TABLE_HANDLE = 1, 4
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+NFPROTO_INET = 1
+PR_SET_NAME = 15
+
+#: The dataplane thread's name (at most 15 bytes: the kernel's comm); commits under any other name
+#: are foreign.
+OWN_COMM = "tabby-dataplane"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def name_this_thread(name: str = OWN_COMM) -> None:
+    """Set the calling OS thread's comm (what NEWGEN reports for the commits it makes)."""
+    if _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
+
+
+def _bpf_newgen_only() -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    """A socket filter passing only skbs whose (first) message is NFT_MSG_NEWGEN. The kernel sends
+    each NEWGEN in its own skb; classic BPF loads are big-endian, nlmsg_type is host order."""
+    want = struct.unpack(">H", struct.pack("=H", (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN))[0]
+
+    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("=HBBI", code, jt, jf, k)
+
+    prog = (ins(0x28, 0, 0, 4)               # ldh [4]: nlmsg_type
+            + ins(0x15, 0, 1, want)          # jeq NEWGEN
+            + ins(0x06, 0, 0, 0xFFFFFFFF)    # ret all
+            + ins(0x06, 0, 0, 0))            # ret 0 (drop)
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    return struct.pack("=HxxxxxxQ", 4, ctypes.addressof(buf)), buf
+
+
+@dataclass(frozen=True)
+class ForeignCommit:
+    """One nf_tables generation someone else committed (``comm`` empty: notifications were lost)."""
+
+    gen: int
+    pid: int
+    comm: str
+
+
+class CommitMonitor:
+    """NEWGEN notifications of one namespace, and table handle lookups there. Not thread-safe: used
+    from the dataplane thread only."""
+
+    def __init__(self, netns: str | None, own_comm: str = OWN_COMM) -> None:
+        self.own_comm = own_comm
+        self._filter, self._filter_buf = _bpf_newgen_only()
+
+        def open_sockets() -> tuple[socket.socket, socket.socket]:
+            mon = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
+            req = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            try:
+                mon.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._filter)
+                mon.bind((0, 0))
+                mon.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+                req.bind((0, 0))
+                req.settimeout(2.0)
+            except OSError:
+                mon.close()
+                req.close()
+                raise
+            return mon, req
+
+        self._mon, self._req = run_in_netns(netns, open_sockets)
+        self._seq = 0
+        self.foreign_seen = 0
+        self.lost = 0
+
+    def fileno(self) -> int:
+        return self._mon.fileno()
+
+    def read(self) -> list[ForeignCommit]:
+        """Drain the pending notifications; the foreign commits among them (one with ``comm`` ""
+        when the socket overflowed: some commits are unknown)."""
+        out: list[ForeignCommit] = []
+        while True:
+            try:
+                data = self._mon.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    out.append(ForeignCommit(0, 0, ""))
+                    continue
+                raise
+            off = 0
+            while off + 20 <= len(data):
+                ln, typ = struct.unpack_from("=IH", data, off)
+                if ln < 16:
+                    break
+                if typ == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                    attrs = parse_attrs(data, off + 20, off + ln)
+                    comm = attrs.get(NFTA_GEN_PROC_NAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+                    if comm != self.own_comm:
+                        gen = struct.unpack(">I", attrs[NFTA_GEN_ID])[0] if NFTA_GEN_ID in attrs else 0
+                        pid = struct.unpack(">I", attrs[NFTA_GEN_PROC_PID])[0] if NFTA_GEN_PROC_PID in attrs else 0
+                        out.append(ForeignCommit(gen, pid, comm or "?"))
+                off += (ln + 3) & ~3
+        self.foreign_seen += len(out)
+        return out
+
+    def table_handle(self, family: int, table: str) -> int | None:
+        """The kernel's handle of ``table`` (None: there is no such table)."""
+        self._seq += 1
+        body = struct.pack("=BBH", family, 0, 0)
+        name = table.encode() + b"\0"
+        attr = struct.pack("=HH", 4 + len(name), NFTA_TABLE_NAME) + name
+        body += attr + b"\0" * (-len(attr) % 4)
+        msg = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+                          NLM_F_REQUEST | NLM_F_ACK, self._seq, 0) + body
+        self._req.send(msg)
+        handle: int | None = None
+        while True:
+            data = self._req.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                ln, typ, _flags, seq = struct.unpack_from("=IHHI", data, off)
+                if ln < 16:
+                    return handle
+                if seq == self._seq:
+                    if typ == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + 16)[0]
+                        if code == 0:
+                            return handle
+                        if code == errno.ENOENT:
+                            return None
+                        raise OSError(code, f"GETTABLE {table}")
+                    if typ == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
+                        attrs = parse_attrs(data, off + 20, off + ln)
+                        if NFTA_TABLE_HANDLE in attrs:
+                            handle = struct.unpack(">Q", attrs[NFTA_TABLE_HANDLE])[0]
+                off += (ln + 3) & ~3
+
+    def close(self) -> None:
+        self._mon.close()
+        self._req.close()

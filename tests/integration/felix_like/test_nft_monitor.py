@@ -1,0 +1,105 @@
+"""Foreign nf_tables commits seen through the kernel's NEWGEN notifications (felix_like.nft_monitor),
+on the real kernel: our named thread's commits are not foreign, an ``nft`` process's are, a big
+rebuild of our own never floods the socket (the BPF filter), and a table's handle tells a deleted
+or re-created table apart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from felix_like.nft_monitor import NFPROTO_INET, CommitMonitor, name_this_thread
+from felix_like.policy import PolicyManager, Program
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    ns = f"tbm-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def nft(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True, capture_output=True, timeout=10)
+
+
+def on_named_thread(fn: object) -> None:
+    """Run ``fn`` on a thread named as the dataplane's (its commits are ours)."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            name_this_thread()
+            fn()  # type: ignore[operator]
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(timeout=60)
+    assert not errors, errors
+
+
+def read_settled(mon: CommitMonitor) -> list:
+    time.sleep(0.1)
+    return mon.read()
+
+
+def test_own_commits_are_not_foreign_an_nft_process_is(netns: str) -> None:
+    mon = CommitMonitor(netns)
+    try:
+        assert mon.table_handle(NFPROTO_INET, "tabby-policy") is None
+        # a big rebuild of our own: 3,000 sets with 4 members each, 3,000 chains, one transaction
+        sets = {f"s-{i}": ("ipv4_addr", frozenset(f"10.{i // 250}.{i % 250}.{k}" for k in range(4)))
+                for i in range(3000)}
+        chains = {f"c-{i}": (f"ip saddr @s-{i} accept",) for i in range(3000)}
+        prog = Program(sets, chains, {}, {})
+        mgr: list[PolicyManager] = []
+        on_named_thread(lambda: mgr.append(PolicyManager(netns)) or mgr[0].resync(prog))
+        assert read_settled(mon) == []
+        assert mon.lost == 0
+        handle = mon.table_handle(NFPROTO_INET, "tabby-policy")
+        assert handle is not None
+
+        nft(netns, "add", "table", "inet", "someone-else")
+        foreign = read_settled(mon)
+        assert [f.comm for f in foreign] == ["nft"] and foreign[0].pid > 0 and foreign[0].gen > 0, foreign
+        assert mon.table_handle(NFPROTO_INET, "tabby-policy") == handle  # not our table
+
+        # our table deleted, then re-created by someone else: gone, then a different handle
+        nft(netns, "delete", "table", "inet", "tabby-policy")
+        assert len(read_settled(mon)) == 1
+        assert mon.table_handle(NFPROTO_INET, "tabby-policy") is None
+        nft(netns, "add", "table", "inet", "tabby-policy")
+        read_settled(mon)
+        again = mon.table_handle(NFPROTO_INET, "tabby-policy")
+        assert again is not None and again != handle
+
+        # the same thread name from an unnamed thread is not ours: a plain Python thread is foreign
+        import nftables  # Debian python3-nftables
+
+        from felix_like.netns import run_in_netns
+
+        ctx = run_in_netns(netns, nftables.Nftables)
+        done: list[int] = []
+        t = threading.Thread(target=lambda: done.append(ctx.cmd("add table inet t2")[0]))
+        t.start()
+        t.join(timeout=10)
+        assert done == [0]
+        assert len(read_settled(mon)) == 1
+        assert mon.foreign_seen == 4
+    finally:
+        mon.close()
