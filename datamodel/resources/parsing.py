@@ -58,30 +58,64 @@ _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class _GoLikeLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """SafeLoader without sexagesimal numbers and timestamps, refusing duplicate mapping keys;
-    merge keys (``<<``) work as in Go's yaml (SafeConstructor flattens them)."""
+    merge keys (``<<``) read as Go's yaml reads them.
+
+    PyYAML merges by flattening the merged *nodes* into the mapping, which gets two cases wrong: an
+    anchored mapping that itself merges and overrides a key (``&a {<<: *x, k: 1}``) is flattened to two
+    ``k`` entries, so using it raised a false "duplicate key"; and merging such a mapping (``{<<: *a}``)
+    yielded the overridden value (``k: 0``) instead of ``a``'s own (``k: 1``). Go's yaml merges the
+    *constructed* mappings: the keys written beside ``<<`` win, then the merged mappings in their order
+    (an earlier one in ``<<: [*a, *b]`` wins over a later one)."""
+
+    _MERGE = "tag:yaml.org,2002:merge"
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` (YAML merge keys, as Go's yaml reads them): keys written
-                # beside the merge override the merged ones, so only the written ones must be unique
-            # A plain string key (nearly every key) is compared by its text: constructing every
-            # key twice was a measurable share of a 10,000-document apply.
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a mapping node, but found {node.id}", node.start_mark)
+        written: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == self._MERGE:
+                for source in self._merge_sources(node, value_node):
+                    for key, value in source.items():
+                        merged.setdefault(key, value)
+                continue
+            # A plain string key (nearly every key) is taken by its text: constructing every key through
+            # the generic path was a measurable share of a 10,000-document apply.
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
                 key: Any = key_node.value
             else:
                 key = self.construct_object(key_node, deep=deep)
             try:
-                duplicate = key in seen
+                duplicate = key in written
             except TypeError:
-                continue
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+                ) from None
             if duplicate:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
                 )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+            written[key] = self.construct_object(value_node, deep=deep)
+        if not merged:
+            return written
+        merged.update(written)
+        return merged
+
+    def _merge_sources(self, node: yaml.MappingNode, value_node: yaml.Node) -> list[dict[Any, Any]]:
+        """The mappings a ``<<`` merges, their keys read now. Not through ``construct_object``: an anchored
+        mapping used elsewhere in the document may already be constructed there but not yet filled
+        (PyYAML fills mappings after their parent), and merging that would merge nothing."""
+        nodes = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        sources = []
+        for sub in nodes:
+            if not isinstance(sub, yaml.MappingNode):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"expected a mapping or list of mappings for merging, but found {sub.id}", sub.start_mark)
+            sources.append(self.construct_mapping(sub, deep=True))
+        return sources
 
 
 _GoLikeLoader.yaml_implicit_resolvers = {
@@ -125,6 +159,10 @@ def _load_documents(text: str, source: str, problems: list[str]) -> list[tuple[i
                 data = _fast_construct(node)
                 if data is _SLOW:  # anchors, merge keys, explicit tags: PyYAML's own constructor
                     data = loader.construct_document(node)
+                    if _contains_itself(data):
+                        problems.append(f"{source} document {index}: a YAML alias refers to a mapping or list "
+                                        "that contains it (a recursive document)")
+                        continue
             except yaml.YAMLError as exc:
                 problems.append(_syntax_error(f"{source} document {index}", exc))
                 break
@@ -132,6 +170,24 @@ def _load_documents(text: str, source: str, problems: list[str]) -> list[tuple[i
     finally:
         loader.dispose()
     return out
+
+
+def _contains_itself(data: Any) -> bool:
+    """Whether an alias made the document recursive (``&a [*a]``, a merge of an enclosing mapping)."""
+    path: set[int] = set()
+
+    def walk(item: Any) -> bool:
+        if not isinstance(item, dict | list):
+            return False
+        if id(item) in path:
+            return True
+        path.add(id(item))
+        children = item.values() if isinstance(item, dict) else item
+        found = any(walk(child) for child in children)
+        path.discard(id(item))
+        return found
+
+    return walk(data)
 
 
 _SLOW = object()
