@@ -20,7 +20,9 @@ How a write works (:meth:`ResourceStore.write`, :meth:`ResourceStore.delete`):
 Cross-resource rules need more than per-key compares: two clients creating overlapping pools
 at the same time would each see a world without the other's pool. Every write to such a kind
 therefore also compares and bumps one guard key per kind (``resources/guards/<plural>``, not
-under any resource prefix), which serialises those writers.
+under any resource prefix), which serialises those writers. Tiers have one too, shared by a Tier's
+delete and every policy write that names a tier of its own: a delete that found the tier empty and a
+policy created in it at the same moment (which found the tier present) cannot both land.
 
 etcd refuses transactions with more than 128 operations (``--max-txn-ops``) or about 1.5 MiB.
 Inputs larger than one transaction are written with :mod:`datastore.staged`: an intent record,
@@ -441,6 +443,17 @@ class ResourceStore:
         kvs = await self._current(keys)
         return {k: (kv.mod_revision if kv else 0) for k, kv in zip(keys, kvs, strict=True)}
 
+    async def _add_tier_guard(self, plan: _Plan) -> None:
+        """Compare and bump the tiers' guard in this plan's commit. Read BEFORE the tier check that it
+        protects: a racing writer that commits after this read makes our compare fail (and the whole
+        plan is made again on fresh data)."""
+        from datamodel.resources.calicopolicy import Tier
+
+        key = guard_key(Tier.PLURAL)
+        if key not in plan.guards:
+            kv = (await self._current([key]))[0]
+            plan.guards[key] = kv.mod_revision if kv else 0
+
     async def _plan_write(
         self, refs: list[Ref], resources: list[Resource], mode: WriteMode, skip_exists: bool
     ) -> _Plan:
@@ -480,6 +493,8 @@ class ResourceStore:
             plan.compares.append((ref.key, kv.mod_revision if kv else 0))
             plan.old.append(kv)
             plan.sources.append(res)
+        if any(_names_own_tier(ref, doc) for ref, doc, _ in new_docs):
+            await self._add_tier_guard(plan)
         problems.extend(await self._collection_problems(new_docs))
         if problems:
             conflict_only = all(p.startswith("update conflict") for p in problems)
@@ -527,6 +542,8 @@ class ResourceStore:
             plan.compares.append((ref.key, kv.mod_revision))
             plan.old.append(kv)
         problems.extend(await self._pools_delete_problems(pool_deletes))
+        if tier_deletes:
+            await self._add_tier_guard(plan)
         problems.extend(await self._tier_delete_problems(tier_deletes, {r.key for r in plan.refs}))
         if problems:
             raise StoreError(problems)
@@ -661,6 +678,16 @@ class ResourceStore:
 
 #: Kinds whose spec.tier names a Tier.
 _TIERED_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy", "StagedNetworkPolicy", "StagedGlobalNetworkPolicy")
+
+
+def _names_own_tier(ref: Ref, doc: dict[str, Any]) -> bool:
+    """A Calico policy in a tier other than Calico's fixed ones (which can never be deleted)."""
+    from datamodel.resources.calicopolicy import FIXED_TIERS, Tier
+
+    if ref.cls.KIND not in _TIERED_KINDS or ref.cls.GROUP_VERSION != Tier.GROUP_VERSION:
+        return False
+    return str((doc.get("spec") or {}).get("tier") or "default") not in FIXED_TIERS
+
 def _new_uid() -> str:
     """A random (version 4) UUID string, as uuid.uuid4() gives, without building a UUID object (a
     measurable share of a 10,000-document apply)."""

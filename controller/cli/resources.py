@@ -588,6 +588,8 @@ def _with_fixed_tiers(items: list[Resource], names: tuple[str, ...],
     missing = [m for m in missing if not any(m.endswith(f"Tier {n}") for n in wanted)]
     items.sort(key=lambda t: (t.spec.order is None, t.spec.order or 0.0, t.name))  # type: ignore[attr-defined]
     return items, missing
+
+
 def _get_from_file(filename: str, recursive: bool, fmt: str, export: bool, namespace: str | None) -> None:
     """``get -f FILE``: the stored version of every resource the file names (grouped by kind, in file order)."""
     from controller.resource_store import NotFound, ResourceStore

@@ -116,3 +116,38 @@ def test_duplicate_names_in_one_input_refused(etcd_config: EtcdConfig) -> None:
         assert dup.value.problems == ["IPPool a: appears twice in the input (documents 1 and 2)"]
 
     run(etcd_config, body)
+
+
+def test_a_tier_delete_racing_a_policy_created_in_it_never_orphans_the_policy(etcd_config: EtcdConfig) -> None:
+    """The delete's check finds the tier empty; a policy is created in it before the delete commits (the
+    policy's own check found the tier present). The tiers' guard makes the delete's commit fail, and the
+    delete, planned again, sees the policy and is refused."""
+    (tier,) = parse_documents("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\n"
+                              "spec: {order: 100}\n", "t")
+    (policy,) = parse_documents("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n"
+                                "metadata: {name: security.deny-all}\nspec: {tier: security, selector: all()}\n",
+                                "t")
+
+    async def body(ds: Datastore) -> None:
+        deleter, writer = ResourceStore(ds), ResourceStore(ds)
+        await writer.create([tier])
+        checks = 0
+        real = deleter._tier_delete_problems
+
+        async def racing(tiers: Any, deleting: set[str]) -> list[str]:
+            nonlocal checks
+            checks += 1
+            problems = await real(tiers, deleting)
+            if checks == 1:
+                assert problems == []  # empty when checked...
+                await writer.create([policy])  # ...and a policy lands in it before the delete commits
+            return problems
+
+        deleter._tier_delete_problems = racing  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="Cannot delete a non-empty tier"):
+            await deleter.delete([Ref.of(tier)])
+        assert checks == 2
+        assert (await writer.get(type(tier), "security")).name == "security"
+        assert (await writer.get(type(policy), "security.deny-all")).name == "security.deny-all"
+
+    run(etcd_config, body)
