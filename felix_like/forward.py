@@ -9,26 +9,25 @@ FORWARD chain for the same reason; Tabby inserts, at the top of each such chain,
 ``tabby-forward-accept`` so they are found again (idempotent) and removable by hand.
 
 Pure parts (:func:`dropping_chains`, :func:`missing_rules`) work on ``nft -j list ruleset``; the
-:class:`ForwardAccepts` manager runs ``nft`` in the node's namespace. Only the nftables view is
+:class:`ForwardAccepts` manager reads and writes through libnftables in the node's namespace. Only the nftables view is
 covered: rules of the legacy iptables backend are invisible to nft (``tabbyctl node checksystem``
 says so when ``iptables-legacy`` holds a FORWARD DROP).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from felix_like.nft_context import NftContext
 
 log = structlog.get_logger("tabby.felix.forward")
 
 COMMENT = "tabby-forward-accept"
 WORKLOAD_GLOB = "tab*"
 OWN_TABLE_PREFIX = "tabby"
-NFT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -99,24 +98,32 @@ class ForwardResult:
 
 
 class ForwardAccepts:
-    """Keeps our accepts at the top of every dropping forward chain of one namespace."""
+    """Keeps our accepts at the top of every dropping forward chain of one namespace.
 
-    def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
+    Reads the chains only (no rules: on a node with thousands of policies the whole ruleset is tens of
+    thousands of rules) and then the rules of the few dropping base chains; through libnftables
+    in-process (:class:`NftContext`), so an insert made from the dataplane thread is not a foreign commit
+    to the policy manager's monitor."""
+
+    def __init__(self, netns: str | None = None, nft: NftContext | None = None) -> None:
         self.netns = netns
-        self.nft = nft
+        self.nft = nft or NftContext(netns)
         self._log = log.bind(netns=netns or "")
 
-    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [self.nft, *args]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT_S)
+    def _list(self, what: str) -> dict[str, Any]:
+        rc, listing, err = self.nft.list_json(what)
+        if rc != 0:
+            raise RuntimeError(f"nft list {what}: {err.strip()}")
+        return listing
 
     def ruleset(self) -> dict[str, Any]:
-        proc = self._run(["-j", "list", "ruleset"])
-        if proc.returncode != 0:
-            raise RuntimeError(f"nft list ruleset: {proc.stderr.strip()}")
-        return json.loads(proc.stdout or "{}")
+        """The base chains of the forward hook with policy drop, and their rules (what
+        :func:`dropping_chains` and :func:`missing_rules` read), as ``nft -j list`` gives them."""
+        chains = self._list("chains")
+        objects = list(_objects(chains))
+        for chain in dropping_chains(chains):
+            objects += [o for o in _objects(self._list(f"chain {chain}")) if "rule" in o]
+        return {"nftables": objects}
 
     def apply(self) -> ForwardResult:
         """Insert what is missing; never raises (nft trouble is in ``error``)."""
@@ -131,11 +138,11 @@ class ForwardAccepts:
                     cmds += insert_commands(chain, missing)
                     result.inserted += [f"{chain}: {d} {WORKLOAD_GLOB} accept" for d in missing]
             if cmds:
-                proc = self._run(["-j", "-f", "-"], json.dumps({"nftables": cmds}))
-                if proc.returncode != 0:
-                    raise RuntimeError(f"nft refused the accepts: {proc.stderr.strip()}")
+                rc, err = self.nft.transact(cmds)
+                if rc != 0:
+                    raise RuntimeError(f"nft refused the accepts: {err.strip()}")
                 self._log.info("forward.accepts_inserted", rules=result.inserted)
-        except (OSError, subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             result.error = str(exc)[:300]
             self._log.warning("forward.accepts_failed", error=result.error)
         return result

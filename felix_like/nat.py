@@ -22,9 +22,10 @@ avoiding the SNAT port-collision races of sequential allocation.
 Why sets: a pool change is then a set element add/delete, one tiny transaction that never
 rewrites (or briefly removes) the rule. Only when the table's structure differs from the above
 (first start, an upgrade, a hand edit) is the table rebuilt: ``flush table`` plus deleting and
-re-adding its chains and sets, all in ONE ``nft -j -f -`` transaction, so packets see either the
-old or the new ruleset, never none. Other tables are never read for decisions nor written; the
-tables are never deleted, not even on shutdown (pods keep their NAT while the agent restarts).
+re-adding its chains and sets, all in ONE JSON transaction (libnftables in-process,
+:mod:`felix_like.nft_context`), so packets see either the old or the new ruleset, never none. Other
+tables are never read for decisions nor written; the tables are never deleted, not even on shutdown
+(pods keep their NAT while the agent restarts).
 Disabled pools stay in both sets: they stop allocation, not the traffic of pods already there.
 """
 
@@ -32,11 +33,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
+
+from felix_like.nft_context import NftContext, NftUnavailable
 
 log = structlog.get_logger("tabby.felix_like.nat")
 
@@ -47,7 +49,6 @@ CHAIN = "postrouting"
 RULE_COMMENT = "tabby natOutgoing"
 #: ``priority srcnat``
 NAT_PRIORITY = 100
-NFT_TIMEOUT_S = 20
 
 
 @dataclass(frozen=True)
@@ -356,40 +357,37 @@ class NATManager:
     most one transaction, and none when nothing differs.
     """
 
-    def __init__(self, netns: str | None = None, nft: str = "nft"):
+    def __init__(self, netns: str | None = None, nft: NftContext | None = None):
         self.netns = netns
-        self.nft = nft
+        self.nft = nft or NftContext(netns)  # in-process: our commits are not "foreign" to the policy monitor
         self.transactions = 0
         self._log = log.bind(netns=netns or "")
-
-    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [self.nft, *args]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        try:
-            return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NFTError(f"{' '.join(cmd)}: {exc}") from exc
 
     def read(self) -> dict[int, TableState | None]:
         """Our two tables as the kernel has them (None: table absent)."""
         out: dict[int, TableState | None] = {}
         for version, (family, table) in TABLES.items():
-            proc = self._run(["-j", "list", "table", family, table])
-            if proc.returncode != 0:
-                if "No such file or directory" in proc.stderr:
+            try:
+                rc, listing, err = self.nft.list_json(f"table {family} {table}")
+            except NftUnavailable as exc:
+                raise NFTError(str(exc)) from exc
+            if rc != 0:
+                if "No such file or directory" in err:
                     out[version] = None
                     continue
-                raise NFTError(f"nft list table {family} {table}: {proc.stderr.strip()}")
-            out[version] = parse_table(json.loads(proc.stdout))
+                raise NFTError(f"nft list table {family} {table}: {err.strip()}")
+            out[version] = parse_table(listing)
         return out
 
     def transact(self, cmds: list[dict]) -> None:
         """Run ``cmds`` as one nft transaction (all or nothing)."""
-        proc = self._run(["-j", "-f", "-"], json.dumps({"nftables": cmds}))
+        try:
+            rc, err = self.nft.transact(cmds)
+        except NftUnavailable as exc:
+            raise NFTError(str(exc)) from exc
         self.transactions += 1
-        if proc.returncode != 0:
-            raise NFTError(f"nft transaction refused: {proc.stderr.strip()}")
+        if rc != 0:
+            raise NFTError(f"nft transaction refused: {err.strip()}")
 
     def apply(self, pools: Iterable[NATPool]) -> NATResult:
         """Make the tables match ``pools``. Never raises for nft trouble: see ``error``."""

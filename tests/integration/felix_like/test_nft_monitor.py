@@ -103,3 +103,32 @@ def test_own_commits_are_not_foreign_an_nft_process_is(netns: str) -> None:
         assert mon.foreign_seen == 4
     finally:
         mon.close()
+
+
+def test_nat_and_forward_accept_commits_from_the_dataplane_thread_are_not_foreign(netns: str) -> None:
+    """NAT outgoing and the FORWARD accepts used to commit through an `nft` process: the monitor counted
+    each of them as foreign and the agent rebuilt its whole policy table after every pool change."""
+    from felix_like.forward import ForwardAccepts
+    from felix_like.nat import NATManager, NATPool
+
+    nft(netns, "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }")
+    mon = CommitMonitor(netns)
+    try:
+        nat, fwd = NATManager(netns), ForwardAccepts(netns)
+        results: list[object] = []
+        on_named_thread(lambda: results.extend([nat.apply([NATPool("10.70.0.0/16", nat_outgoing=True)]),
+                                                fwd.apply(), nat.apply([NATPool("10.71.0.0/16", nat_outgoing=True)])]))
+        first, accepts, second = results
+        assert first.ok and first.transactions == 1 and second.ok and second.transactions == 1  # type: ignore[attr-defined]
+        assert accepts.inserted and not accepts.error  # type: ignore[attr-defined]
+        assert read_settled(mon) == [] and mon.foreign_seen == 0
+        listing = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "chain", "ip", "filter", "FORWARD"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert listing.count("tabby-forward-accept") == 2, listing
+        masq = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "ip", "tabby-nat"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "10.71.0.0/16" in masq and "10.70.0.0/16" not in masq, masq
+        on_named_thread(lambda: results.append(fwd.apply()))
+        assert not results[-1].inserted and results[-1].dropping == ["ip filter FORWARD"]  # type: ignore[attr-defined]
+    finally:
+        mon.close()
