@@ -22,9 +22,11 @@ one nft rule per family.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import ipaddress
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -873,8 +875,36 @@ IfacePlans = tuple[EndpointPlan | None, EndpointPlan | None]
 
 def narrows(cmds: Iterable[str]) -> bool:
     """Can this delta remove an allow? (a set lost members, a chain was rewritten or removed, a
-    verdict-map entry was replaced): then established flows must be judged again."""
+    verdict-map entry was replaced): then established flows must be judged again. A delta that only
+    adds set members narrows too when a set it adds to is a :func:`narrowing_refs` one (the manager
+    keeps that index: :meth:`PolicyManager.apply`)."""
     return any(c.startswith(("delete element", "flush chain", "delete chain")) for c in cmds)
+
+
+_SET_REF = re.compile(r"(!=\s*)?@([\w.\-]+)")
+
+
+def narrowing_refs(rules: Iterable[str]) -> frozenset[str]:
+    """The sets these rules reference such that a NEW member can take an allow away: under a negated
+    match (``!= @s``), or in a rule whose verdict is not accept (drop, reject, a return to the next
+    tier or profile). A set matched only positively by accept rules can only widen what is allowed."""
+    out: set[str] = set()
+    for rule in rules:
+        if "@" not in rule:
+            continue
+        accept = rule.rstrip().endswith("accept")
+        for m in _SET_REF.finditer(rule):
+            if m.group(1) or not accept:
+                out.add(m.group(2))
+    return frozenset(out)
+
+
+def added_sets(cmds: Iterable[str]) -> set[str]:
+    """The named sets (not the verdict maps) that ``add element`` commands of a delta add to."""
+    prefix = f"add element {FAMILY} {TABLE} "
+    maps = (MAP_INGRESS, MAP_EGRESS)
+    return {name for c in cmds if c.startswith(prefix)
+            and (name := c[len(prefix):].split(" ", 1)[0]) not in maps}
 
 
 def removed_addresses(cmds: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
@@ -1019,6 +1049,10 @@ class PolicyManager:
         #: table's handle changes with each
         self.rebuilds = 0
         self.last_resync_s: tuple[float, float] = (0.0, 0.0)  # (render, transaction) of the last rebuild
+        #: chain -> the sets it references narrowingly (:func:`narrowing_refs`), and how many chains
+        #: do so per set: built at the first add-only delta after a rebuild, then kept per touched chain
+        self._narrowing: dict[str, frozenset[str]] | None = None
+        self._narrowing_count: collections.Counter[str] = collections.Counter()
         try:
             self.cutter = ConntrackCutter(netns)
         except Exception as exc:  # enforcement must not depend on it
@@ -1058,7 +1092,26 @@ class PolicyManager:
         self.rebuilds += 1
         self._applied = Program(dict(program.sets), dict(program.chains), dict(program.ingress),
                                 dict(program.egress), {})
+        self._narrowing = None  # rebuilt only when an add-only delta needs it (not on the cold start)
         return len(cmds)
+
+    def _adds_narrow(self, cmds: list[str], program: Program, touched: Touched) -> bool:
+        """Whether the delta adds a member to a set some rule uses under a Deny or a negated match."""
+        if self._narrowing is None:
+            self._narrowing, self._narrowing_count = {}, collections.Counter()
+            self._index_narrowing(program, program.chains)
+        return any(self._narrowing_count[name] for name in added_sets(cmds))
+
+    def _index_narrowing(self, program: Program, chains: Iterable[str]) -> None:
+        assert self._narrowing is not None
+        for chain in chains:
+            old = self._narrowing.pop(chain, frozenset())
+            self._narrowing_count.subtract(old)
+            rules = program.chains.get(chain)
+            new = narrowing_refs(rules) if rules is not None else frozenset()
+            if new:
+                self._narrowing[chain] = new
+                self._narrowing_count.update(new)
 
     def apply(self, program: Program, touched: Touched) -> int:
         """The changes of the ``touched`` names since the last write, one transaction (a rebuild when
@@ -1069,7 +1122,9 @@ class PolicyManager:
         cmds = delta_commands(applied, program, touched)
         if not self._elements_only(cmds, program):
             self._run(cmds)
-        if self.cutter is not None and narrows(cmds):
+        if self.cutter is not None and self._narrowing is not None and touched.chains:
+            self._index_narrowing(program, touched.chains)  # keep the index current once it exists
+        if self.cutter is not None and (narrows(cmds) or self._adds_narrow(cmds, program, touched)):
             if self._cuts is None:
                 self._cuts = CutWorker(self.cutter)
             # a snapshot (shallow copies of dicts with immutable values: a few ms at 60,000 entries):

@@ -503,3 +503,30 @@ def test_established_connection_cut_when_its_peer_leaves_a_set(matrix: MatrixLab
     finally:
         for sock in conns.values():
             sock.close()
+
+
+def test_established_connection_cut_when_its_peer_joins_a_deny_set(matrix: MatrixLab) -> None:
+    """The other way round: a namespace relabel puts its pods INTO the set of a Deny rule (a delta of
+    element additions only). An added member takes an allow away when the set sits under a Deny (or a
+    negated match), so those flows are judged and cut too; the flows of pods not added carry on."""
+    matrix.reset()
+    policy = cal("NetworkPolicy", "web-deny-quarantined", {
+        "selector": "app == 'web'", "types": ["Ingress"], "ingress": [
+            {"action": "Deny", "source": {"namespaceSelector": "quarantine == 'yes'"}},
+            {"action": "Allow"}]}, namespace="prod")
+    matrix.apply([policy])
+    matrix.applied = [policy]
+    pairs = {"cli-a->web-a": ("cli-a", "web-a", False), "cli-a->web-b": ("cli-a", "web-b", False),
+             "other-b->web-b": ("other-b", "web-b", False), "mon-a->web-a": ("mon-a", "web-a", True),
+             "mon-a->web-b": ("mon-a", "web-b", True), "cli-p->web-a": ("cli-p", "web-a", True)}
+    conns: dict[str, Any] = {}
+    try:
+        _connect(matrix, pairs, conns, "before the relabel")
+        matrix.apply([nsdoc("dev", {"quarantine": "yes"})])  # dev's pods join the Deny's set; nothing else
+        _until_denied(matrix, "cli-a", "web-a", "the relabel never reached the kernel")
+        time.sleep(0.3)  # the cut follows the same apply
+        verdicts = {label: _echo(sock, 1.0 if pairs[label][2] else 0.6) for label, sock in conns.items()}
+        assert verdicts == {label: ok for label, (_c, _s, ok) in pairs.items()}, verdicts
+    finally:
+        for sock in conns.values():
+            sock.close()
