@@ -21,7 +21,6 @@ every local endpoint (tiers are few).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ from datamodel.resources.calicopolicy import (
     Profile,
     Tier,
 )
+from datamodel.resources.common import parse_ip_or_cidr
 from datamodel.resources.kubernetes import Namespace, NetworkPolicy, namespace_labels
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
 from datamodel.selector import And, Compare, parse_selector
@@ -72,7 +72,7 @@ _DIRECTIONS = ("ingress", "egress")
 
 def endpoint_info(key: str, wep: WorkloadEndpoint) -> EndpointInfo:
     """What policy needs of a WorkloadEndpoint: labels, addresses of both families, named ports, profiles."""
-    ips = tuple(sorted({str(ipaddress.ip_interface(n).ip) for n in wep.spec.ipNetworks}))
+    ips = tuple(sorted({str(parse_ip_or_cidr(n).ip) for n in wep.spec.ipNetworks}))  # cached: validation parsed them
     ports = tuple(sorted((p.name, p.protocol, p.port) for p in wep.spec.ports or []))
     return EndpointInfo(key=key, namespace=wep.namespace or "default",
                         labels=tuple(sorted((wep.metadata.labels or {}).items())), ips=ips, ports=ports,
