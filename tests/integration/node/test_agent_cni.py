@@ -22,6 +22,17 @@ from tests.integration.node.conftest import PYTHON, NodeLab, apply_pool, in_ns, 
 pytestmark = pytest.mark.root
 
 
+def reaches(node_lab: NodeLab, netns: str, ip: str, within: float = 10.0) -> bool:
+    """A ping from ``netns`` to ``ip`` answered within ``within`` seconds (one probe every ~0.2 s)."""
+    deadline = time.monotonic() + within
+    while True:
+        if node_lab.ping(netns, ip, wait=1):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def ipam_check(config: EtcdConfig) -> dict:
     async def body() -> dict:
         async with Datastore(config) as ds:
@@ -141,8 +152,10 @@ def test_two_nodes_native_routing_and_repair(node_lab: NodeLab, etcd_env: dict[s
     node_lab.start_agent(b, TABBY_RESYNC_INTERVAL="5")
     pa = node_lab.add_pod(a, "pa")
     pb = node_lab.add_pod(b, "pb")
-    assert node_lab.ping(pa.netns, pb.ip), routes(node_lab, a) + routes(node_lab, b)
-    assert node_lab.ping(pb.netns, pa.ip)
+    # pb's ADD returns once b's kernel has its route; a learns b's new block from the datastore watch
+    # a moment later (a single immediate ping raced it on a loaded machine): bounded, then it must work
+    assert reaches(node_lab, pa.netns, pb.ip), routes(node_lab, a) + routes(node_lab, b)
+    assert reaches(node_lab, pb.netns, pa.ip), routes(node_lab, a) + routes(node_lab, b)
     # the block of b is routed via b's address on a
     block_b = next(line for line in routes(node_lab, b).splitlines() if line.startswith("blackhole")).split()[1]
     assert f"{block_b} via {node_lab.node_ip(b)} dev eth0" in routes(node_lab, a)
