@@ -643,10 +643,14 @@ class Dataplane:
         self._nft_foreign = False  # what is committed from here on is ours until the monitor says not
         try:
             self._policy.take_touched()
-            n = self.policy.resync(self._policy.view())
+            # off the commit monitor's group for our own big transaction (felix_like.nft_monitor.quiet)
+            with self._nft_monitor.quiet() if self._nft_monitor is not None else contextlib.nullcontext():
+                n = self.policy.resync(self._policy.view())
             render_s, nft_s = self.policy.last_resync_s
             self._log.info("dataplane.policy_resync", reason=reason, commands=n, render_s=render_s, nft_s=nft_s)
             self._remember_policy_table()
+            if self._nft_monitor is not None and self._nft_monitor.pending:
+                self._foreign_commits()  # someone committed while we were off the group: the refresh rebuilds
         except Exception:
             self._log.exception("dataplane.policy_resync_failed", reason=reason)
             self._policy_dirty = True

@@ -132,3 +132,39 @@ def test_nat_and_forward_accept_commits_from_the_dataplane_thread_are_not_foreig
         assert not results[-1].inserted and results[-1].dropping == ["ip filter FORWARD"]  # type: ignore[attr-defined]
     finally:
         mon.close()
+
+
+def test_quiet_leaves_the_group_for_our_big_transaction_and_still_sees_a_foreign_commit(netns: str) -> None:
+    """While subscribed, the kernel builds a notification per object of a transaction (the BPF filter
+    drops them only afterwards): quiet() leaves the group around our own full load. A commit by
+    someone else inside that window is found by the generation counter and reported by read()."""
+    sets = {f"s-{i}": ("ipv4_addr", frozenset({f"10.1.{i // 250}.{i % 250}"})) for i in range(500)}
+    prog = Program(sets, {f"c-{i}": (f"ip saddr @s-{i} accept",) for i in range(500)}, {}, {})
+    mon = CommitMonitor(netns)
+    try:
+        gen0 = mon.generation()
+        mgr: list[PolicyManager] = []
+
+        def ours() -> None:
+            mgr.append(PolicyManager(netns))
+            with mon.quiet():
+                mgr[0].resync(prog)
+
+        on_named_thread(ours)
+        assert mon.generation() == gen0 + 1 and not mon.pending and read_settled(mon) == []
+
+        def ours_with_a_foreign_commit_inside() -> None:
+            with mon.quiet():
+                mgr[0].resync(prog)
+                nft(netns, "add", "table", "inet", "someone-else")  # while we are off the group
+
+        on_named_thread(ours_with_a_foreign_commit_inside)
+        assert mon.pending
+        foreign = read_settled(mon)
+        assert len(foreign) == 1 and foreign[0].gen == gen0 + 3 and foreign[0].comm == "?", foreign
+        assert not mon.pending and read_settled(mon) == []
+        # subscribed again: an ordinary foreign commit is seen as before
+        nft(netns, "add", "table", "inet", "someone-else-2")
+        assert [f.comm for f in read_settled(mon)] == ["nft"]
+    finally:
+        mon.close()
