@@ -71,6 +71,10 @@ INTERNAL = 199
 
 
 
+#: How long CHECK waits for the watch to deliver an endpoint ADD has just written.
+CHECK_ECHO_WAIT_S = 3.0
+
+
 class Phases:
     """Where one ADD/DEL spends its time (ms per phase), logged with ``cni.added``/``cni.deleted``.
 
@@ -564,6 +568,11 @@ class CNIHandlers:
         await self.ready(deadline)
         ident = identity(req, self.node)
         found = agent.model.find_wep(req.container_id, req.ifname or None)
+        # A CHECK right after ADD can beat the watch's echo of the endpoint ADD wrote: wait for it, bounded
+        wait_until = min(deadline, time.monotonic() + CHECK_ECHO_WAIT_S)
+        while found is None and time.monotonic() < wait_until:
+            await asyncio.sleep(0.02)
+            found = agent.model.find_wep(req.container_id, req.ifname or None)
         if found is None:
             raise CNIError(UNKNOWN_CONTAINER, f"no WorkloadEndpoint for container {req.container_id} on {self.node}")
         spec = found[1].spec
