@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ipaddress
+import functools
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import structlog
 
@@ -111,11 +112,38 @@ class Ref:
         return cls(type(res), res.name, res.namespace, str(version) if version else None)
 
 
+class LazyResults(Sequence["Resource"]):
+    """The resources a write stored, each built when first read: ``tabbyctl apply`` of 10,000
+    documents only counts them, and building them (a model copy each) was a fifth of its time."""
+
+    def __init__(self) -> None:
+        self._makers: list[Callable[[], Resource]] = []
+        self._made: dict[int, Resource] = {}
+
+    def add(self, maker: Callable[[], Resource]) -> None:
+        self._makers.append(maker)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    @overload
+    def __getitem__(self, index: int) -> Resource: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Resource]: ...
+    def __getitem__(self, index: int | slice) -> Resource | list[Resource]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]  # IndexError and negative indices as a list has them
+        if i not in self._made:
+            self._made[i] = self._makers[i]()
+        return self._made[i]
+
+
 @dataclass(repr=False)
 class Outcome:
     """What a write or delete did: resources as now stored (or as they were, for deletes)."""
 
-    done: list[Resource] = field(default_factory=list)
+    done: LazyResults = field(default_factory=LazyResults)
     skipped: list[Ref] = field(default_factory=list)
     revision: int = 0
 
@@ -139,7 +167,13 @@ class _Plan:
 
 def now_rfc3339() -> str:
     """creationTimestamp as Kubernetes and Calico write it: second precision, UTC, ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339(int(time.time()))
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc3339(second: int) -> str:
+    # strftime is ~20 us; a 10,000-document apply asked for the same second 10,000 times.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
@@ -323,9 +357,9 @@ class ResourceStore:
         sources = plan.sources or [None] * len(plan.refs)
         for ref, doc, kv, src in zip(plan.refs, plan.docs, plan.old, sources, strict=True):
             if doc is not None:
-                outcome.done.append(self._with_version(ref, revision, doc, src))
+                outcome.done.add(functools.partial(self._with_version, ref, revision, doc, src))
             elif kv is not None:
-                outcome.done.append(self._decode(ref.cls, kv))
+                outcome.done.add(functools.partial(self._decode, ref.cls, kv))
         outcome.revision = revision
         return outcome
 
@@ -713,10 +747,9 @@ def _overlapping_pairs(final: dict[str, str], order: dict[str, int]) -> list[tup
     Two CIDRs overlap exactly when one contains the other, so after sorting by (family, first
     address, prefix length) each pool only meets the still-open supernets before it.
     """
-    nets = []
-    for name, cidr in final.items():
-        net = ipaddress.ip_network(cidr, strict=False)
-        nets.append((net.version, int(net.network_address), net.prefixlen, int(net.broadcast_address), name))
+    from datamodel.resources.common import cidr_span
+
+    nets = [(*cidr_span(cidr), name) for name, cidr in final.items()]
     nets.sort()
     stack: list[tuple[int, int, str]] = []
     pairs: list[tuple[str, str]] = []

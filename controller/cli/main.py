@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import click
@@ -128,7 +129,23 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: run the CLI, map every failure to a short message and an exit code."""
+    """Console entry point: run the CLI, map every failure to a short message and an exit code.
+
+    Called as the console script (``argv`` None), the process ends right here once output is
+    flushed and no other thread runs: the interpreter's own teardown of a 10,000-resource apply's
+    heap took 0.2 s, a tenth of the whole command, and frees nothing the kernel would not."""
+    code = _main(argv)
+    if argv is None and threading.active_count() == 1:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (BrokenPipeError, ValueError):  # `tabbyctl get ... | head`, or a closed stream
+            pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # gRPC's C core prints its own warnings to stderr; keep them out of the user's way.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")

@@ -13,7 +13,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from datamodel.resources.common import CalicoModel, Resource, Selector, go_bool, parse_network
+from datamodel.resources.common import (
+    CalicoModel,
+    Resource,
+    Selector,
+    cidr_span,
+    go_bool,
+    parse_ip_or_cidr,
+    parse_network,
+)
 from datamodel.resources.errors import Problems
 
 EncapMode = Literal["Never", "Always", "CrossSubnet"]
@@ -120,8 +128,8 @@ class IPPool(Resource):
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        """The pool CIDR as an ipaddress network (already validated and normalised)."""
-        return ipaddress.ip_network(self.spec.cidr)
+        """The pool CIDR as an ipaddress network (already validated and normalised; parsed once per cidr)."""
+        return parse_ip_or_cidr(self.spec.cidr).network
 
     @property
     def ip_version(self) -> int:
@@ -165,18 +173,10 @@ def pool_overlaps(pools: Iterable[IPPool]) -> list[tuple[IPPool, IPPool]]:
     """
     items = list(pools)
     order = {id(p): i for i, p in enumerate(items)}
-    nets = {id(p): p.network for p in items}
-    keyed = sorted(
-        (
-            (nets[id(p)].version, int(nets[id(p)].network_address), nets[id(p)].prefixlen, order[id(p)], p)
-            for p in items
-        ),
-        key=lambda t: t[:4],
-    )
+    keyed = sorted(((*cidr_span(p.spec.cidr), i, p) for i, p in enumerate(items)), key=lambda t: t[:3] + t[4:5])
     clashes: list[tuple[IPPool, IPPool]] = []
     stack: list[tuple[int, int, IPPool]] = []  # (version, last address, pool) of open supernets
-    for version, start, _, _, pool in keyed:
-        end = int(nets[id(pool)].broadcast_address)
+    for version, start, _, end, _, pool in keyed:
         while stack and (stack[-1][0] != version or stack[-1][1] < start):
             stack.pop()
         for _, _, other in stack:
