@@ -118,6 +118,11 @@ class RouteProgrammer:
         """The cached view of our routes in the kernel (a copy)."""
         return dict(self._actual)
 
+    def monitor(self) -> RouteMonitor:
+        """A route monitor of this namespace that leaves out the kernel's echoes of our own writes
+        (we know what we wrote); everyone else's changes, and the kernel's own, come through."""
+        return RouteMonitor(self.netns, ignore=self._nl)
+
     @property
     def ifnames(self) -> dict[int, str]:
         """The writer's index -> name cache (route monitors decode events with it)."""
@@ -277,7 +282,7 @@ class RouteProgrammer:
         and its result is passed to ``on_change``. The periodic pass catches what produces no event
         (routes dropped with their link) and event overflow.
         """
-        monitor = RouteMonitor(self.netns)
+        monitor = self.monitor()
         loop = asyncio.get_running_loop()
         dirty = asyncio.Event()
         stop = stop or asyncio.Event()

@@ -53,7 +53,7 @@ from controller.node.messages import (
 from felix_like.forward import ForwardAccepts
 from felix_like.ipip import IPIPManager
 from felix_like.nat import NATManager
-from felix_like.netlink import LinkMonitor, Route, RouteMonitor, RouteOp
+from felix_like.netlink import LinkMonitor, Route, RouteOp
 from felix_like.nft_monitor import NFPROTO_INET, CommitMonitor, ForeignCommit, name_this_thread
 from felix_like.policy import TABLE as POLICY_TABLE
 from felix_like.policy import PolicyManager, PolicyState
@@ -310,7 +310,7 @@ class Dataplane:
             self.programmer = RouteProgrammer(self.netns)
             self._tunnels = TunnelManagers(self.netns, self.node)
             self.policy = PolicyManager(self.netns, flow_logs=self.flow_logs)
-            route_mon = RouteMonitor(self.netns)
+            route_mon = self.programmer.monitor()
             link_mon = LinkMonitor(self.netns)
             try:
                 self._nft_monitor = CommitMonitor(self.netns)

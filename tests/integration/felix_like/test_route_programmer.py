@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 
 import pytest
 
@@ -271,3 +272,56 @@ def test_first_delta_adopts_and_recreated_interface_is_retried(node_ns: NodeNS) 
 def test_missing_namespace_is_an_error() -> None:
     with pytest.raises(FileNotFoundError):
         RouteProgrammer("tabbytest-does-not-exist")
+
+
+def test_monitor_leaves_out_our_own_writes_only(node_ns: NodeNS) -> None:
+    """The programmer's monitor drops the kernel's echoes of its own writes (in the kernel, by a
+    socket filter) but reports another writer's change and the kernel's own, as a plain monitor does."""
+    from felix_like.netlink import RouteMonitor
+
+    def drain(mon: RouteMonitor) -> set[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            events, overflowed = mon.read_events()
+            assert not overflowed
+            seen |= {(e.kind, e.route.dst) for e in events}
+            if ("new", "10.99.0.0/24") in seen:
+                break
+            time.sleep(0.02)
+        return seen
+
+    with RouteProgrammer(node_ns.name) as prog:
+        filtered = prog.monitor()
+        plain = RouteMonitor(node_ns.name)
+        try:
+            assert prog.full_resync(DESIRED).added == len(DESIRED)
+            node_ns.ip("route", "add", "10.99.0.0/24", "via", "192.0.2.1", "proto", "static")
+            seen_filtered, seen_plain = drain(filtered), drain(plain)
+        finally:
+            filtered.close()
+            plain.close()
+    ours_v4 = {r.dst for r in DESIRED if not r.ipv6}
+    assert ours_v4 <= {dst for kind, dst in seen_plain if kind == "new"}  # the echoes exist...
+    assert not ours_v4 & {dst for _, dst in seen_filtered}  # ...and the programmer's monitor drops them
+    assert ("new", "10.99.0.0/24") in seen_filtered and ("new", "10.99.0.0/24") in seen_plain
+
+
+def test_large_apply_without_per_route_acks_reports_each_refusal(node_ns: NodeNS) -> None:
+    """Route messages carry no ACK request; a chunk ends with an acknowledged NOOP. Refusals anywhere
+    in a chunk (first, middle, last, across chunks) are still reported one by one, the rest land."""
+    from felix_like.netlink import CHUNK, RouteOp, RouteSocket
+
+    node_ns.ip("route", "add", "10.70.0.0/26", "via", "192.0.2.1", "proto", "static")  # a foreign route
+    n = CHUNK * 2 + 10
+    routes = [Route(f"10.{70 + i // 1024}.{i // 4 % 256}.{(i % 4) * 64}/26", gateway="192.0.2.12", oif="eth0")
+              for i in range(n)]
+    bad = {0, CHUNK // 2, CHUNK - 1, CHUNK, n - 1}
+    for i in bad - {0}:  # gateway off-link: ENETUNREACH
+        routes[i] = Route(routes[i].dst, gateway="203.0.113.9", oif="eth0")
+    with RouteSocket(node_ns.name) as nl:
+        failures = nl.apply([(RouteOp.ADD, r) for r in routes])
+        assert nl.writes == n
+    assert {routes.index(f.route) for f in failures} == bad
+    assert {f.errno for f in failures} == {errno.EEXIST, errno.ENETUNREACH}
+    assert len(ours(node_ns)) == n - len(bad)
