@@ -147,6 +147,9 @@ def render_neighbor(peer: PeerSpec, speaker: SpeakerSpec, *, dual_stack: bool = 
         lines += [f"    outgoing-ttl {GTSM_TTL};", f"    incoming-ttl {GTSM_TTL + 1 - peer.ttl_security};"]
     lines += [
         "    group-updates true;",
+        # No adj-rib-in: Tabby's RIB holds what peers sent (bgp/rib.py). ExaBGP's copy was a seventh of
+        # its time in a 10,000-prefix burst and nothing reads it.
+        "    adj-rib-in false;",
         "    adj-rib-out true;",
         "    manual-eor true;",
         "    capability {",

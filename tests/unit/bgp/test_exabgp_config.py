@@ -63,6 +63,7 @@ neighbor 192.0.2.3 {
     passive true;
     connect 179;
     group-updates true;
+    adj-rib-in false;
     adj-rib-out true;
     manual-eor true;
     capability {
@@ -99,6 +100,7 @@ neighbor 198.51.100.7 {
     outgoing-ttl 255;
     incoming-ttl 254;
     group-updates true;
+    adj-rib-in false;
     adj-rib-out true;
     manual-eor true;
     capability {
@@ -131,6 +133,7 @@ neighbor 2001:db8::2 {
     passive false;
     connect 179;
     group-updates true;
+    adj-rib-in false;
     adj-rib-out true;
     manual-eor true;
     capability {
