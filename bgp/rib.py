@@ -28,6 +28,7 @@ from bgp.types import (
     GracefulRestart,
     Path,
     PeerSpec,
+    evolve_path,
     family_of,
     normalize_prefix,
 )
@@ -440,7 +441,7 @@ class Rib:
             # LOCAL_PREF is not sent over eBGP and is ignored if received (RFC 4271 5.1.5); ORIGINATOR_ID and
             # CLUSTER_LIST are iBGP-only attributes and are discarded from an eBGP peer (RFC 7606 7.9, 7.10)
             changes.update(local_pref=None, originator_id=None, cluster_list=())
-        return replace(path, **changes)  # type: ignore[arg-type]
+        return evolve_path(path, changes)
 
     def _loop_reason(self, path: Path, sess: _Session | None = None) -> str | None:
         """Which loop rule drops the path, if any (checked on input, before it can become best).

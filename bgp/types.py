@@ -165,6 +165,24 @@ class Path:
         return self.as_path[0] if self.as_path else None
 
 
+_PATH_FIELDS = tuple(Path.__dataclass_fields__)
+_new_path = object.__new__
+_set = object.__setattr__
+
+
+def evolve_path(path: Path, changes: dict[str, object]) -> Path:
+    """``dataclasses.replace(path, **changes)`` without its per-call field introspection and keyword
+    __init__: the RIB re-stamps every received path with its session's facts, and replace() was 6 us
+    a path (60 ms of a 10,000-prefix burst). Path has no __post_init__ and no validation to skip."""
+    unknown = changes.keys() - Path.__dataclass_fields__.keys()
+    if unknown:
+        raise TypeError(f"Path has no field(s) {sorted(unknown)}")
+    out = _new_path(Path)
+    for name in _PATH_FIELDS:
+        _set(out, name, changes[name] if name in changes else getattr(path, name))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class BestRoute:
     """The selected route for one prefix: the best path and, when several tie (ECMP), all next hops.

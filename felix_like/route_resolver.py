@@ -50,6 +50,13 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     parsed each again."""
     return ipaddress.ip_network(cidr, strict=False)
 
+
+@functools.lru_cache(maxsize=1 << 17)
+def _network_text(cidr: str) -> str:
+    """``str(_network(cidr))``, cached too: ipaddress formats a network through its address objects each time."""
+    return str(_network(cidr))
+
+
 Source = tuple[str, str]  # ("block", cidr) | ("wl", ip) | ("borrowed", "ip|node") | ("learned", cidr)
 Candidate = tuple[int, str, Route]
 
@@ -287,9 +294,10 @@ class RouteResolver:
         hops = [h for h in (calc.learned_hop(net, hop) for hop in sorted(set(learned.hops))) if h is not None]
         if not hops:
             return None
-        route = Route.multipath(str(net), hops, _metric(net))
+        name = _network_text(learned.cidr)
+        route = Route.multipath(name, hops, _metric(net))
         tiebreak = ",".join(h.gateway or "" for h in route.nexthops) or (route.gateway or "")
-        return str(net), (_PRIO_LEARNED, tiebreak, route), None
+        return name, (_PRIO_LEARNED, tiebreak, route), None
 
     def _resolve(self, source: Source) -> None:
         found = self._candidate(source)

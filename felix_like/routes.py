@@ -191,6 +191,9 @@ class _Calculator:
         )
         self.chosen: dict[IPNetwork, tuple[int, str, Route]] = {}
         self.skipped: list[tuple[str, str]] = []
+        #: (next hop, IP version, pool index) -> learned_hop's answer: it depends on nothing else, and
+        #: 10,000 learned prefixes share a handful of next hops.
+        self._hops: dict[tuple[str, int, int], NextHop | None] = {}
 
     def offer(self, net: IPNetwork, prio: int, tiebreak: str, route: Route) -> None:
         """Keep one route per destination: lowest priority value, then lowest tiebreak string."""
@@ -201,10 +204,14 @@ class _Calculator:
             self.chosen[net] = (prio, tiebreak, route)
 
     def pool_for(self, net: IPNetwork) -> PoolInfo | None:
-        for pool_net, pool in self.pools:  # longest pool prefix first
+        return self._pool_index(net)[1]
+
+    def _pool_index(self, net: IPNetwork) -> tuple[int, PoolInfo | None]:
+        """(position in self.pools, pool) of the longest pool containing ``net``; (-1, None) if none."""
+        for index, (pool_net, pool) in enumerate(self.pools):  # longest pool prefix first
             if pool_net.version == net.version and net.subnet_of(pool_net):  # type: ignore[arg-type]
-                return pool
-        return None
+                return index, pool
+        return -1, None
 
     def block_of(self, addr: IPNetwork) -> BlockInfo | None:
         best: tuple[int, BlockInfo] | None = None
@@ -262,10 +269,17 @@ class _Calculator:
         Applied to every member of an ECMP set independently, so a set may mix on-link hops (via the
         NIC) with IPIP hops (via tunl0 onlink) under CrossSubnet.
         """
+        pool_index, pool = self._pool_index(net)
+        key = (next_hop, net.version, pool_index)
+        if key in self._hops:
+            return self._hops[key]
+        self._hops[key] = found = self._learned_hop(net, next_hop, pool)
+        return found
+
+    def _learned_hop(self, net: IPNetwork, next_hop: str, pool: PoolInfo | None) -> NextHop | None:
         hop = _ip_address(next_hop)
         local_addr = self.local_v6 if hop.version == 6 else self.local_v4
         on_subnet = local_addr is not None and hop in local_addr.network and hop.version == net.version
-        pool = self.pool_for(net)
         ipip = pool.ipip_mode if pool else EncapMode.NEVER
         if (
             hop.version == 4

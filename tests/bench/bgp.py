@@ -321,6 +321,8 @@ class AddCounter:
         self.n = n
         self.net = ipaddress.ip_network(BENCH_NET)
         self.seen: set[str] = set()
+        self.first_at: float | None = None  # where a side's time goes: until its first route, then the rest
+        self.half_at: float | None = None
         self.done_at: float | None = None
         self.overflowed = False
         self.ready = threading.Event()
@@ -350,6 +352,10 @@ class AddCounter:
                 if dst.version != 4 or not dst.subnet_of(self.net):  # type: ignore[arg-type]
                     continue
                 self.seen.add(str(dst))
+            if self.first_at is None and self.seen:
+                self.first_at = t
+            if self.half_at is None and len(self.seen) >= self.n / 2:
+                self.half_at = t
             if self.done_at is None and len(self.seen) >= self.n:
                 self.done_at = t
                 self.ready.set()
@@ -397,6 +403,9 @@ def converge_once(ns: dict[str, str], n_prefixes: int, vtysh: list[str]) -> dict
         if lost:
             raise RuntimeError(f"route monitor of {lost} overflowed (events lost): the timing would be wrong")
         done = {who: c.done_at - t0 for who, c in counters.items() if c.done_at is not None}
+        for who, c in counters.items():
+            if c.first_at is not None and c.half_at is not None:
+                done[f"{who}_first"], done[f"{who}_half"] = c.first_at - t0, c.half_at - t0
     finally:
         for c in counters.values():
             c.close()
@@ -463,7 +472,10 @@ def run_convergence(workdir: Path, n_prefixes: int, tag: str, profile: Path | No
         profilers = start_profilers(ns["tabby"], profile) if profile else []
         for r in range(ROUNDS):
             rounds.append(converge_once(ns, n_prefixes, vtysh))
-            progress(f"round {r + 1}: tabby {rounds[-1]['tabby']:.2f}s, bird {rounds[-1]['bird']:.2f}s")
+            x = rounds[-1]
+            progress(f"round {r + 1}: tabby {x['tabby']:.2f}s (first {x.get('tabby_first', 0):.2f}, half "
+                     f"{x.get('tabby_half', 0):.2f}), bird {x['bird']:.2f}s (first {x.get('bird_first', 0):.2f}, "
+                     f"half {x.get('bird_half', 0):.2f})")
             if r + 1 < ROUNDS:  # withdraw everything, wait for both kernels to empty, go again
                 vtysh_bgp(vtysh, "no redistribute kernel")
                 wait_until("both kernels empty", lambda: ns_count(ns["tabby"], "81") == 0

@@ -68,6 +68,7 @@ neighbor 192.0.2.3 {
     manual-eor true;
     capability {
         route-refresh;
+        extended-message disable;
         graceful-restart 120;
     }
     family {
@@ -105,6 +106,7 @@ neighbor 198.51.100.7 {
     manual-eor true;
     capability {
         route-refresh;
+        extended-message disable;
         graceful-restart 300;
     }
     family {
@@ -138,6 +140,7 @@ neighbor 2001:db8::2 {
     manual-eor true;
     capability {
         route-refresh;
+        extended-message disable;
     }
     family {
         ipv6 unicast;
