@@ -126,7 +126,7 @@ def kind_for_name(name: str) -> type[Resource]:
         calico = unsupported_kind(name)
         if calico is not None:
             raise ResourceError(unsupported_kind_message(calico))
-        valid = ", ".join(sorted(c.KIND.lower() for c in KINDS))
+        valid = ", ".join(sorted({c.KIND.lower() for c in KINDS}))  # two NetworkPolicy kinds: one name
         close = difflib.get_close_matches(name.lower(), list(_names()), n=1, cutoff=0.8)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ResourceError(f"unknown resource type '{name}'{hint}; valid types: {valid}")
