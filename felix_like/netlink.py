@@ -765,22 +765,28 @@ def _drain(sock: socket.socket, limit: int) -> tuple[list[bytes], bool]:
 SO_ATTACH_FILTER = 26
 
 
+def bpf_ins(code: int, jt: int, jf: int, k: int) -> bytes:
+    """One classic BPF instruction (``struct sock_filter``)."""
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def sock_fprog(prog: bytes) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    """The ``struct sock_fprog`` for SO_ATTACH_FILTER, and the buffer holding ``prog`` it points to
+    (keep it alive until the setsockopt call is done)."""
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    return struct.pack("=HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf)), buf
+
+
 def _bpf_drop_portid(portid: int) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
     """A socket filter dropping notifications whose nlmsg_pid is ``portid``: the kernel stamps a route
     notification with the port id of the socket whose request caused it, so these are the echoes of
     our own writes. Each notification is its own skb; classic BPF loads are big-endian, nlmsg_pid is
     host order."""
     want = struct.unpack(">I", struct.pack("=I", portid))[0]
-
-    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("=HBBI", code, jt, jf, k)
-
-    prog = (ins(0x20, 0, 0, 12)              # ld [12]: nlmsg_pid
-            + ins(0x15, 0, 1, want)          # jeq portid
-            + ins(0x06, 0, 0, 0)             # ret 0 (drop)
-            + ins(0x06, 0, 0, 0xFFFFFFFF))   # ret all
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    return struct.pack("=HxxxxxxQ", 4, ctypes.addressof(buf)), buf
+    return sock_fprog(bpf_ins(0x20, 0, 0, 12)              # ld [12]: nlmsg_pid
+                      + bpf_ins(0x15, 0, 1, want)          # jeq portid
+                      + bpf_ins(0x06, 0, 0, 0)             # ret 0 (drop)
+                      + bpf_ins(0x06, 0, 0, 0xFFFFFFFF))   # ret all
 
 
 class RouteMonitor:

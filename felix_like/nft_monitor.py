@@ -33,14 +33,13 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from felix_like.netlink import parse_attrs
+from felix_like.netlink import SO_ATTACH_FILTER, bpf_ins, parse_attrs, sock_fprog
 from felix_like.netns import run_in_netns
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 1, 2
-SO_ATTACH_FILTER = 26
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 0, 1, 15, 16
 NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
@@ -67,16 +66,10 @@ def _bpf_newgen_only() -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
     """A socket filter passing only skbs whose (first) message is NFT_MSG_NEWGEN. The kernel sends
     each NEWGEN in its own skb; classic BPF loads are big-endian, nlmsg_type is host order."""
     want = struct.unpack(">H", struct.pack("=H", (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN))[0]
-
-    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("=HBBI", code, jt, jf, k)
-
-    prog = (ins(0x28, 0, 0, 4)               # ldh [4]: nlmsg_type
-            + ins(0x15, 0, 1, want)          # jeq NEWGEN
-            + ins(0x06, 0, 0, 0xFFFFFFFF)    # ret all
-            + ins(0x06, 0, 0, 0))            # ret 0 (drop)
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    return struct.pack("=HxxxxxxQ", 4, ctypes.addressof(buf)), buf
+    return sock_fprog(bpf_ins(0x28, 0, 0, 4)               # ldh [4]: nlmsg_type
+                      + bpf_ins(0x15, 0, 1, want)          # jeq NEWGEN
+                      + bpf_ins(0x06, 0, 0, 0xFFFFFFFF)    # ret all
+                      + bpf_ins(0x06, 0, 0, 0))            # ret 0 (drop)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ the classes' own KIND / PLURAL / ALIASES / GROUP_VERSION, so nothing else needs 
 from __future__ import annotations
 
 import difflib
-import functools
 from functools import cache
 
 from datamodel.resources.bgp import BGPConfiguration, BGPFilter, BGPPeer
@@ -139,7 +138,7 @@ def kinds_named(kind: str) -> list[type[Resource]]:
     return list(_by_kind().get(kind, ()))
 
 
-@functools.cache
+@cache
 def _by_kind() -> dict[str, tuple[type[Resource], ...]]:
     # Looked up twice per document; a scan of KINDS each time was 7% of parsing a large apply.
     out: dict[str, tuple[type[Resource], ...]] = {}
