@@ -15,20 +15,20 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from datamodel.resources.common import (
     CalicoModel,
+    NetworkSpan,
     Resource,
     Selector,
     cidr_span,
     go_bool,
+    network_span,
     parse_ip_or_cidr,
-    parse_network,
 )
 from datamodel.resources.errors import Problems
 
 EncapMode = Literal["Never", "Always", "CrossSubnet"]
 AllowedUse = Literal["Workload", "Tunnel", "LoadBalancer"]
 
-_V4_LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
-_V6_LINK_LOCAL = ipaddress.ip_network("fe80::/10")
+_LINK_LOCAL = {4: network_span("169.254.0.0/16"), 6: network_span("fe80::/10")}
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 
@@ -71,12 +71,12 @@ class IPPoolSpec(CalicoModel):
         """validateIPPoolSpec and clientv3's defaulting, every problem collected in one pass."""
         problems = Problems()
         try:
-            network = parse_network(self.cidr)
+            span: NetworkSpan | None = network_span(self.cidr)
         except ValueError as exc:
             problems.add("cidr", str(exc))
-            network = None
+            span = None
         # The version is known even for an unparsable cidr, so blockSize is still checked.
-        version = network.version if network is not None else (6 if ":" in self.cidr else 4)
+        version = span.version if span is not None else (6 if ":" in self.cidr else 4)
         if self.blockSize is None:
             self.blockSize = DEFAULT_BLOCK_SIZE[version]
         low, high = BLOCK_SIZE_RANGE[version]
@@ -85,15 +85,15 @@ class IPPoolSpec(CalicoModel):
             problems.add(
                 "blockSize", f"must be between {low} and {high} for an IPv{version} pool, got {self.blockSize}"
             )
-        if network is not None:
-            self.cidr = str(network)  # normalised, as Calico stores it
-            link_local = _V4_LINK_LOCAL if version == 4 else _V6_LINK_LOCAL
-            if network.overlaps(link_local):
-                problems.add("cidr", f"{network} overlaps the IPv{version} link-local range {link_local}")
-            if block_ok and network.prefixlen > self.blockSize and not self.disabled:
+        if span is not None:
+            self.cidr = span.text  # normalised, as Calico stores it
+            link_local = _LINK_LOCAL[version]
+            if span.overlaps(link_local):
+                problems.add("cidr", f"{span.text} overlaps the IPv{version} link-local range {link_local.text}")
+            if block_ok and span.prefix > self.blockSize and not self.disabled:
                 problems.add(
                     "cidr",
-                    f"pool /{network.prefixlen} is smaller than one block (blockSize {self.blockSize});"
+                    f"pool /{span.prefix} is smaller than one block (blockSize {self.blockSize});"
                     f" use a prefix of /{self.blockSize} or shorter, or a larger blockSize",
                 )
         if version == 6 and self.ipipMode != "Never":
