@@ -8,6 +8,7 @@ in seconds, and a tabbyctl killed in the middle leaves either everything or noth
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from controller.resource_store import ResourceStore
 from datamodel.resources import BGPPeer, IPPool
 from datastore import staged
 from datastore.keys import resource_prefix
+from datastore.watch import WatchEvent, watch_prefix
 from tests.integration.cli.conftest import tabbyctl_command
 
 N = 10_000
@@ -100,29 +102,39 @@ def test_request_over_one_and_a_half_mebibytes_is_atomic(ctl: Any, tmp_path: Pat
 def test_sigkill_in_the_middle_leaves_all_or_none(etcd_env: dict[str, str], tmp_path: Path, run_ds: Any) -> None:
     path = tmp_path / "big.yaml"
     path.write_text(mixed_documents(N))
-    proc = subprocess.Popen(
-        [*tabbyctl_command(), "apply", "-f", str(path)],
-        env=etcd_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    killed_at = None
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if raw_staged(run_ds) >= 500:  # staging is under way: kill now
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = raw_staged(run_ds)
-                break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close() if proc.stdout else None
-        proc.stderr.close() if proc.stderr else None
-    assert killed_at is not None, "tabbyctl finished before it could be killed mid-apply"
+
+    async def kill_mid_staging(ds: Any) -> int:
+        """Start the apply and SIGKILL it once 500 staged values have landed, seen through a watch:
+        staging takes a fraction of a second now, so polling the whole collection (100 ms a look)
+        could miss it; a watch event arrives within milliseconds of the write."""
+        start = await ds.revision() + 1
+        proc = subprocess.Popen(
+            [*tabbyctl_command(), "apply", "-f", str(path)],
+            env=etcd_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        seen = 0
+        try:
+            async with asyncio.timeout(180):
+                async for item in watch_prefix(ds, "resources/v3/", start):
+                    put = isinstance(item, WatchEvent) and item.kind == "put"
+                    if put and staged.ENVELOPE.encode() in item.kv.value:
+                        seen += 1
+                        if seen >= 500:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            break
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        return seen
+
+    kill_mid_staging_seen = run_ds(kill_mid_staging)
+    assert kill_mid_staging_seen >= 500, "tabbyctl finished before it could be killed mid-apply"
+    killed_at = raw_staged(run_ds)
+    print(f"killed after {kill_mid_staging_seen} staged values seen; {killed_at} staged in etcd")
     assert 0 < killed_at < N
     seen = visible(run_ds)
     assert seen in ((0, 0), (N * 3 // 4, N // 4)), seen  # all or none, never half
