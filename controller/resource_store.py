@@ -95,8 +95,8 @@ class Ref:
     namespace: str | None = None
     resource_version: str | None = None
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # asked five times per resource by a write's plan and commit
         return resource_key(self.cls.PLURAL, self.name, self.namespace if self.cls.NAMESPACED else None)
 
     @property

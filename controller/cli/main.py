@@ -9,6 +9,7 @@ rerun with ``--log-level debug``, which then shows the traceback. Never a bare t
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Called as the console script (``argv`` None), the process ends right here once output is
     flushed and no other thread runs: the interpreter's own teardown of a 10,000-resource apply's
     heap took 0.2 s, a tenth of the whole command, and frees nothing the kernel would not."""
+    if argv is None:
+        _short_lived_gc()
     code = _main(argv)
     if argv is None and threading.active_count() == 1:
         try:
@@ -143,6 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         os._exit(code)
     return code
+
+
+def _short_lived_gc() -> None:
+    """Collector settings for one command's lifetime. A 10,000-document apply builds about a
+    million objects that live until the end; CPython's default thresholds (a collection every 700
+    allocations, with full passes as the heap grows) traversed them again and again, 0.2-0.3 s of
+    the command. The objects of the imported modules are frozen (never garbage), and young
+    collections run every 100,000 allocations: cyclic garbage is still collected, later."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def _main(argv: Sequence[str] | None) -> int:
