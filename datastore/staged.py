@@ -63,6 +63,19 @@ def is_staged(value: Any) -> bool:
     return isinstance(value, dict) and ENVELOPE in value
 
 
+def kv_is_staged(kv: KV) -> bool:
+    """Whether a raw KV holds a staging envelope (an intent in flight, or committed and not yet cleaned
+    up). A compare-and-swap on its mod_revision would succeed, so a writer other than the intent's own
+    must leave such a key alone (and act on the plain value that the intent's clean-up or roll-back
+    writes, which its watch then sees)."""
+    if ENVELOPE.encode() not in kv.value:
+        return False
+    try:
+        return is_staged(kv.json())
+    except ValueError:
+        return False
+
+
 def staged_intent(value: Any) -> str | None:
     """The intent id of a staged value, None for a plain one."""
     return str(value[ENVELOPE]["intent"]) if is_staged(value) else None

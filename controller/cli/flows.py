@@ -87,10 +87,11 @@ def resolve_targets(endpoints: tuple[str, ...], node: str | None, api_port: int)
     if endpoints:
         targets = [parse_endpoint(e) for e in endpoints]
     else:
+        from datastore import staged
         from datastore.keys import resource_prefix
 
         async def body(ds: Any) -> list[dict[str, Any]]:
-            kvs, _rev = await ds.list(resource_prefix("nodes"))
+            kvs, _rev = await staged.read_resolved(ds, resource_prefix("nodes"))
             return [kv.json() for kv in kvs]
 
         targets = node_targets(state().run(body), api_port)

@@ -163,11 +163,12 @@ def node_addresses(node: Any) -> set[str]:
 
 async def read_inputs(ds: Any) -> PolicyInputs:
     from controller.node.model import validate
+    from datastore import staged
     from datastore.keys import resource_prefix
 
     inputs = PolicyInputs()
     for plural in (*KINDS, *STAGED_PLURALS):
-        kvs, _rev = await ds.list(resource_prefix(plural))
+        kvs, _rev = await staged.read_resolved(ds, resource_prefix(plural))  # a large apply: as agents see it
         for kv in kvs:
             try:
                 obj = validate(kv.key, kv.value)

@@ -45,7 +45,7 @@ from controller.cluster.kubeapi import KubeAPI, KubeAPIError
 from controller.resource_store import Ref, ResourceStore, StoreError
 from datamodel.resources import ResourceError, parse_resource
 from datamodel.resources.kubernetes import Namespace, NetworkPolicy
-from datastore import KV, Datastore, DatastoreError, Delete, Put, mod_is
+from datastore import KV, Datastore, DatastoreError, Delete, Put, mod_is, staged
 from datastore.keys import resource_key, resource_prefix
 from datastore.watch import WatchEvent, WatchResync, watch_prefix
 
@@ -299,6 +299,8 @@ class PodLabels:
             await self._relabel(key)
 
     def _index(self, kv: KV) -> str | None:
+        if staged.kv_is_staged(kv):  # a large apply in flight: index the plain value its clean-up writes
+            return None
         try:
             doc = kv.json()
         except ValueError:
@@ -327,7 +329,7 @@ class PodLabels:
         if pod is None or pod not in self.pods:
             return
         kv = kv or await self.ds.get(key)
-        if kv is None:
+        if kv is None or staged.kv_is_staged(kv):  # staged: relabelled when its plain value lands
             return
         doc = kv.json()
         meta = doc.setdefault("metadata", {})
@@ -388,7 +390,9 @@ class NodeSync:
     async def _mark(self, name: str, kv: KV | None = None) -> None:
         """Write Calico's ``orchRefs`` (k8s, nodeName) on the Tabby Node of this name, if there is one."""
         kv = kv or await self.ds.get(resource_key("nodes", name))
-        if kv is None or _orch_ref(kv):
+        # A Node staged by a large apply is left to it: writing orchRefs into the envelope would corrupt
+        # the staged value (the intent's own clean-up then restores it and the mark is lost anyway).
+        if kv is None or _orch_ref(kv) or staged.kv_is_staged(kv):
             return
         doc = kv.json()
         spec = doc.setdefault("spec", {})

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from controller.node.liveness import ANNOTATION_LIVENESS
-from datastore import KV, Datastore, Delete, mod_is
+from datastore import KV, Datastore, Delete, mod_is, staged
 from datastore.keys import BLOCKS, IPAM, LIVENESS, resource_key, resource_prefix
 from ipam import IPAMClient
 from ipam.block import Block, BlockFormatError
@@ -49,6 +49,8 @@ class ClusterView:
     weps: list[tuple[KV, dict[str, Any]]] = field(default_factory=list)
     ipam: list[KV] = field(default_factory=list)
     ipam_revision: int = 0
+    #: Node and endpoint keys a large apply holds staged: read as their visible value, never written
+    busy: set[str] = field(default_factory=set)
 
     def blocks(self) -> list[tuple[Block, int]]:
         out = []
@@ -85,11 +87,20 @@ class ClusterView:
 
 async def read_view(ds: Datastore) -> ClusterView:
     view = ClusterView()
-    nodes, _ = await ds.list(resource_prefix("nodes"))
+    # Resources as readers must see them: a large apply's staged values as their previous value until it
+    # commits (a raw read took a staged endpoint for one without a node, and a staged create for a Node
+    # that exists). Staged keys are also kept out of every delete below: an intent holds them.
+    nodes_raw, _ = await ds.list(resource_prefix("nodes"))
+    weps_raw, _ = await ds.list(resource_prefix("workloadendpoints"))
+    view.busy = {kv.key for kv in (*nodes_raw, *weps_raw) if staged.kv_is_staged(kv)}
+    nodes, weps = nodes_raw, weps_raw
+    if view.busy:
+        states = await staged.intent_states(ds)
+        nodes = [r for kv in nodes_raw if (r := staged.resolve_kv(kv, states)) is not None]
+        weps = [r for kv in weps_raw if (r := staged.resolve_kv(kv, states)) is not None]
     view.nodes = {kv.key[len(resource_prefix("nodes")):]: kv for kv in nodes}
     live, _ = await ds.list(LIVENESS)
     view.live = {kv.key[len(LIVENESS):] for kv in live}
-    weps, _ = await ds.list(resource_prefix("workloadendpoints"))
     view.weps = [(kv, doc) for kv in weps if (doc := _json(kv)) is not None]
     view.ipam, view.ipam_revision = await ds.list(IPAM)
     return view
@@ -152,7 +163,7 @@ class NodeLifecycle:
             return
         for name, kv in sorted(view.nodes.items()):
             ann = ((_json(kv) or {}).get("metadata") or {}).get("annotations") or {}
-            if ANNOTATION_LIVENESS not in ann or name in view.live:
+            if ANNOTATION_LIVENESS not in ann or name in view.live or kv.key in view.busy:
                 continue
             first = self._silent_since.setdefault(name, now)
             if now - first < self.node_grace:
@@ -178,7 +189,7 @@ class NodeLifecycle:
         bound = log.bind(node=name)
         weps = 0
         for kv, doc in view.weps:
-            if (doc.get("spec") or {}).get("node") != name:
+            if (doc.get("spec") or {}).get("node") != name or kv.key in view.busy:
                 continue
             res = await self.ds.txn([mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
             if res.succeeded:

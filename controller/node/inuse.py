@@ -44,8 +44,9 @@ def allocations_from(weps: list[dict[str, Any]], nodes: list[dict[str, Any]]) ->
 
 async def live_allocations(ds: Any) -> dict[str, str]:
     """ip -> handle of every address a live workload or tunnel uses (for ``tabbyctl ipam check``)."""
-    weps, _ = await ds.list(resource_prefix("workloadendpoints"))
-    nodes, _ = await ds.list(resource_prefix("nodes"))
+    # Staged values (a large apply in flight, or committed and not yet cleaned up) as readers see them.
+    weps, _ = await staged.read_resolved(ds, resource_prefix("workloadendpoints"))
+    nodes, _ = await staged.read_resolved(ds, resource_prefix("nodes"))
 
     def docs(kvs: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -54,8 +55,6 @@ async def live_allocations(ds: Any) -> dict[str, str]:
                 value = json.loads(kv.value)
             except ValueError:
                 continue
-            if staged.is_staged(value):  # a large apply in flight: its previous value, or absent
-                value = staged.resolve(value, {})
             if isinstance(value, dict):
                 out.append(value)
         return out

@@ -1,0 +1,120 @@
+"""Controller-side readers and writers of resources while a large apply holds keys staged (real etcd).
+
+A ``tabbyctl apply`` larger than one transaction writes staging envelopes under the final keys
+(datastore/staged.py) and makes them visible with one commit. Readers must see the previous value
+until the commit and the new one after it; a compare-and-swap writer must not touch a staged key
+(its compare on mod_revision would succeed and corrupt the envelope). Checked here for the node
+lifecycle's view, ``ipam check``'s live allocations, and the Kubernetes sync's endpoint labels and
+Node ``orchRefs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from controller.cluster.kubesync import NodeSync, PodLabels
+from controller.cluster.nodes import NodeLifecycle, read_view
+from controller.node.inuse import live_allocations
+from datastore import Datastore, EtcdConfig, staged
+from datastore.keys import resource_key
+from ipam import IPAMClient
+
+from .helpers import add_node, wep_key, write_wep
+
+pytestmark = pytest.mark.slow
+
+INTENT = "0123456789abcdef0123456789abcdef"
+
+
+async def _stage(ds: Datastore, key: str, new: dict[str, Any] | None, state: str) -> bytes:
+    """Put ``key`` under a staging envelope of INTENT (its previous value kept in it), with the intent's
+    record in ``state``; returns the envelope bytes."""
+    old = await ds.get(key)
+    op = staged.StagedOp(key, new, old.mod_revision if old else 0, old.value if old else None)
+    envelope = staged._encode_op(op, INTENT).envelope
+    await ds.put(key, envelope)
+    await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": state, "keys": 1})
+    return envelope
+
+
+def _wep_doc(node: str, container: str, ip: str, pod: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+        "metadata": {"name": f"{node}-cni-{container}-eth0", "namespace": "default"},
+        "spec": {"node": node, "orchestrator": "k8s" if pod else "cni", "pod": pod, "endpoint": "eth0",
+                 "containerID": container, "interfaceName": f"tab{container[:11]}", "ipNetworks": [f"{ip}/32"]},
+    }
+
+
+def test_node_lifecycle_view_resolves_staged_values_and_never_deletes_them(etcd_config: EtcdConfig) -> None:
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            # An endpoint of node "gone" exists; a large apply stages a second one (pending) and an
+            # update of the first that moves it to node "other".
+            await write_wep(ds, "gone", "c1", "10.65.0.1")
+            moved = _wep_doc("other", "c1", "10.65.0.1")
+            await _stage(ds, wep_key("gone", "c1"), moved, staged.PENDING)
+            await _stage(ds, wep_key("gone", "c2"), _wep_doc("gone", "c2", "10.65.0.2"), staged.PENDING)
+            view = await read_view(ds)
+            assert view.busy == {wep_key("gone", "c1"), wep_key("gone", "c2")}
+            # Pending: the first endpoint reads as before the apply, the staged create as absent.
+            assert [(kv.key, doc["spec"]["node"]) for kv, doc in view.weps] == [(wep_key("gone", "c1"), "gone")]
+            # Cleaning up node "gone" deletes none of its endpoints: the intent holds them.
+            ipam = IPAMClient(ds)
+            await NodeLifecycle(ds, ipam).cleanup("gone", view)
+            assert (await ds.get(wep_key("gone", "c1"))) is not None
+            assert staged.kv_is_staged(await ds.get(wep_key("gone", "c1")))  # type: ignore[arg-type]
+            # Committed (not yet cleaned up): the new values.
+            await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": staged.COMMITTED, "keys": 2})
+            view = await read_view(ds)
+            assert sorted((kv.key, doc["spec"]["node"]) for kv, doc in view.weps) == [
+                (wep_key("gone", "c1"), "other"), (wep_key("gone", "c2"), "gone")]
+            assert view.referenced_nodes() >= {"other", "gone"}
+
+    asyncio.run(go())
+
+
+def test_ipam_check_live_allocations_follow_the_intent_state(etcd_config: EtcdConfig) -> None:
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            await _stage(ds, wep_key("n1", "c9"), _wep_doc("n1", "c9", "10.65.0.9"), staged.PENDING)
+            assert "10.65.0.9" not in await live_allocations(ds)  # not visible yet
+            await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": staged.COMMITTED, "keys": 1})
+            assert "10.65.0.9" in await live_allocations(ds)  # committed: a live pod holds it
+
+    asyncio.run(go())
+
+
+def test_kube_sync_leaves_staged_endpoints_and_nodes_alone(etcd_config: EtcdConfig) -> None:
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            key = wep_key("n1", "c3")
+            envelope = await _stage(ds, key, _wep_doc("n1", "c3", "10.65.0.3", pod="web"), staged.PENDING)
+            labels = PodLabels(ds, Counter())
+            labels.pods[("default", "web")] = {"app": "web"}
+            kv = await ds.get(key)
+            assert kv is not None
+            assert labels._index(kv) is None  # indexed once its plain value lands, not now
+            labels.endpoints[key] = ("default", "web")
+            await labels._relabel(key)
+            assert (await ds.get(key)).value == envelope  # type: ignore[union-attr]
+
+            await add_node(ds, "n1")
+            node_env = await _stage(ds, resource_key("nodes", "n1"), {
+                "apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "n1"},
+                "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}, staged.PENDING)
+            nodes = NodeSync(ds, Counter())
+            await nodes.replace([{"metadata": {"name": "n1"}}])
+            assert (await ds.get(resource_key("nodes", "n1"))).value == node_env  # type: ignore[union-attr]
+
+            # The intent rolls back: the plain previous value is written, and now the sync acts on it.
+            await staged._roll_back(ds, INTENT, [resource_key("nodes", "n1")])
+            await nodes.replace([{"metadata": {"name": "n1"}}])
+            node = (await ds.get(resource_key("nodes", "n1"))).json()  # type: ignore[union-attr]
+            assert node["spec"]["orchRefs"] == [{"orchestrator": "k8s", "nodeName": "n1"}]
+
+    asyncio.run(go())
