@@ -130,6 +130,25 @@ async def get_resolved(ds: Datastore, key: str) -> KV | None:
     return resolve_kv(kv, states)
 
 
+async def get_for_update(ds: Datastore, key: str) -> KV | None:
+    """``ds.get(key)`` for a read-modify-write that compares the key's mod_revision.
+
+    A key a large apply holds staged raises :class:`Conflict`: the compare would succeed and the write
+    would land inside the envelope. The caller retries, and then reads the plain value the intent's
+    clean-up (or roll-back) wrote. An intent whose writer is gone is recovered first, as the next
+    writer recovers it, so a retry loop is not held up by a dead tabbyctl."""
+    kv = await ds.get(key)
+    if kv is None or not kv_is_staged(kv):
+        return kv
+    intent = staged_intent(kv.json())
+    if intent is not None and await ds.get(OWNERS + intent) is None:
+        await recover(ds)
+        kv = await ds.get(key)
+        if kv is None or not kv_is_staged(kv):
+            return kv
+    raise Conflict(f"{key} is held by intent {intent} (a large apply in flight)")
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from controller.node.nlutil import netns_inode
 from controller.node.nodestatus import NodeStatusReporter
 from datamodel.resources import FelixConfiguration, IPPool
 from datamodel.resources.workloadendpoint import WorkloadEndpoint
-from datastore import Datastore, DatastoreError, Put, WatchHealth, WatchResync, mod_is
+from datastore import Conflict, Datastore, DatastoreError, Put, WatchHealth, WatchResync, mod_is, staged
 from datastore.keys import GUARDS, HANDLES, resource_key
 from datastore.watch import watch_prefix
 from felix_like.route_programmer import ApplyResult
@@ -417,7 +417,7 @@ class Agent:
         delay = 0.1
         for attempt in range(1, 10_000):
             try:
-                current = await self.ds.get(key)
+                current = await staged.get_for_update(self.ds, key)
                 doc = current.json() if current is not None else {
                     "apiVersion": "projectcalico.org/v3", "kind": "Node",
                     "metadata": {"name": self.config.nodename,
@@ -433,6 +433,8 @@ class Agent:
                     self.log.info("agent.node_updated", what=what, attempt=attempt)
                     return doc
                 delay = 0.01
+            except Conflict:  # a large apply holds the Node staged: read again once it lands
+                delay = 0.05
             except DatastoreError as exc:
                 if attempt == 1 or attempt % 20 == 0:
                     self.log.warning("agent.node_update_retry", what=what, error=str(exc)[:200])

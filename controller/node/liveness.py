@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from datastore import Datastore, DatastoreError, EtcdConfig, Put, mod_is
+from datastore import Conflict, Datastore, DatastoreError, EtcdConfig, Put, mod_is, staged
 from datastore.keys import liveness_key, resource_key
 
 log = structlog.get_logger("tabby.node.liveness")
@@ -54,6 +54,8 @@ class LeaseKeeper:
         self.lease: int | None = None
         self.renewed_at = 0.0
         self.grants = 0
+        #: whether the Node carries the liveness annotation since the last grant
+        self.marked = False
         self.log = log.bind(node=node, ttl=ttl)
 
     @property
@@ -82,6 +84,8 @@ class LeaseKeeper:
             left = await self.ds.lease_keepalive(self.lease)
             if left > 0:
                 self.renewed_at = time.monotonic()
+                if not self.marked:  # a lost race (or a staged Node) at the grant: try again now
+                    self.marked = await self._mark_node()
                 return
             self.log.info("liveness.lease_expired", lease=self.lease)
             self.lease = None
@@ -94,12 +98,16 @@ class LeaseKeeper:
         self.renewed_at = time.monotonic()
         self.grants += 1
         self.log.info("liveness.lease_granted", lease=lease)
-        await self._mark_node()  # on every grant: the Node may have been deleted and registered again
+        # On every grant: the Node may have been deleted and registered again.
+        self.marked = await self._mark_node()
 
     async def _mark_node(self) -> bool:
-        """Annotate the Node (compare on mod_revision; a racing writer makes us retry next time)."""
+        """Annotate the Node (compare on mod_revision; a racing writer makes us retry at the next renewal)."""
         key = resource_key("nodes", self.node)
-        kv = await self.ds.get(key)
+        try:
+            kv = await staged.get_for_update(self.ds, key)
+        except Conflict:  # a large apply holds the Node staged: marked on a later renewal
+            return False
         if kv is None:
             return False
         doc: dict[str, Any] = kv.json()

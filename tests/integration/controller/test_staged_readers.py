@@ -4,13 +4,15 @@ A ``tabbyctl apply`` larger than one transaction writes staging envelopes under 
 (datastore/staged.py) and makes them visible with one commit. Readers must see the previous value
 until the commit and the new one after it; a compare-and-swap writer must not touch a staged key
 (its compare on mod_revision would succeed and corrupt the envelope). Checked here for the node
-lifecycle's view, ``ipam check``'s live allocations, and the Kubernetes sync's endpoint labels and
-Node ``orchRefs``.
+lifecycle's view, ``ipam check``'s live allocations, the Kubernetes sync's endpoint labels and Node
+``orchRefs``, and the agent's own read-modify-writes of its Node (``staged.get_for_update``, the
+liveness mark).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -19,7 +21,8 @@ import pytest
 from controller.cluster.kubesync import NodeSync, PodLabels
 from controller.cluster.nodes import NodeLifecycle, read_view
 from controller.node.inuse import live_allocations
-from datastore import Datastore, EtcdConfig, staged
+from controller.node.liveness import ANNOTATION_LIVENESS, LeaseKeeper
+from datastore import Conflict, Datastore, EtcdConfig, staged
 from datastore.keys import resource_key
 from ipam import IPAMClient
 
@@ -39,6 +42,17 @@ async def _stage(ds: Datastore, key: str, new: dict[str, Any] | None, state: str
     await ds.put(key, envelope)
     await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": state, "keys": 1})
     return envelope
+
+
+def _node_doc(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name}, "spec": spec}
+
+
+async def _staged_node(ds: Datastore, name: str, **spec: Any) -> tuple[str, bytes]:
+    """A plain Node ``name``, then a pending intent staging a new value of it: (key, envelope)."""
+    await add_node(ds, name)
+    key = resource_key("nodes", name)
+    return key, await _stage(ds, key, _node_doc(name, **spec), staged.PENDING)
 
 
 def _wep_doc(node: str, container: str, ip: str, pod: str = "") -> dict[str, Any]:
@@ -104,9 +118,8 @@ def test_kube_sync_leaves_staged_endpoints_and_nodes_alone(etcd_config: EtcdConf
             assert (await ds.get(key)).value == envelope  # type: ignore[union-attr]
 
             await add_node(ds, "n1")
-            node_env = await _stage(ds, resource_key("nodes", "n1"), {
-                "apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "n1"},
-                "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}, staged.PENDING)
+            node_env = await _stage(ds, resource_key("nodes", "n1"),
+                                    _node_doc("n1", bgp={"ipv4Address": "10.0.0.1/24"}), staged.PENDING)
             nodes = NodeSync(ds, Counter())
             await nodes.replace([{"metadata": {"name": "n1"}}])
             assert (await ds.get(resource_key("nodes", "n1"))).value == node_env  # type: ignore[union-attr]
@@ -116,5 +129,54 @@ def test_kube_sync_leaves_staged_endpoints_and_nodes_alone(etcd_config: EtcdConf
             await nodes.replace([{"metadata": {"name": "n1"}}])
             node = (await ds.get(resource_key("nodes", "n1"))).json()  # type: ignore[union-attr]
             assert node["spec"]["orchRefs"] == [{"orchestrator": "k8s", "nodeName": "n1"}]
+
+    asyncio.run(go())
+
+
+def test_get_for_update_refuses_a_live_intents_key_and_recovers_a_dead_ones(etcd_config: EtcdConfig) -> None:
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            assert await staged.get_for_update(ds, resource_key("nodes", "n2")) is None
+            key, _ = await _staged_node(ds, "n2", asNumber=65001)
+            plain = staged.resolve_kv(await ds.get(key), {})  # type: ignore[arg-type]
+            await ds.put(staged.KEY_CHUNKS + INTENT + "/000000", [key])
+            await ds.put(staged.OWNERS + INTENT, {"intent": INTENT})  # its writer is alive
+            with pytest.raises(Conflict):
+                await staged.get_for_update(ds, key)
+            await ds.delete(staged.OWNERS + INTENT)  # the writer died (its lease expired)
+            back = await staged.get_for_update(ds, key)  # rolled back, as the next writer would
+            assert back is not None and back.value == plain.value  # type: ignore[union-attr]
+            assert (await ds.list(staged.INTENTS))[0] == []
+
+    asyncio.run(go())
+
+
+def test_liveness_mark_waits_for_a_staged_node_and_lands_at_a_renewal(etcd_config: EtcdConfig) -> None:
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            key, envelope = await _staged_node(ds, "n3")
+            await ds.put(staged.OWNERS + INTENT, {"intent": INTENT})
+            keeper = LeaseKeeper(etcd_config, "n3", ttl=2)
+            task = asyncio.create_task(keeper.run())
+            try:
+                for _ in range(100):
+                    if keeper.grants:
+                        break
+                    await asyncio.sleep(0.05)
+                assert keeper.grants == 1 and not keeper.marked
+                assert (await ds.get(key)).value == envelope  # type: ignore[union-attr]
+                await staged._roll_back(ds, INTENT, [key])  # the apply gives up: the plain Node is back
+                await ds.delete(staged.OWNERS + INTENT)
+                for _ in range(100):
+                    if keeper.marked:
+                        break
+                    await asyncio.sleep(0.05)
+                assert keeper.marked
+                node = (await ds.get(key)).json()  # type: ignore[union-attr]
+                assert node["metadata"]["annotations"][ANNOTATION_LIVENESS] == "2"
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     asyncio.run(go())
