@@ -32,7 +32,7 @@ from datamodel.resources.workloadendpoint import (
     WorkloadEndpoint,
     workload_endpoint_name,
 )
-from datastore import DatastoreError, Delete, Put, mod_is
+from datastore import Conflict, DatastoreError, Delete, Put, mod_is, staged
 from datastore.client import Compare
 from datastore.keys import resource_key
 from felix_like.workload import (
@@ -414,10 +414,10 @@ class CNIHandlers:
         key = ident.wep_key
 
         async def wep_ops(ips: list[str], fresh: bool) -> tuple[list[Compare], list[Put | Delete]]:
-            if fresh:
-                kv = await agent.ds.get(key)
+            if fresh:  # a staged key raises Conflict (retried) until its apply has landed
+                kv = await staged.get_for_update(agent.ds, key)
                 current, rev = (kv.json(), kv.mod_revision) if kv is not None else (None, 0)
-            else:
+            else:  # a staged key reads as (None, 0): the compare fails, and the retry is fresh
                 current, rev = agent.model.document(key)
             doc = self._wep(req, ident, [i for i in ips if ":" not in i], [i for i in ips if ":" in i], mac,
                             existing=current if isinstance(current, dict) else None)
@@ -436,8 +436,29 @@ class CNIHandlers:
                 log.info("cni.leftover_released", node=self.node, handle=req.handle, ips=stale)
                 return await ipam.auto_assign(**kwargs)
 
+        if key in agent.model.held:
+            await self._wait_unstaged(key, deadline)
         result = await self.bounded("allocate an address and record the WorkloadEndpoint", allocate(), deadline)
         return list(result.v4), list(result.v6)
+
+    async def _wait_unstaged(self, key: str, deadline: float) -> None:
+        """Wait (within the request's time) while a large apply holds ``key`` staged.
+
+        A compare-and-swap on such a key would land inside the staging envelope (datastore/staged.py);
+        the apply takes a second or two, and an abandoned one is recovered by ``get_for_update``. Done
+        before allocating, so the group commit of other pods' ADDs is not failed by this one's compare.
+        """
+        delay = 0.02
+        while True:
+            try:
+                await self.bounded("read the WorkloadEndpoint", staged.get_for_update(self.agent.ds, key), deadline)
+                return
+            except Conflict:
+                if time.monotonic() + delay >= deadline:
+                    raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} is held by a large apply in flight "
+                                   "(tabbyctl apply/create/replace/delete); try again later") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     async def _undo_add(self, req: Request, ident: Identity, ips: list[str]) -> None:
         """A failed ADD leaves nothing behind (veth, route, addresses) as far as it can."""
@@ -508,7 +529,8 @@ class CNIHandlers:
         """Delete the WEP only while it still belongs to this container (a new sandbox may own it).
 
         First against the revision the watch-fed snapshot holds (no read); a failed compare (the
-        snapshot lags our own write, or someone changed it) falls back to reading it.
+        snapshot lags our own write, or someone changed it) falls back to reading it. A key a large
+        apply holds staged is waited out (``staged.get_for_update``), never deleted under it.
         """
         ds = self.agent.ds
         cached, rev = self.agent.model.document(key)
@@ -516,8 +538,17 @@ class CNIHandlers:
             res = await ds.txn([mod_is(key, rev)], [Delete(key)])
             if res.succeeded:
                 return True
-        for _ in range(10):
-            current = await ds.get(key)
+        changed, delay, held_since = 0, 0.02, time.monotonic()
+        while changed < 10:
+            try:
+                current = await staged.get_for_update(ds, key)
+            except Conflict:  # a large apply holds it staged: delete what it leaves (callers bound the time)
+                if time.monotonic() - held_since > 60:
+                    raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} is held by a large apply in flight; "
+                                   "try again later") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
             if current is None:
                 return False
             spec = (current.json().get("spec") or {})
@@ -526,6 +557,7 @@ class CNIHandlers:
             res = await ds.txn([mod_is(key, current.mod_revision)], [Delete(key)])
             if res.succeeded:
                 return True
+            changed += 1
         raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being deleted")
 
     # -- DEL ---------------------------------------------------------------------------------

@@ -176,6 +176,9 @@ class Model:
         self.revisions: dict[str, int] = {}
         #: values staged by a large apply, held until its commit (datastore/staged.py)
         self._staged = staged.StagedFilter()
+        #: keys whose stored value is a large apply's staging envelope (pending or committed, until its
+        #: clean-up rewrites them): :meth:`document` gives writers nothing to compare against there
+        self.held: set[str] = set()
         self.revision = 0
         self.synced = False
         self._log = log.bind(node=nodename)
@@ -223,6 +226,7 @@ class Model:
             # together, so no consumer ever acts on half a bundle.
             if not key.startswith(staged.RECORDS):
                 self.revisions[key] = item.kv.mod_revision
+                self.held.add(key)
             try:
                 value = item.kv.json() if item.kind == "put" else None
                 released = self._staged.feed(key, value)
@@ -239,6 +243,7 @@ class Model:
                 else:
                     updates.extend(self._put(kv))
             return updates
+        self.held.discard(key)  # a plain value (or none): the envelope, if any, is gone
         if kind_of(key) is None:
             return []
         if item.kind == "delete":
@@ -250,6 +255,7 @@ class Model:
         """A resync's keys the model holds, staged values read against the resync's intent records:
         committed -> the new value; pending -> the previous value, the new one held until the commit."""
         self._staged = staged.StagedFilter()
+        self.held = set()
         for kv in kvs:
             if kv.key.startswith(staged.RECORDS):
                 try:
@@ -263,6 +269,7 @@ class Model:
             if not _is_staged(kv):
                 out.append(kv)
                 continue
+            self.held.add(kv.key)
             try:
                 value = kv.json()
             except ValueError:
@@ -337,7 +344,14 @@ class Model:
 
         For writers that update a document in place with a compare (the CNI handlers' endpoint
         writes): they keep fields they do not own (labels set with ``tabbyctl label``).
+
+        A key a large apply holds (:attr:`held`) reads as ``(None, 0)``: its mod_revision is the
+        envelope's, so a compare against it would succeed and the write would land inside the
+        envelope. A compare on 0 fails (the key exists), and the writer re-reads with
+        ``staged.get_for_update``, which waits out a live intent.
         """
+        if key in self.held:
+            return None, 0
         entry = self._entries.get(key)
         if entry is None:
             return None, 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from datamodel.resources.workloadendpoint import ANNOTATION_HANDLE, ANNOTATION_NETWORK
-from datastore import Datastore
+from datastore import Datastore, staged
 from datastore.keys import resource_key
 from ipam import IPAMClient
 
 NETWORK = "k8s-pod-network"
+#: the intent id the staging helpers use
+INTENT = "0123456789abcdef0123456789abcdef"
 
 
 def pool_doc(name: str, cidr: str, **spec: Any) -> dict[str, Any]:
@@ -51,3 +53,14 @@ async def write_wep(ds: Datastore, node: str, container: str, ip: str) -> None:
         "spec": {"node": node, "orchestrator": "cni", "endpoint": "eth0", "containerID": container,
                  "interfaceName": f"tab{container[:11]}", "ipNetworks": [f"{ip}/32"]},
     })
+
+
+async def stage(ds: Datastore, key: str, new: dict[str, Any] | None, state: str, intent: str = INTENT) -> bytes:
+    """Put ``key`` under a staging envelope of ``intent`` (its previous value kept in it), as a large
+    ``tabbyctl apply`` does, with the intent's record in ``state``; returns the envelope bytes."""
+    old = await ds.get(key)
+    op = staged.StagedOp(key, new, old.mod_revision if old else 0, old.value if old else None)
+    envelope = staged._encode_op(op, intent).envelope
+    await ds.put(key, envelope)
+    await ds.put(staged.RECORDS + intent, {"intent": intent, "state": state, "keys": 1})
+    return envelope

@@ -26,22 +26,9 @@ from datastore import Conflict, Datastore, EtcdConfig, staged
 from datastore.keys import resource_key
 from ipam import IPAMClient
 
-from .helpers import add_node, wep_key, write_wep
+from .helpers import INTENT, add_node, stage, wep_key, write_wep
 
 pytestmark = pytest.mark.slow
-
-INTENT = "0123456789abcdef0123456789abcdef"
-
-
-async def _stage(ds: Datastore, key: str, new: dict[str, Any] | None, state: str) -> bytes:
-    """Put ``key`` under a staging envelope of INTENT (its previous value kept in it), with the intent's
-    record in ``state``; returns the envelope bytes."""
-    old = await ds.get(key)
-    op = staged.StagedOp(key, new, old.mod_revision if old else 0, old.value if old else None)
-    envelope = staged._encode_op(op, INTENT).envelope
-    await ds.put(key, envelope)
-    await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": state, "keys": 1})
-    return envelope
 
 
 def _node_doc(name: str, **spec: Any) -> dict[str, Any]:
@@ -52,7 +39,7 @@ async def _staged_node(ds: Datastore, name: str, **spec: Any) -> tuple[str, byte
     """A plain Node ``name``, then a pending intent staging a new value of it: (key, envelope)."""
     await add_node(ds, name)
     key = resource_key("nodes", name)
-    return key, await _stage(ds, key, _node_doc(name, **spec), staged.PENDING)
+    return key, await stage(ds, key, _node_doc(name, **spec), staged.PENDING)
 
 
 def _wep_doc(node: str, container: str, ip: str, pod: str = "") -> dict[str, Any]:
@@ -71,8 +58,8 @@ def test_node_lifecycle_view_resolves_staged_values_and_never_deletes_them(etcd_
             # update of the first that moves it to node "other".
             await write_wep(ds, "gone", "c1", "10.65.0.1")
             moved = _wep_doc("other", "c1", "10.65.0.1")
-            await _stage(ds, wep_key("gone", "c1"), moved, staged.PENDING)
-            await _stage(ds, wep_key("gone", "c2"), _wep_doc("gone", "c2", "10.65.0.2"), staged.PENDING)
+            await stage(ds, wep_key("gone", "c1"), moved, staged.PENDING)
+            await stage(ds, wep_key("gone", "c2"), _wep_doc("gone", "c2", "10.65.0.2"), staged.PENDING)
             view = await read_view(ds)
             assert view.busy == {wep_key("gone", "c1"), wep_key("gone", "c2")}
             # Pending: the first endpoint reads as before the apply, the staged create as absent.
@@ -95,7 +82,7 @@ def test_node_lifecycle_view_resolves_staged_values_and_never_deletes_them(etcd_
 def test_ipam_check_live_allocations_follow_the_intent_state(etcd_config: EtcdConfig) -> None:
     async def go() -> None:
         async with Datastore(etcd_config) as ds:
-            await _stage(ds, wep_key("n1", "c9"), _wep_doc("n1", "c9", "10.65.0.9"), staged.PENDING)
+            await stage(ds, wep_key("n1", "c9"), _wep_doc("n1", "c9", "10.65.0.9"), staged.PENDING)
             assert "10.65.0.9" not in await live_allocations(ds)  # not visible yet
             await ds.put(staged.RECORDS + INTENT, {"intent": INTENT, "state": staged.COMMITTED, "keys": 1})
             assert "10.65.0.9" in await live_allocations(ds)  # committed: a live pod holds it
@@ -107,7 +94,7 @@ def test_kube_sync_leaves_staged_endpoints_and_nodes_alone(etcd_config: EtcdConf
     async def go() -> None:
         async with Datastore(etcd_config) as ds:
             key = wep_key("n1", "c3")
-            envelope = await _stage(ds, key, _wep_doc("n1", "c3", "10.65.0.3", pod="web"), staged.PENDING)
+            envelope = await stage(ds, key, _wep_doc("n1", "c3", "10.65.0.3", pod="web"), staged.PENDING)
             labels = PodLabels(ds, Counter())
             labels.pods[("default", "web")] = {"app": "web"}
             kv = await ds.get(key)
@@ -118,7 +105,7 @@ def test_kube_sync_leaves_staged_endpoints_and_nodes_alone(etcd_config: EtcdConf
             assert (await ds.get(key)).value == envelope  # type: ignore[union-attr]
 
             await add_node(ds, "n1")
-            node_env = await _stage(ds, resource_key("nodes", "n1"),
+            node_env = await stage(ds, resource_key("nodes", "n1"),
                                     _node_doc("n1", bgp={"ipv4Address": "10.0.0.1/24"}), staged.PENDING)
             nodes = NodeSync(ds, Counter())
             await nodes.replace([{"metadata": {"name": "n1"}}])
@@ -178,5 +165,46 @@ def test_liveness_mark_waits_for_a_staged_node_and_lands_at_a_renewal(etcd_confi
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    asyncio.run(go())
+
+
+def test_node_status_report_skips_a_staged_calico_node_status(etcd_config: EtcdConfig) -> None:
+    """The agent writes CalicoNodeStatus ``status`` against the model's revision; while a large apply
+    holds the object staged, that revision is the envelope's, and the write would replace the
+    envelope (the apply's new spec lost). The reporter skips it until the clean-up's plain value."""
+    from types import SimpleNamespace
+
+    from controller.node.model import Model
+    from controller.node.nodestatus import NodeStatusReporter
+    from datastore import WatchEvent, WatchResync
+
+    async def go() -> None:
+        async with Datastore(etcd_config) as ds:
+            key = resource_key("caliconodestatuses", "status-n4")
+            doc = {"apiVersion": "projectcalico.org/v3", "kind": "CalicoNodeStatus",
+                   "metadata": {"name": "status-n4"},
+                   "spec": {"node": "n4", "classes": ["Agent"], "updatePeriodSeconds": 1}}
+            await ds.put(key, doc)
+            model = Model("n4")
+            model.apply(WatchResync([await ds.get(key)], 1))  # type: ignore[list-item]
+            agent = SimpleNamespace(config=SimpleNamespace(nodename="n4"), model=model, ds=ds, interface="eth0",
+                                    bgp_status=lambda: {"ready": True})
+            reporter = NodeStatusReporter(agent)  # type: ignore[arg-type]
+            assert await reporter.once() == 1
+            model.apply(WatchEvent("put", await ds.get(key)))  # type: ignore[arg-type]
+            envelope = await stage(ds, key, {**doc, "spec": {**doc["spec"], "classes": ["Agent", "BGP"]}},
+                                   staged.PENDING)
+            model.apply(WatchEvent("put", await ds.get(key)))  # type: ignore[arg-type]
+            reporter._last.clear()  # due again
+            assert await reporter.once() == 0
+            assert (await ds.get(key)).value == envelope  # type: ignore[union-attr]
+            # The apply lands: its clean-up writes the new value plainly, and the report resumes on it.
+            await ds.put(key, {**doc, "spec": {**doc["spec"], "classes": ["Agent", "BGP"]}})
+            await ds.delete(staged.RECORDS + INTENT)
+            model.apply(WatchEvent("put", await ds.get(key)))  # type: ignore[arg-type]
+            assert await reporter.once() == 1
+            stored = (await ds.get(key)).json()  # type: ignore[union-attr]
+            assert stored["spec"]["classes"] == ["Agent", "BGP"] and stored["status"]["agent"]
 
     asyncio.run(go())

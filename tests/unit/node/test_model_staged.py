@@ -68,3 +68,30 @@ def test_a_resync_reads_committed_values_as_new() -> None:
            _kv(staged.RECORDS + "i4", {"state": staged.COMMITTED}, 6)]
     model.apply(WatchResync(kvs, 6))
     assert [p.spec.cidr for p in model.pools()] == ["10.6.0.0/16"]
+
+
+def test_document_gives_writers_nothing_to_compare_against_while_a_key_holds_an_envelope() -> None:
+    """A writer comparing on the envelope's mod_revision would land inside the envelope: while the key
+    holds one (pending, committed, until the clean-up's plain put), ``document`` reads (None, 0)."""
+    model = Model("n1")
+    model.apply(WatchResync([_kv(_key("a"), _pool("a", "10.1.0.0/16"), 1)], 1))
+    assert model.document(_key("a")) == (_pool("a", "10.1.0.0/16"), 1)
+    model.apply(WatchEvent("put", _kv(_key("a"), _envelope("i5", _pool("a", "10.9.0.0/16"),
+                                                             prev=_pool("a", "10.1.0.0/16")), 2)))
+    assert model.held == {_key("a")}
+    assert model.document(_key("a")) == (None, 0)
+    model.apply(WatchEvent("put", _kv(staged.RECORDS + "i5", {"state": staged.COMMITTED}, 3)))
+    assert [p.spec.cidr for p in model.pools()] == ["10.9.0.0/16"]
+    assert model.document(_key("a")) == (None, 0)  # committed, but the key still holds the envelope
+    model.apply(WatchEvent("put", _kv(_key("a"), _pool("a", "10.9.0.0/16"), 4)))  # the clean-up
+    assert model.held == set()
+    assert model.document(_key("a")) == (_pool("a", "10.9.0.0/16"), 4)
+    # a resync finds an envelope (a staged delete) and a plain key
+    envelope = {staged.ENVELOPE: {"intent": "i6", "prev": _pool("a", "10.9.0.0/16"), "delete": True}, "value": None}
+    model.apply(WatchResync([_kv(_key("a"), envelope, 6), _kv(_key("b"), _pool("b", "10.2.0.0/16"), 5),
+                             _kv(staged.RECORDS + "i6", {"state": staged.PENDING}, 7)], 7))
+    assert model.held == {_key("a")}
+    assert model.document(_key("a")) == (None, 0)
+    assert model.document(_key("b")) == (_pool("b", "10.2.0.0/16"), 5)
+    model.apply(WatchEvent("delete", KV(_key("a"), b"", 8)))  # the staged delete's clean-up
+    assert model.held == set()
