@@ -32,7 +32,7 @@ from datamodel.resources.workloadendpoint import (
     WorkloadEndpoint,
     workload_endpoint_name,
 )
-from datastore import Conflict, DatastoreError, Delete, Put, mod_is, staged
+from datastore import KV, Conflict, DatastoreError, Delete, Put, mod_is, staged
 from datastore.client import Compare
 from datastore.keys import resource_key
 from felix_like.workload import (
@@ -436,23 +436,22 @@ class CNIHandlers:
                 log.info("cni.leftover_released", node=self.node, handle=req.handle, ips=stale)
                 return await ipam.auto_assign(**kwargs)
 
-        if key in agent.model.held:
-            await self._wait_unstaged(key, deadline)
+        if key in agent.model.held:  # before allocating: the group commit of other ADDs is not failed by it
+            await self._read_for_update(key, deadline)
         result = await self.bounded("allocate an address and record the WorkloadEndpoint", allocate(), deadline)
         return list(result.v4), list(result.v6)
 
-    async def _wait_unstaged(self, key: str, deadline: float) -> None:
-        """Wait (within the request's time) while a large apply holds ``key`` staged.
+    async def _read_for_update(self, key: str, deadline: float) -> KV | None:
+        """``key`` for a compare-and-swap, waiting (within ``deadline``) while a large apply holds it staged.
 
-        A compare-and-swap on such a key would land inside the staging envelope (datastore/staged.py);
-        the apply takes a second or two, and an abandoned one is recovered by ``get_for_update``. Done
-        before allocating, so the group commit of other pods' ADDs is not failed by this one's compare.
+        A compare on such a key would land inside the staging envelope (datastore/staged.py); the apply
+        takes a second or two, and an abandoned one is recovered by ``get_for_update``.
         """
         delay = 0.02
         while True:
             try:
-                await self.bounded("read the WorkloadEndpoint", staged.get_for_update(self.agent.ds, key), deadline)
-                return
+                return await self.bounded("read the WorkloadEndpoint", staged.get_for_update(self.agent.ds, key),
+                                          deadline)
             except Conflict:
                 if time.monotonic() + delay >= deadline:
                     raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} is held by a large apply in flight "
@@ -538,17 +537,9 @@ class CNIHandlers:
             res = await ds.txn([mod_is(key, rev)], [Delete(key)])
             if res.succeeded:
                 return True
-        changed, delay, held_since = 0, 0.02, time.monotonic()
-        while changed < 10:
-            try:
-                current = await staged.get_for_update(ds, key)
-            except Conflict:  # a large apply holds it staged: delete what it leaves (callers bound the time)
-                if time.monotonic() - held_since > 60:
-                    raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} is held by a large apply in flight; "
-                                   "try again later") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-                continue
+        deadline = time.monotonic() + self.timeout
+        for _ in range(10):
+            current = await self._read_for_update(key, deadline)  # a staged key: what its apply leaves
             if current is None:
                 return False
             spec = (current.json().get("spec") or {})
@@ -557,7 +548,6 @@ class CNIHandlers:
             res = await ds.txn([mod_is(key, current.mod_revision)], [Delete(key)])
             if res.succeeded:
                 return True
-            changed += 1
         raise CNIError(TRY_AGAIN_LATER, f"WorkloadEndpoint {key} kept changing while being deleted")
 
     # -- DEL ---------------------------------------------------------------------------------
