@@ -60,10 +60,26 @@ def test_three_way_handshake_then_poll_to_fast_timers() -> None:
     assert s.state == UP and s.changes == [(INIT, 0), (UP, 0)]
     first = s.packet()
     assert first.poll and first.desired_min_tx == 300_000 and first.your_disc == 4242
-    assert s.tx_interval() == 1.0  # the old interval until the peer answers the Poll
+    assert s.tx_interval() == 0.3  # faster at once: the peer times us out on what we advertise
     s.on_packet(peer_packet(UP, your=99, final=True), now=0.2)
     assert not s.polling and s.tx_interval() == 0.3
     assert s.detection_time() == pytest.approx(0.9)
+
+
+def test_we_send_at_least_as_often_as_we_advertise_from_the_moment_we_are_up() -> None:
+    """The peer's detection time is our detect multiplier x the DesiredMinTx in our packets (RFC 5880
+    6.8.4). Sending at the slow-start pace (1 s, scheduled before the session came Up) while advertising
+    300 ms had FRR declare every new session down 0.9 s after Up (diag 3 on our side), a flap."""
+    s = Session("10.0.0.2", local_disc=99)
+    s.on_packet(peer_packet(DOWN), now=0.0)
+    s.next_tx = 0.05 + 0.95  # the runner sent at 0.05 and scheduled the next packet at the slow pace
+    s.on_packet(peer_packet(UP, your=99), now=0.1)
+    assert s.state == UP
+    advertised = s.packet().desired_min_tx / 1e6
+    assert s.tx_interval() <= advertised
+    assert s.next_tx <= 0.1 + advertised
+    s.on_packet(peer_packet(UP, your=99, final=True), now=0.12)  # the Poll answered: nothing slows down
+    assert s.tx_interval() <= s.packet().desired_min_tx / 1e6 and s.next_tx <= 0.1 + advertised
 
 
 def test_a_poll_from_the_peer_is_answered_with_final() -> None:
